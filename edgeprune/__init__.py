@@ -1,0 +1,24 @@
+"""edgeprune: prune PyTorch models for the edge device they will run on.
+
+    import edgeprune as ep
+    target = ep.load_target("raspberry-pi-5")
+    plan = ep.plan(model, example_inputs, target, budget=ep.Budget(macs_ratio=0.5))
+    pruned = ep.prune(model, plan)
+"""
+
+from .budget import Budget
+from .costs import ModelCost, measure
+from .errors import ArtifactError, BudgetError, EdgepruneError, ModelError, RecipeError, TargetError
+from .plan import GroupDecision, LayerDecision, Plan
+from .policy import plan
+from .pruning import PruneRecord, finalize, prune, record_of
+from .recipe import Recipe
+from .targets import Target, builtin_targets, load_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError", "Budget", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
+    "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
+    "finalize", "load_target", "measure", "plan", "prune", "record_of",
+]

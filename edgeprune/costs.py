@@ -1,0 +1,94 @@
+"""What a model costs: multiply-accumulates (MACs) and parameters, in total and per prunable layer.
+
+Totals come from PyTorch's own FlopCounterMode (it sees every aten matmul and convolution, attention
+included); per-layer figures from forward hooks on the Conv/Linear layers that pruning changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .inputs import call
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+# FlopCounterMode knows the CUDA attention kernels only; on CPU, scaled_dot_product_attention runs this op.
+_EXTRA_OPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    macs: int
+    weights: int  # elements of the weight tensor
+    nonzero_weights: int
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    macs: int  # every MAC the model runs, attention matmuls included
+    params: int
+    layers: dict[str, LayerCost] = field(default_factory=dict)
+    order: tuple[str, ...] = ()  # prunable layers in the order the forward pass ran them
+
+    @property
+    def other_macs(self) -> int:
+        """MACs outside the prunable layers (attention matmuls, pooling...): pruning leaves these."""
+        return max(0, self.macs - sum(c.macs for c in self.layers.values()))
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    return module.weight  # with torch.nn.utils.prune masks applied this is the masked weight
+
+
+@torch.no_grad()
+def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
+    layers = prunable_layers(model)
+    macs: dict[str, int] = {}
+    order: list[str] = []
+
+    def hook(name):
+        def record(module, _inputs, output):
+            if name not in macs:
+                order.append(name)
+            macs[name] = macs.get(name, 0) + _layer_macs(module, output)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_OPS)
+        with counter:
+            call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_layer = {}
+    for name, module in layers.items():
+        w = _weight(module)
+        per_layer[name] = LayerCost(macs.get(name, 0), w.numel(), int(torch.count_nonzero(w)))
+    params = sum(p.numel() for p in model.parameters())
+    return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order))

@@ -1,0 +1,158 @@
+"""A pruning plan: one decision per prunable layer, each with the reason that decided it.
+
+Produced by `policy.plan`, carried out by `pruning.prune`, saved as JSON beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Optional
+
+from rich.table import Table
+
+from .budget import Budget
+from .inputs import InputSpec
+
+Method = Literal["structured", "n:m", "unstructured", "keep"]
+METHODS = ("structured", "n:m", "unstructured", "keep")
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    layer: str  # the module's qualified name, e.g. "resnet.encoder.stages.0.layers.0.layer.0.convolution"
+    op: str  # Conv2d, Linear, ...
+    method: Method
+    # structured: fraction of output channels removed; n:m: fraction zeroed (1 - n/m);
+    # unstructured: fraction of weights zeroed; keep: 0
+    amount: float
+    reason: str
+    out_channels: tuple[int, int] = (0, 0)  # before -> after structured pruning
+    in_channels: tuple[int, int] = (0, 0)
+    group: Optional[int] = None  # the coupled channel group whose pruning removes this layer's outputs
+    n: int = 0  # n:m only
+    m: int = 0
+    macs: tuple[int, int] = (0, 0)  # dense -> effective (n:m counted at the sparse-kernel rate)
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """Output channels that torch-pruning's dependency graph couples (residual adds, concat, depthwise)."""
+
+    id: int
+    root: str  # the layer whose output channels define the group
+    channels: int
+    remove: int  # how many channels to remove (a multiple of the target's alignment, or all kept)
+    layers: tuple[str, ...]  # layers whose output channels shrink with this group
+    heads: int = 0  # attention groups: number of heads before pruning (whole heads are removed)
+
+
+@dataclass
+class Plan:
+    target: str
+    family: str
+    budget: Budget
+    importance: str
+    scope: str
+    alignment: int
+    layers: list[LayerDecision]
+    groups: list[GroupDecision] = field(default_factory=list)
+    inputs: Optional[InputSpec] = None
+    macs_before: int = 0
+    macs_after: int = 0  # effective: dense MACs of the pruned shapes, n:m layers at their sparse rate
+    params_before: int = 0
+    params_after: int = 0
+    sparsity: float = 0.0  # fraction of prunable weights zeroed or removed
+    notes: list[str] = field(default_factory=list)
+    # the tensors the plan was made with; not serialized (a loaded plan rebuilds inputs from `inputs`)
+    example_inputs: Any = field(default=None, repr=False, compare=False)
+
+    def layer(self, name: str) -> LayerDecision:
+        for d in self.layers:
+            if d.layer == name:
+                return d
+        raise KeyError(f"the plan has no layer named {name!r}")
+
+    def by_method(self, method: str) -> list[LayerDecision]:
+        return [d for d in self.layers if d.method == method]
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def replace_layer(self, decision: LayerDecision) -> None:
+        self.layers = [decision if d.layer == decision.layer else d for d in self.layers]
+
+    # -- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k not in ("example_inputs", "inputs", "budget")}
+        data["budget"] = {self.budget.kind: self.budget.value}
+        data["inputs"] = self.inputs.to_json() if self.inputs else None
+        data["schema"] = "edgeprune.plan/1"
+        return data
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        data = dict(data)
+        if data.pop("schema", None) != "edgeprune.plan/1":
+            raise ValueError("not an edgeprune plan (missing or unknown 'schema')")
+        layers = [
+            LayerDecision(**{**d, **{k: tuple(d[k]) for k in ("out_channels", "in_channels", "macs")}})
+            for d in data.pop("layers")
+        ]
+        groups = [GroupDecision(**{**g, "layers": tuple(g["layers"])}) for g in data.pop("groups")]
+        inputs = InputSpec.from_json(data.pop("inputs")) if data.get("inputs") else None
+        data.pop("inputs", None)
+        budget = Budget(**data.pop("budget"))
+        return cls(layers=layers, groups=groups, inputs=inputs, budget=budget, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def example(self) -> Any:
+        """The inputs to trace the model with: the original tensors, or ones rebuilt from the spec."""
+        if self.example_inputs is not None:
+            return self.example_inputs
+        if self.inputs is None:
+            raise ValueError("this plan has neither example inputs nor an input spec")
+        return self.inputs.make()
+
+    # -- display ----------------------------------------------------------------------------------
+    def summary(self) -> str:
+        return (
+            f"{self.target} ({self.family}), budget {self.budget}: MACs {_si(self.macs_before)} -> "
+            f"{_si(self.macs_after)} ({self.macs_ratio:.2f}x kept), params {_si(self.params_before)} -> "
+            f"{_si(self.params_after)}, sparsity {self.sparsity:.1%}"
+        )
+
+    def table(self) -> Table:
+        table = Table(title=f"plan for {self.target}", caption=self.summary(), show_lines=False)
+        for col in ("layer", "op", "method", "amount", "channels", "MACs", "reason"):
+            table.add_column(col, overflow="fold")
+        style = {"structured": "cyan", "n:m": "magenta", "unstructured": "yellow", "keep": "dim"}
+        for d in self.layers:
+            channels = f"{d.out_channels[0]}→{d.out_channels[1]}" if d.out_channels[0] else ""
+            method = f"{d.n}:{d.m}" if d.method == "n:m" else d.method
+            table.add_row(
+                d.layer, d.op, f"[{style[d.method]}]{method}[/]", f"{d.amount:.0%}" if d.amount else "",
+                channels, f"{_si(d.macs[0])}→{_si(d.macs[1])}", d.reason,
+            )
+        return table
+
+    def __rich__(self) -> Table:
+        return self.table()
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def with_method(decision: LayerDecision, method: str, amount: float, reason: str, **kw) -> LayerDecision:
+    return replace(decision, method=method, amount=amount, reason=reason, **kw)

@@ -1,0 +1,105 @@
+"""Carrying out a plan: `prune` (structured channels, then N:M and unstructured masks) and `finalize`."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+
+from ..plan import Plan
+from .nm import apply_nm, reduction_size
+from .structured import Removal, remove_channels
+from .unstructured import apply_unstructured
+
+__all__ = ["prune", "finalize", "PruneRecord", "record_of", "apply_masks"]
+
+RECORD_ATTR = "edgeprune_record"
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """What `prune` did to a model: the plan as carried out and the channels it removed (for `save`)."""
+
+    plan: Plan
+    removals: tuple[Removal, ...]
+
+
+def record_of(model: nn.Module) -> Optional[PruneRecord]:
+    return getattr(model, RECORD_ATTR, None)
+
+
+def apply_masks(model: nn.Module, plan: Plan) -> None:
+    """Attach the plan's N:M and unstructured masks (`torch.nn.utils.prune`) to an already-shrunk model."""
+    modules = dict(model.named_modules())
+    for d in plan.layers:
+        if d.method == "n:m":
+            apply_nm(modules[d.layer], d.n, d.m)
+        elif d.method == "unstructured" and d.amount > 0:
+            apply_unstructured(modules[d.layer], d.amount)
+
+
+def _roll_back(plan: Plan, failures: dict[str, str]) -> Plan:
+    """The plan with every layer of a group that broke the model turned to `keep`, naming the error."""
+    failed_layers = {
+        layer: failures[g.root] for g in plan.groups if g.root in failures for layer in g.layers
+    }
+    executed = copy.copy(plan)
+    executed.layers = [
+        replace(d, method="keep", amount=0.0, reason=f"rolled back: pruning broke the model ({failed_layers[d.layer]})",
+                out_channels=(d.out_channels[0], d.out_channels[0]))
+        if d.layer in failed_layers else d
+        for d in plan.layers
+    ]
+    executed.groups = [g for g in plan.groups if g.root not in failures]
+    return executed
+
+
+def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Optional[Callable] = None) -> nn.Module:
+    """A pruned copy of `model` as `plan` says; `model` itself is left untouched.
+
+    Channels are removed first (torch-pruning), then N:M and unstructured masks are attached with
+    `torch.nn.utils.prune`, so they stay in force while fine-tuning; `finalize` folds them in.
+    A channel group that breaks the model is rolled back: its layers are reported as `keep` with the error
+    in `record_of(pruned).plan`, and a warning is issued.
+    """
+    inputs = plan.example() if example_inputs is None else example_inputs
+    work = copy.deepcopy(model)
+    was_training = work.training
+    work.eval()
+    removals = {g.root: g.remove for g in plan.groups if g.remove > 0}
+    work, removed, failures = remove_channels(work, inputs, removals, plan.importance, loss_fn)
+    executed = plan
+    if failures:
+        executed = _roll_back(plan, failures)
+        warnings.warn(
+            "edgeprune: rolled back channel groups that broke the model: "
+            + "; ".join(f"{root}: {err}" for root, err in failures.items()),
+            stacklevel=2,
+        )
+    modules = dict(work.named_modules())
+    for d in executed.by_method("n:m"):
+        if reduction_size(modules[d.layer]) % d.m:
+            raise ValueError(f"layer {d.layer}: input dimension {reduction_size(modules[d.layer])} is not a multiple of {d.m}")
+    apply_masks(work, executed)
+    work.train(was_training)
+    setattr(work, RECORD_ATTR, PruneRecord(executed, tuple(removed)))
+    return work
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """A copy with every mask folded into its weight: no pruning hooks or parametrizations remain,
+    so `torch.export` and the exporters see plain modules with zeros in the weights."""
+    work = copy.deepcopy(model)
+    for module in work.modules():
+        for name in [h._tensor_name for h in list(module._forward_pre_hooks.values())
+                     if isinstance(h, torch_prune.BasePruningMethod)]:
+            torch_prune.remove(module, name)
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return work
