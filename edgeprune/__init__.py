@@ -13,12 +13,13 @@ from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
+from .serialization import load, save
 from .targets import Target, builtin_targets, load_target
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "ArtifactError", "Budget", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
-    "finalize", "load_target", "measure", "plan", "prune", "record_of",
+    "finalize", "load", "load_target", "measure", "plan", "prune", "record_of", "save",
 ]

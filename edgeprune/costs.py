@@ -92,3 +92,19 @@ def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
         per_layer[name] = LayerCost(macs.get(name, 0), w.numel(), int(torch.count_nonzero(w)))
     params = sum(p.numel() for p in model.parameters())
     return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order))
+
+
+def compare_table(dense: ModelCost, pruned: ModelCost, title: str = "dense vs pruned (measured)") -> "Table":
+    """MACs, parameters and non-zero prunable weights before and after, as a rich table."""
+    from rich.table import Table
+
+    def nonzero(cost: ModelCost) -> int:
+        return sum(c.nonzero_weights for c in cost.layers.values())
+
+    table = Table(title=title)
+    for col in ("", "dense", "pruned", "kept"):
+        table.add_column(col, justify="right")
+    for label, a, b in (("MACs", dense.macs, pruned.macs), ("parameters", dense.params, pruned.params),
+                        ("non-zero Conv/Linear weights", nonzero(dense), nonzero(pruned))):
+        table.add_row(label, f"{a:,}", f"{b:,}", f"{b / a:.3f}" if a else "—")
+    return table
