@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,7 +71,7 @@ def targets_show(name: str = typer.Argument(..., help="a built-in name or a path
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in re.split(r"[,x×]", text.strip()))
     except ValueError:
         raise ModelError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 1,3,224,224") from None
     if not shape or any(d <= 0 for d in shape):

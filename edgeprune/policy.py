@@ -236,8 +236,12 @@ def plan(
     broken: dict[str, str] = {}
     for _attempt in range(4):
         result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
-                        broken, loss_fn)
-        failures, nm_demoted = _verify(model, example_inputs, result, importance, loss_fn)
+                        broken, loss_fn, nm_structured=False)
+        if result.by_method("n:m") and not _meets(result, budget, cost.macs):
+            # 2:4 alone does not reach the budget: let the 2:4 layers lose channels too
+            result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
+                            broken, loss_fn, nm_structured=True)
+        failures, nm_demoted = _verify(model, example_inputs, result, importance, loss_fn, estimator)
         if not failures and not nm_demoted:
             break
         broken.update(failures)
@@ -254,8 +258,16 @@ def plan(
     return result
 
 
-def _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance, broken, loss_fn):
-    structured = [n for n, c in choices.items() if c.method == "structured"]
+def _meets(result: Plan, budget: Budget, dense_macs: int) -> bool:
+    if budget.kind == "macs_ratio":
+        return result.macs_after <= budget.macs_ratio * dense_macs
+    return result.sparsity >= budget.sparsity
+
+
+def _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance, broken, loss_fn,
+           nm_structured):
+    shrinkable = ("structured", "n:m") if nm_structured else ("structured",)
+    structured = [n for n, c in choices.items() if c.method in shrinkable]
     frozen = [n for n in choices if n not in structured]
     graph = ChannelGraph(copy.deepcopy(work), example_inputs)
     groups = [g for g in graph.groups(frozen=frozen) if g.root not in broken]
@@ -330,7 +342,8 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
     for name, module in estimator.modules.items():
         c = choices[name]
         out_c, in_c = _channels(module)
-        kept_out, kept_in = round(out_c * out_f[name]), round(in_c * in_f[name])
+        # a depthwise conv's inputs shrink with its outputs (in_f is 1 there only to count its MACs once)
+        kept_out, kept_in = round(out_c * out_f[name]), round(in_c * (out_f if _is_depthwise(module) else in_f)[name])
         dense = estimator.cost.layers[name].macs
         macs_after = dense * out_f[name] * in_f[name]
         method, amount, reason, n, m = c.method, 0.0, c.reason, 0, 0
@@ -354,10 +367,15 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
         elif c.method == "n:m":
             amount, n, m = 1 - c.n / c.m, c.n, c.m
             macs_after *= c.n / c.m
+            gi = group_of.get(name)
+            if gi is not None and removal.get(groups[gi].root, 0):
+                group = gi
+                reason = (f"{c.reason}; and {out_c}→{kept_out} channels, multiples of {align}: "
+                          "the budget asks for more than 2:4 gives")
         elif c.method == "unstructured":
             amount = unstructured.get(name, 0.0)
         rows.append(LayerDecision(
-            layer=name, op=type(module).__name__, method=method, amount=round(amount, 4), reason=reason,
+            layer=name, op=type(module).__name__, method=method, amount=amount, reason=reason,
             out_channels=(out_c, kept_out), in_channels=(in_c, kept_in), group=group, n=n, m=m,
             macs=(dense, int(macs_after)),
         ))
@@ -372,8 +390,11 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
     )
 
 
-def _verify(model, example_inputs, result: Plan, importance, loss_fn) -> tuple[dict[str, str], dict[str, str]]:
-    """Prune a copy for real: groups that break the model, and N:M layers whose inputs became too narrow."""
+def _verify(model, example_inputs, result: Plan, importance, loss_fn,
+            estimator: _Estimator) -> tuple[dict[str, str], dict[str, str]]:
+    """Prune a copy for real: groups that break the model, and N:M layers whose inputs became too narrow.
+
+    On success the plan's MACs, parameters and sparsity become those measured on the pruned copy."""
     removals = {g.root: g.remove for g in result.groups}
     pruned, _, failures = remove_channels(copy.deepcopy(model).eval(), example_inputs, removals, importance, loss_fn)
     modules = dict(pruned.named_modules())
@@ -389,6 +410,9 @@ def _verify(model, example_inputs, result: Plan, importance, loss_fn) -> tuple[d
     nm = {d.layer: d.n / d.m for d in result.by_method("n:m")}
     result.macs_after = int(after.other_macs + sum(c.macs * nm.get(n, 1.0) for n, c in after.layers.items()))
     result.params_after = after.params
+    # zeroed or removed, over the dense weights of the layers the rules let be pruned
+    kept = sum(after.layers[n].nonzero_weights for n in estimator.prunable)
+    result.sparsity = 1 - kept / estimator.total_weights if estimator.prunable else 0.0
     return {}, {}
 
 

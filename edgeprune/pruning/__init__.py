@@ -43,16 +43,24 @@ def apply_masks(model: nn.Module, plan: Plan) -> None:
             apply_unstructured(modules[d.layer], d.amount)
 
 
-def _roll_back(plan: Plan, failures: dict[str, str]) -> Plan:
-    """The plan with every layer of a group that broke the model turned to `keep`, naming the error."""
+def _roll_back(plan: Plan, failures: dict[str, str], pruned: nn.Module) -> Plan:
+    """The plan with every layer of a group that broke the model turned to `keep`, naming the error, and
+    every layer's channel counts as `pruned` has them (the layers fed by a rolled-back group keep their inputs)."""
     failed_layers = {
         layer: failures[g.root] for g in plan.groups if g.root in failures for layer in g.layers
     }
+    modules = dict(pruned.named_modules())
+
+    def as_pruned(d):
+        m = modules[d.layer]
+        out_c, in_c = (m.out_features, m.in_features) if isinstance(m, nn.Linear) else (m.out_channels, m.in_channels)
+        return replace(d, out_channels=(d.out_channels[0], out_c), in_channels=(d.in_channels[0], in_c))
+
     executed = copy.copy(plan)
     executed.layers = [
-        replace(d, method="keep", amount=0.0, reason=f"rolled back: pruning broke the model ({failed_layers[d.layer]})",
-                out_channels=(d.out_channels[0], d.out_channels[0]))
-        if d.layer in failed_layers else d
+        replace(as_pruned(d), method="keep", amount=0.0,
+                reason=f"rolled back: pruning broke the model ({failed_layers[d.layer]})")
+        if d.layer in failed_layers else as_pruned(d)
         for d in plan.layers
     ]
     executed.groups = [g for g in plan.groups if g.root not in failures]
@@ -75,7 +83,7 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     work, removed, failures = remove_channels(work, inputs, removals, plan.importance, loss_fn)
     executed = plan
     if failures:
-        executed = _roll_back(plan, failures)
+        executed = _roll_back(plan, failures, work)
         warnings.warn(
             "edgeprune: rolled back channel groups that broke the model: "
             + "; ".join(f"{root}: {err}" for root, err in failures.items()),
@@ -91,10 +99,24 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     return work
 
 
+def _copy_masked(model: nn.Module) -> nn.Module:
+    """`copy.deepcopy`, also of a model with pruning masks attached. `torch.nn.utils.prune` keeps `weight` as
+    `weight_orig * weight_mask` computed with autograd on (by `prune` and by every training forward), a
+    non-leaf tensor that deepcopy refuses; the copy gets it detached (the hook recomputes it anyway)."""
+    memo = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                masked = getattr(module, hook._tensor_name)
+                if not masked.is_leaf:
+                    memo[id(masked)] = masked.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def finalize(model: nn.Module) -> nn.Module:
     """A copy with every mask folded into its weight: no pruning hooks or parametrizations remain,
     so `torch.export` and the exporters see plain modules with zeros in the weights."""
-    work = copy.deepcopy(model)
+    work = _copy_masked(model)
     for module in work.modules():
         for name in [h._tensor_name for h in list(module._forward_pre_hooks.values())
                      if isinstance(h, torch_prune.BasePruningMethod)]:

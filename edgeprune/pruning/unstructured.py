@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -20,7 +22,8 @@ def global_amounts(modules: dict[str, nn.Module], sparsity: float) -> dict[str, 
     if not modules or sparsity <= 0:
         return {name: 0.0 for name in modules}
     magnitudes = torch.cat([m.weight.detach().abs().flatten() for m in modules.values()])
-    k = int(round(sparsity * magnitudes.numel()))
+    # at least the asked fraction (rounding down could fall a weight short of the budget)
+    k = min(magnitudes.numel(), math.ceil(sparsity * magnitudes.numel() - 1e-9))
     if k == 0:
         return {name: 0.0 for name in modules}
     threshold = magnitudes.kthvalue(k).values

@@ -1,0 +1,106 @@
+"""End to end through the `edgeprune` command line, in a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import edgeprune as ep
+from edgeprune import zoo
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"COLUMNS": "240", "PATH": "/usr/bin:/bin"}, timeout=300)
+
+
+def test_targets_lists_every_builtin_profile():
+    result = run("targets")
+    assert result.returncode == 0, result.stderr
+    for name in ep.builtin_targets():
+        assert name in result.stdout
+
+
+def test_targets_show_prints_the_profile_with_its_sources():
+    result = run("targets", "show", "jetson-orin-nano-8gb")
+    assert result.returncode == 0, result.stderr
+    assert "min_in_channels" in result.stdout and "#" in result.stdout
+
+
+def test_plan_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "plan.json"
+    result = run("plan", "--target", "raspberry-pi-5", "--model", "edgeprune.zoo:small_cnn", "--budget", "macs=0.5",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "structured" in result.stdout and "first layer" in result.stdout
+    plan = ep.Plan.from_json(out.read_text())
+    assert plan.target == "raspberry-pi-5" and plan.macs_ratio <= 0.5
+
+
+def test_plan_with_input_shape_and_keyword_name(tmp_path):
+    result = run("plan", "-t", "stm32h743", "-m", "edgeprune.zoo:tiny_resnet", "--input-shape", "1,3,32,32",
+                 "--input-name", "pixel_values", "--budget", "sparsity=0.3")
+    assert result.returncode == 0, result.stderr
+
+
+def test_plan_refuses_to_overwrite_json_without_flag(tmp_path):
+    out = tmp_path / "plan.json"
+    out.write_text("precious")
+    result = run("plan", "-t", "raspberry-pi-5", "-m", "edgeprune.zoo:small_cnn", "--json", str(out))
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert out.read_text() == "precious"
+
+
+def test_plan_with_recipe_applies_overrides(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('ignore = ["branch_*"]\n[layers."fc1"]\nmethod = "keep"\n')
+    out = tmp_path / "plan.json"
+    result = run("plan", "-t", "raspberry-pi-5", "-m", "edgeprune.zoo:small_cnn", "--budget", "macs=0.7",
+                 "--recipe", str(recipe), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    plan = ep.Plan.from_json(out.read_text())
+    assert {plan.layer(n).method for n in ("branch_a.0", "branch_b.0", "fc1")} == {"keep"}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-t", "no-such-board"], "unknown target 'no-such-board'"),
+        (["-t", "raspberry-pi-5", "--budget", "macs=1.5"], "macs_ratio=1.5"),
+        (["-t", "raspberry-pi-5", "--budget", "speed=2"], "expected macs=R or sparsity=S"),
+        (["-t", "raspberry-pi-5", "--input-shape", "1,3,x"], "--input-shape"),
+    ],
+)
+def test_plan_bad_input_is_a_clear_error(args, message, tmp_path):
+    result = run("plan", "-m", "edgeprune.zoo:small_cnn", *args, "--json", str(tmp_path / "p.json"))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_plan_with_unknown_recipe_layer_names_it_and_writes_nothing(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[layers."fc9"]\nmethod = "keep"\n')
+    result = run("plan", "-t", "raspberry-pi-5", "-m", "edgeprune.zoo:small_cnn", "--recipe", str(recipe),
+                 "--json", str(tmp_path / "p.json"))
+    assert result.returncode == 2 and "fc9" in result.stderr and "fc1" in result.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_prune_saves_a_model_that_loads_with_identical_outputs(tmp_path):
+    out = tmp_path / "model"
+    result = run("prune", "-t", "stm32h743", "-m", "edgeprune.zoo:small_cnn", "--budget", "macs=0.5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "dense vs pruned" in result.stdout
+    loaded = ep.load("edgeprune.zoo:small_cnn", out)
+    dense = zoo.small_cnn()
+    x = zoo.small_cnn.example_inputs()
+    with torch.no_grad():
+        assert loaded(*x).shape == dense(*x).shape
+    assert ep.measure(loaded, x).macs <= 0.5 * ep.measure(dense, x).macs

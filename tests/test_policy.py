@@ -1,0 +1,413 @@
+"""The policy: one explained decision per layer, the family's rules, budgets met as measured on the
+pruned model, recipes, and errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rich.console import Console
+
+import edgeprune as ep
+from conftest import TINY_MODELS, macs_budget
+from edgeprune.costs import prunable_layers
+from edgeprune.inputs import call, output_shapes
+from edgeprune.pruning.nm import reduction_size
+
+JETSON, PI5, STM32, ETHOS = "jetson_small", "raspberry-pi-5", "stm32h743", "corstone-300-ethos-u55-128"
+SPARSITY = 0.3
+
+
+def _cases(targets, kinds):
+    cases = []
+    for model in TINY_MODELS:
+        for target in targets:
+            for kind in kinds:
+                budget = macs_budget(model, jetson=target == JETSON) if kind == "macs" else ep.Budget(sparsity=SPARSITY)
+                cases.append(pytest.param((model, target, budget), id=f"{model}-{target}-{budget}"))
+    return cases
+
+
+# every family's representative with each budget kind, and Ethos-U (Vela compresses zeros) with sparsity
+ALL = _cases((JETSON, PI5, STM32), ("macs", "sparsity")) + _cases((ETHOS,), ("sparsity",))
+MACS = [c for c in ALL if c.values[0][2].kind == "macs_ratio"]
+SPARSE = [c for c in ALL if c.values[0][2].kind == "sparsity"]
+
+
+def _only(cases, *targets):
+    return [c for c in cases if c.values[0][1] in targets]
+
+
+@pytest.fixture
+def case(request, zoo_model, jetson_small, planned):
+    """(zoo model, plan, pruned model) for one (model, target, budget) of the grid above."""
+    model, target, budget = request.param
+    zm = zoo_model(model)
+    plan, pruned = planned(zm, jetson_small if target == JETSON else target, budget)
+    return zm, plan, pruned
+
+
+def grid(cases):
+    return pytest.mark.parametrize("case", cases, indirect=True)
+
+
+def rule_kept(zm) -> set[str]:
+    """Layers the rules keep whatever the budget: the first layer, the head, layers that never run."""
+    order = ep.measure(zm.model, zm.inputs).order
+    return {order[0], order[-1]} | (set(prunable_layers(zm.model)) - set(order))
+
+
+def effective_macs(cost: ep.ModelCost, plan: ep.Plan) -> float:
+    """MACs of a pruned model as the plan counts them: n:m layers at the sparse-kernel rate n/m."""
+    rate = {d.layer: d.n / d.m for d in plan.by_method("n:m")}
+    return cost.other_macs + sum(c.macs * rate.get(name, 1.0) for name, c in cost.layers.items())
+
+
+def measured_sparsity(zm, pruned) -> float:
+    """Fraction of the prunable layers' dense weights that the pruned model zeroed or removed."""
+    dense, after = ep.measure(zm.model, zm.inputs), ep.measure(pruned, zm.inputs)
+    prunable = set(dense.layers) - rule_kept(zm)
+    total = sum(dense.layers[n].weights for n in prunable)
+    return 1 - sum(after.layers[n].nonzero_weights for n in prunable) / total
+
+
+# -- the shape of a plan ---------------------------------------------------------------------------------
+
+
+@grid(ALL)
+def test_plan_has_one_row_per_conv_and_linear_layer(case):
+    zm, plan, _ = case
+    layers = prunable_layers(zm.model)
+    assert [d.layer for d in plan.layers] == list(layers)
+    assert [d.op for d in plan.layers] == [type(m).__name__ for m in layers.values()]
+
+
+@grid(ALL)
+def test_first_layer_and_classifier_head_are_kept_with_reasons(case):
+    zm, plan, _ = case
+    order = ep.measure(zm.model, zm.inputs).order
+    first, head = plan.layer(order[0]), plan.layer(order[-1])
+    assert (first.method, head.method) == ("keep", "keep")
+    assert first.reason.startswith("first layer")
+    assert head.reason.startswith("classifier head")
+
+
+@grid(ALL)
+def test_every_decision_gives_a_reason(case):
+    _, plan, _ = case
+    assert all(d.reason.strip() for d in plan.layers)
+
+
+@grid(ALL)
+def test_pruned_model_has_the_planned_channel_counts(case):
+    _, plan, pruned = case
+    modules = dict(pruned.named_modules())
+    for d in plan.layers:
+        module = modules[d.layer]
+        out_c, in_c = (module.out_features, module.in_features) if isinstance(module, torch.nn.Linear) else (
+            module.out_channels, module.in_channels)
+        assert (out_c, in_c) == (d.out_channels[1], d.in_channels[1]), d.layer
+
+
+@grid(ALL)
+def test_structured_channel_counts_are_multiples_of_the_alignment(case):
+    _, plan, _ = case
+    structured = plan.by_method("structured")
+    for d in structured:
+        assert d.out_channels[1] < d.out_channels[0], d.layer
+        assert d.out_channels[1] % plan.alignment == 0, d.layer
+
+
+# -- the family rules ------------------------------------------------------------------------------------
+
+
+def _qualifies_for_nm(module, nm) -> bool:
+    out_c, in_c = (module.out_features, module.in_features) if isinstance(module, torch.nn.Linear) else (
+        module.out_channels, module.in_channels)
+    grouped = not isinstance(module, torch.nn.Linear) and module.groups > 1
+    return (not grouped and reduction_size(module) % nm.m == 0
+            and in_c >= nm.min_in_channels and out_c >= nm.min_out_channels)
+
+
+@grid(_only(ALL, JETSON))
+def test_jetson_uses_nm_only_on_layers_that_qualify(case, jetson_small):
+    zm, plan, _ = case
+    nm = ep.load_target(jetson_small).sparsity.nm
+    modules = prunable_layers(zm.model)
+    nm_layers = plan.by_method("n:m")
+    assert nm_layers, "no layer of the tiny model qualifies: the jetson_small thresholds are too high"
+    for d in nm_layers:
+        assert _qualifies_for_nm(modules[d.layer], nm), d.layer
+        assert (d.n, d.m, d.amount) == (nm.n, nm.m, 1 - nm.n / nm.m)
+        assert "sparsity.nm" in d.reason
+
+
+@grid(_only(ALL, JETSON))
+def test_jetson_gives_nm_to_every_layer_that_qualifies(case, jetson_small):
+    zm, plan, _ = case
+    nm = ep.load_target(jetson_small).sparsity.nm
+    exempt = rule_kept(zm)
+    for name, module in prunable_layers(zm.model).items():
+        d = plan.layer(name)
+        if name in exempt or not _qualifies_for_nm(module, nm):
+            continue
+        # a qualifying layer whose input dimension channel pruning made a non-multiple of m is kept, saying so
+        assert d.method == "n:m" or "after channel pruning" in d.reason, (name, d.method, d.reason)
+
+
+@grid(_only(ALL, JETSON))
+def test_jetson_never_uses_unstructured(case):
+    _, plan, _ = case
+    assert not plan.by_method("unstructured")
+
+
+@grid(_only(ALL, PI5))
+def test_arm_cpu_uses_structured_pruning_only(case):
+    _, plan, _ = case
+    assert {d.method for d in plan.layers} <= {"structured", "keep"}
+    for d in plan.by_method("structured"):
+        assert "unstructured gives no speed-up" in d.reason
+
+
+@grid(_only(ALL, STM32))
+def test_mcu_uses_structured_pruning_only(case):
+    _, plan, _ = case
+    assert plan.by_method("structured")
+    assert {d.method for d in plan.layers} <= {"structured", "keep"}
+    for d in plan.by_method("structured"):
+        assert "int8 has no sparse kernels" in d.reason
+
+
+@grid(_only(SPARSE, ETHOS))
+def test_ethos_u_meets_a_sparsity_budget_with_unstructured_pruning(case):
+    zm, plan, _ = case
+    exempt = rule_kept(zm)
+    for d in plan.layers:
+        if d.layer not in exempt:
+            assert d.method == "unstructured", d.layer
+            assert "flash" in d.reason
+    assert not plan.groups
+    assert plan.macs_after == plan.macs_before  # zeros compress flash; the NPU still runs every MAC
+
+
+def test_ethos_u_meets_a_macs_budget_with_structured_pruning(small_cnn):
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, ETHOS, ep.Budget(macs_ratio=0.7))
+    assert plan.by_method("structured")
+    assert {d.method for d in plan.layers} <= {"structured", "keep"}
+
+
+# -- budgets, checked on the pruned model ----------------------------------------------------------------
+
+
+@grid(MACS)
+def test_macs_budget_is_met(case):
+    _, plan, _ = case
+    assert plan.macs_after / plan.macs_before <= plan.budget.macs_ratio
+
+
+@grid(ALL)
+def test_plan_macs_before_is_the_measured_dense_macs(case):
+    zm, plan, _ = case
+    assert plan.macs_before == ep.measure(zm.model, zm.inputs).macs
+
+
+@grid(ALL)
+def test_plan_macs_after_matches_the_pruned_model(case):
+    zm, plan, pruned = case
+    measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
+    assert plan.macs_after == pytest.approx(measured, rel=1e-3)
+
+
+@grid(MACS)
+def test_macs_budget_is_met_on_the_pruned_model(case):
+    zm, plan, pruned = case
+    measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
+    assert measured / ep.measure(zm.model, zm.inputs).macs <= plan.budget.macs_ratio + 1e-6
+
+
+@grid(ALL)
+def test_plan_params_after_match_the_pruned_model(case):
+    _, plan, pruned = case
+    assert plan.params_after == sum(p.numel() for p in pruned.parameters())
+
+
+@grid(ALL)
+def test_plan_sparsity_is_measured_on_the_pruned_model(case):
+    zm, plan, pruned = case
+    assert plan.sparsity == pytest.approx(measured_sparsity(zm, pruned), abs=1e-9)
+
+
+@grid(SPARSE)
+def test_sparsity_budget_is_met_on_measured_weights(case):
+    zm, plan, pruned = case
+    assert measured_sparsity(zm, pruned) >= plan.budget.sparsity
+
+
+# -- the plan as data ------------------------------------------------------------------------------------
+
+
+@grid(ALL)
+def test_plan_json_round_trip(case):
+    _, plan, _ = case
+    loaded = ep.Plan.from_json(plan.to_json())
+    assert loaded.layers == plan.layers
+    assert loaded.groups == plan.groups
+    assert loaded.budget == plan.budget
+    assert loaded == plan
+
+
+def test_plan_from_json_rejects_other_documents():
+    with pytest.raises(ValueError, match="not an edgeprune plan"):
+        ep.Plan.from_json('{"layers": []}')
+
+
+@grid(ALL)
+def test_plan_table_renders(case):
+    _, plan, _ = case
+    console = Console(record=True, width=240)
+    console.print(plan)
+    text = console.export_text()
+    assert f"plan for {plan.target}" in text
+    assert f"budget {plan.budget}" in text
+    assert plan.table().row_count == len(plan.layers)
+
+
+# -- recipes ---------------------------------------------------------------------------------------------
+
+
+def test_recipe_overrides_a_layers_method_and_amount(small_cnn):
+    recipe = {"layers": {"res.0": {"method": "unstructured", "amount": 0.5}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=recipe)
+    d = plan.layer("res.0")
+    assert (d.method, d.amount) == ("unstructured", 0.5)
+    assert "recipe" in d.reason
+    weight = dict(ep.finalize(ep.prune(small_cnn.model, plan)).named_modules())["res.0"].weight
+    assert float((weight == 0).float().mean()) == pytest.approx(0.5)
+
+
+def test_recipe_fixes_a_structured_amount(small_cnn):
+    recipe = {"layers": {"branch_b.0": {"method": "structured", "amount": 0.5}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    d = plan.layer("branch_b.0")
+    assert (d.method, d.amount, d.out_channels) == ("structured", 0.5, (32, 16))
+    assert "recipe" in d.reason
+
+
+def test_recipe_keep_overrides_the_policy(small_cnn):
+    recipe = {"layers": {"res.0": {"method": "keep"}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=recipe)
+    d = plan.layer("res.0")
+    assert (d.method, d.out_channels) == ("keep", (32, 32))
+    assert "recipe" in d.reason
+
+
+def test_recipe_ignore_list_accepts_globs(small_cnn):
+    recipe = {"ignore": ["branch_*"]}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=recipe)
+    for name in ("branch_a.0", "branch_b.0"):
+        d = plan.layer(name)
+        assert (d.method, d.out_channels[0]) == ("keep", d.out_channels[1])
+        assert "ignore list" in d.reason
+    assert plan.by_method("structured")
+
+
+def test_recipe_loads_from_a_toml_file(small_cnn, write_toml):
+    path = write_toml("recipe.toml", 'ignore = ["fc1"]\n\n[layers."res.0"]\nmethod = "unstructured"\namount = 0.25\n')
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=str(path))
+    assert plan.layer("fc1").method == "keep"
+    assert str(path) in plan.layer("fc1").reason
+    assert (plan.layer("res.0").method, plan.layer("res.0").amount) == ("unstructured", 0.25)
+
+
+def test_recipe_naming_an_unknown_layer_is_an_error(small_cnn):
+    recipe = {"layers": {"res.9": {"method": "keep"}}}
+    with pytest.raises(ep.RecipeError, match=r"'res\.9'.*does not have; did you mean"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=recipe)
+
+
+def test_recipe_ignore_pattern_matching_nothing_is_an_error(small_cnn):
+    with pytest.raises(ep.RecipeError, match=r"ignore names layer 'head\*'"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe={"ignore": ["head*"]})
+
+
+def test_recipe_toml_with_unknown_key_names_file_and_key(small_cnn, write_toml):
+    path = write_toml("recipe.toml", 'ignor = ["fc1"]\n')
+    with pytest.raises(ep.RecipeError) as info:
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "'ignor'" in message and "unknown key" in message and "ignore, layers" in message
+
+
+def test_recipe_override_with_unknown_key_names_the_key(small_cnn, write_toml):
+    path = write_toml("recipe.toml", '[layers."res.0"]\nmethod = "structured"\namout = 0.25\n')
+    with pytest.raises(ep.RecipeError, match=r"layers\.res\.0\.amout'.*unknown key"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=path)
+
+
+def test_recipe_nm_on_a_layer_whose_input_is_not_a_multiple_of_m_is_an_error(small_cnn):
+    recipe = {"layers": {"stem.0": {"method": "n:m"}}}  # 1 input channel
+    with pytest.raises(ep.RecipeError, match="stem.0: 2:4 needs"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.8), recipe=recipe)
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+
+def test_unknown_target_name_is_a_target_error(small_cnn):
+    with pytest.raises(ep.TargetError, match="unknown target 'pi-zero'"):
+        ep.plan(small_cnn.model, small_cnn.inputs, "pi-zero", ep.Budget(macs_ratio=0.5))
+
+
+def test_model_that_cannot_run_on_its_inputs_is_a_model_error(small_cnn):
+    wrong = (torch.randn(1, 3, 8, 8),)  # small_cnn takes 1 channel
+    with pytest.raises(ep.ModelError, match=r"does not run on the example inputs \(0: \[1, 3, 8, 8\]\)"):
+        ep.plan(small_cnn.model, wrong, PI5, ep.Budget(macs_ratio=0.5))
+
+
+def test_inputs_that_are_not_tensors_are_a_model_error(small_cnn):
+    with pytest.raises(ep.ModelError, match="not a tensor"):
+        ep.plan(small_cnn.model, {"x": [1, 2, 3]}, PI5, ep.Budget(macs_ratio=0.5))
+
+
+def test_unknown_importance_is_an_error(small_cnn):
+    with pytest.raises(ep.EdgepruneError, match="unknown importance 'l3'.*l1, l2, bn_scale, taylor"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.5), importance="l3")
+
+
+def test_unknown_scope_is_an_error(small_cnn):
+    with pytest.raises(ep.EdgepruneError, match="unknown scope 'local'.*per-layer, global"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.5), scope="local")
+
+
+def test_budget_that_is_not_a_budget_is_a_budget_error(small_cnn):
+    with pytest.raises(ep.BudgetError, match="must be an edgeprune.Budget"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, 0.5)
+
+
+def test_infeasible_macs_budget_is_a_budget_error(small_cnn):
+    with pytest.raises(ep.BudgetError, match=r"Budget\(macs_ratio=0.05\) cannot be met"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.05))
+
+
+def test_infeasible_sparsity_budget_is_a_budget_error(small_cnn):
+    with pytest.raises(ep.BudgetError, match=r"Budget\(sparsity=0.95\) cannot be met"):
+        ep.plan(small_cnn.model, small_cnn.inputs, STM32, ep.Budget(sparsity=0.95))
+
+
+# -- importance and scope --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["per-layer", "global"])
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
+@pytest.mark.parametrize("model", ["small_cnn", "tiny_resnet"])
+def test_importance_and_scope_give_valid_plans(zoo_model, planned, model, importance, scope):
+    zm = zoo_model(model)
+    budget = macs_budget(model)
+    plan, pruned = planned(zm, PI5, budget, importance=importance, scope=scope)
+    assert (plan.importance, plan.scope) == (importance, scope)
+    assert plan.by_method("structured")
+    assert plan.macs_ratio <= budget.macs_ratio
+    measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
+    assert measured == pytest.approx(plan.macs_after, rel=1e-3)
+    with torch.no_grad():
+        assert output_shapes(call(pruned, zm.inputs)) == output_shapes(call(zm.model, zm.inputs))

@@ -1,0 +1,352 @@
+"""Carrying out a plan: `prune` copies, masks hold through training, `finalize` gives plain modules that
+export, broken channel groups are rolled back, and the N:M mask has the layout sparse tensor cores run."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+
+import edgeprune as ep
+from conftest import TINY_MODELS, macs_budget
+from edgeprune import zoo
+from edgeprune.inputs import call, main_output, normalize, output_shapes
+from edgeprune.pruning.nm import apply_nm, nm_mask, satisfies_nm
+
+PI5, ETHOS = "raspberry-pi-5", "corstone-300-ethos-u55-128"
+
+# (target, budget kind): structured + 2:4 on Jetson, structured only on the Pi, unstructured on Ethos-U
+KINDS = {"jetson-nm": ("jetson_small", "macs"), "pi5-structured": (PI5, "macs"), "ethos-unstructured": (ETHOS, "sparsity")}
+
+
+def _budget(model: str, kind: str) -> ep.Budget:
+    target, budget = KINDS[kind]
+    return macs_budget(model, jetson=target == "jetson_small") if budget == "macs" else ep.Budget(sparsity=0.3)
+
+
+def _target(kind: str, jetson_small):
+    target = KINDS[kind][0]
+    return jetson_small if target == "jetson_small" else target
+
+
+@pytest.fixture
+def pruned_case(request, zoo_model, jetson_small, planned):
+    """(zoo model, plan, pruned model) for one (model, kind) pair."""
+    model, kind = request.param
+    zm = zoo_model(model)
+    plan, pruned = planned(zm, _target(kind, jetson_small), _budget(model, kind))
+    return zm, plan, pruned
+
+
+def grid(kinds=tuple(KINDS)):
+    cases = [pytest.param((m, k), id=f"{m}-{k}") for m in TINY_MODELS for k in kinds]
+    return pytest.mark.parametrize("pruned_case", cases, indirect=True)
+
+
+def _groups_of_m(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """Rows of M consecutive input channels at each (output channel, kernel position)."""
+    if weight.dim() > 2:
+        weight = weight.movedim(1, -1)  # (out, in, *k) -> (out, *k, in)
+    return weight.reshape(-1, m)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "structure": [(n, type(m).__name__, repr(m)) for n, m in model.named_modules()],
+        "params": [(n, p.shape, p.requires_grad) for n, p in model.named_parameters()],
+        "hooks": sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()),
+        "training": [m.training for m in model.modules()],
+    }
+
+
+# -- prune copies and leaves the caller's model alone ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_plan_and_prune_leave_the_callers_model_bit_identical(model, kind, jetson_small):
+    factory = getattr(zoo, model)
+    dense, inputs = factory(), factory.example_inputs()  # a fresh model: the session's ones are shared
+    before = _snapshot(dense)
+    plan = ep.plan(dense, inputs, _target(kind, jetson_small), _budget(model, kind))
+    ep.finalize(ep.prune(dense, plan))
+    after = _snapshot(dense)
+    assert after["structure"] == before["structure"]
+    assert after["params"] == before["params"]
+    assert (after["hooks"], after["training"]) == (before["hooks"], before["training"])
+    assert after["state"].keys() == before["state"].keys()
+    for key, tensor in before["state"].items():
+        assert torch.equal(after["state"][key], tensor), key
+
+
+@grid()
+def test_prune_returns_a_new_module(pruned_case):
+    zm, _, pruned = pruned_case
+    assert pruned is not zm.model
+    assert not {id(m) for m in pruned.modules()} & {id(m) for m in zm.model.modules()}
+    assert not {id(p) for p in pruned.parameters()} & {id(p) for p in zm.model.parameters()}
+
+
+@grid()
+def test_pruned_model_keeps_its_output_shapes(pruned_case):
+    zm, _, pruned = pruned_case
+    with torch.no_grad():
+        assert output_shapes(call(pruned, zm.inputs)) == output_shapes(call(zm.model, zm.inputs))
+
+
+@grid()
+def test_prune_records_the_plan_it_carried_out(pruned_case):
+    _, plan, pruned = pruned_case
+    record = ep.record_of(pruned)
+    assert record.plan == plan  # nothing rolled back on the zoo models
+    assert {r.root: len(r.idxs) for r in record.removals} == {g.root: g.remove for g in plan.groups}
+
+
+@grid(["pi5-structured"])
+def test_attention_groups_lose_whole_heads(pruned_case):
+    _, plan, pruned = pruned_case
+    for g in plan.groups:
+        if g.heads:
+            assert g.remove % (g.channels // g.heads) == 0
+    for module in pruned.modules():
+        if hasattr(module, "attention_head_size") and hasattr(module, "query"):
+            assert module.query.out_features % module.attention_head_size == 0
+            assert module.query.out_features == module.key.out_features == module.value.out_features
+
+
+# -- the masks -------------------------------------------------------------------------------------------
+
+
+@grid(["jetson-nm"])
+def test_nm_pattern_holds_exactly_on_every_nm_layer(pruned_case):
+    _, plan, pruned = pruned_case
+    modules = dict(ep.finalize(pruned).named_modules())
+    nm_layers = plan.by_method("n:m")
+    assert nm_layers
+    for d in nm_layers:
+        weight = modules[d.layer].weight.detach()
+        assert satisfies_nm(weight, d.n, d.m), d.layer
+        # random weights are never exactly zero: each group keeps exactly n
+        assert ((_groups_of_m(weight, d.m) != 0).sum(dim=1) == d.n).all(), d.layer
+
+
+@grid(["ethos-unstructured"])
+def test_unstructured_amounts_match_the_plan(pruned_case):
+    _, plan, pruned = pruned_case
+    modules = dict(ep.finalize(pruned).named_modules())
+    layers = plan.by_method("unstructured")
+    assert layers
+    for d in layers:
+        weight = modules[d.layer].weight.detach()
+        assert float((weight == 0).sum()) == pytest.approx(d.amount * weight.numel(), abs=0.5), d.layer
+
+
+@pytest.mark.parametrize("kind", ["jetson-nm", "ethos-unstructured"])
+@pytest.mark.parametrize("model", ["small_cnn", "tiny_bert"])
+def test_masks_survive_a_training_step(zoo_model, planned, jetson_small, model, kind):
+    zm = zoo_model(model)
+    plan, _ = planned(zm, _target(kind, jetson_small), _budget(model, kind))
+    pruned = ep.prune(zm.model, plan)  # its own copy: this test trains it
+    masked = [d.layer for d in plan.layers if d.method in ("n:m", "unstructured")]
+    modules = dict(pruned.named_modules())
+    masks = {n: modules[n].weight_mask.clone() for n in masked}
+    originals = {n: modules[n].weight_orig.detach().clone() for n in masked}
+
+    pruned.train()
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        optimizer.zero_grad()
+        main_output(call(pruned, zm.inputs)).float().pow(2).mean().backward()
+        optimizer.step()
+
+    finalized = dict(ep.finalize(pruned).named_modules())
+    assert any(not torch.equal(modules[n].weight_orig, originals[n]) for n in masked), "training changed nothing"
+    for name in masked:
+        weight = finalized[name].weight.detach()
+        assert (weight[~masks[name].bool()] == 0).all(), name
+
+
+# -- finalize --------------------------------------------------------------------------------------------
+
+
+@grid()
+def test_finalize_leaves_no_hooks_masks_or_parametrizations(pruned_case):
+    _, _, pruned = pruned_case
+    finalized = ep.finalize(pruned)
+    for name, module in finalized.named_modules():
+        assert not module._forward_pre_hooks, name
+        assert not parametrize.is_parametrized(module), name
+    names = [n for n, _ in finalized.named_parameters()] + [n for n, _ in finalized.named_buffers()]
+    assert not [n for n in names if n.endswith(("weight_orig", "weight_mask"))]
+
+
+@grid()
+def test_finalize_leaves_the_pruned_model_as_it_was(pruned_case):
+    _, plan, pruned = pruned_case
+    ep.finalize(pruned)
+    modules = dict(pruned.named_modules())
+    for d in plan.layers:
+        if d.method in ("n:m", "unstructured") and d.amount:
+            assert any(isinstance(h, torch_prune.BasePruningMethod) for h in modules[d.layer]._forward_pre_hooks.values())
+
+
+@grid()
+def test_finalized_model_computes_what_the_pruned_model_does(pruned_case):
+    zm, _, pruned = pruned_case
+    with torch.no_grad():
+        expected = main_output(call(pruned, zm.inputs))
+        got = main_output(call(ep.finalize(pruned), zm.inputs))
+    torch.testing.assert_close(got, expected)
+
+
+@grid()
+def test_finalized_model_exports(pruned_case):
+    zm, _, pruned = pruned_case
+    args, kwargs = normalize(zm.inputs)  # transformers models take keyword inputs
+    exported = torch.export.export(ep.finalize(pruned), args, kwargs)
+    assert exported.graph_signature.parameters
+
+
+# -- rollback of a channel group that breaks the model ---------------------------------------------------
+
+
+class Reshaper(nn.Module):
+    """`mid`'s outputs go through `view(b, 32, -1)`: with `rigid`, removing any of its channels breaks the
+    forward (torch-pruning cannot see a hard-coded count). `expand` can be pruned either way."""
+
+    def __init__(self, rigid: bool = True):
+        super().__init__()
+        self.rigid = rigid
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.mid = nn.Conv2d(32, 32, 3, padding=1)
+        self.expand = nn.Conv2d(32, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.mid(x))
+        y = y.view(b, 32 if self.rigid else y.shape[1], -1).view(b, -1, h, w)
+        return self.fc(torch.relu(self.expand(y)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def reshapers():
+    torch.manual_seed(0)
+    rigid, flexible = Reshaper(rigid=True).eval(), Reshaper(rigid=False).eval()
+    flexible.load_state_dict(rigid.state_dict())
+    return rigid, flexible, (torch.randn(1, 3, 5, 5),)  # 5x5: 24 * 25 values cannot be viewed as 32 rows
+
+
+def test_plan_rolls_back_a_group_that_breaks_the_model(reshapers):
+    rigid, _, inputs = reshapers
+    plan = ep.plan(rigid, inputs, PI5, ep.Budget(macs_ratio=0.95))
+    mid = plan.layer("mid")
+    assert (mid.method, mid.out_channels) == ("keep", (32, 32))
+    assert mid.reason.startswith("rolled back: pruning broke the model (RuntimeError")
+    assert plan.layer("expand").method == "structured"
+    assert plan.macs_ratio <= 0.95
+
+
+def test_model_pruned_after_a_rollback_runs(reshapers):
+    rigid, _, inputs = reshapers
+    pruned = ep.prune(rigid, ep.plan(rigid, inputs, PI5, ep.Budget(macs_ratio=0.95)))
+    with torch.no_grad():
+        assert pruned(*inputs).shape == (1, 10)
+    assert pruned.mid.out_channels == 32 and pruned.expand.out_channels < 64
+
+
+def test_prune_rolls_back_a_planned_group_that_breaks_the_model(reshapers):
+    rigid, flexible, inputs = reshapers
+    plan = ep.plan(flexible, inputs, PI5, ep.Budget(macs_ratio=0.8))  # the twin without the hard-coded 32
+    assert plan.layer("mid").method == "structured"
+    with pytest.warns(UserWarning, match="rolled back channel groups that broke the model: mid"):
+        pruned = ep.prune(rigid, plan)
+    executed = ep.record_of(pruned).plan
+    mid = executed.layer("mid")
+    assert (mid.method, mid.out_channels) == ("keep", (32, 32))
+    assert mid.reason.startswith("rolled back: pruning broke the model")
+    assert "mid" not in {g.root for g in executed.groups}
+    assert executed.layer("expand").method == "structured"
+    with torch.no_grad():
+        assert pruned(*inputs).shape == (1, 10)
+    assert pruned.mid.out_channels == 32 and pruned.expand.out_channels < 64
+
+
+def test_prune_without_rollback_issues_no_warning(small_cnn, planned):
+    plan, _ = planned(small_cnn, PI5, macs_budget("small_cnn"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ep.prune(small_cnn.model, plan)
+
+
+# -- the N:M mask ----------------------------------------------------------------------------------------
+
+
+def test_nm_mask_linear_keeps_the_largest_magnitudes_of_each_group_of_m_inputs():
+    weight = torch.tensor([[1.0, -4.0, 3.0, 2.0, -0.5, 0.1, 0.2, 0.3],
+                           [9.0, 8.0, -7.0, 6.0, 1.0, -2.0, 3.0, -4.0]])
+    expected = torch.tensor([[0, 1, 1, 0, 1, 0, 0, 1],
+                             [1, 1, 0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(nm_mask(weight, 2, 4), expected)
+
+
+def test_nm_mask_conv_groups_run_along_input_channels_at_each_kernel_position():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 8, 2, 3, generator=generator)  # (out, in, kh, kw)
+    mask = nm_mask(weight, 2, 4)
+    expected = torch.zeros_like(weight, dtype=torch.bool)
+    for o in range(3):
+        for i in range(2):
+            for j in range(3):
+                for start in (0, 4):
+                    channels = weight[o, start:start + 4, i, j].abs()
+                    expected[o, start + channels.topk(2).indices, i, j] = True
+    assert torch.equal(mask, expected)
+
+
+def test_nm_mask_conv_differs_from_grouping_along_the_kernel():
+    # magnitudes grow along the kernel row and not across channels: groups of 4 channels at one position
+    # must keep 2 of those 4 channels, whatever the kernel position
+    weight = torch.arange(1.0, 5.0).repeat(4, 4, 1, 1)  # (4 out, 4 in, 1, 4): w[o, c, 0, k] = k + 1
+    mask = nm_mask(weight, 2, 4)
+    assert (mask.sum(dim=1) == 2).all()  # per (out, kernel position): 2 of the 4 input channels
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8), (1, 2)])
+@pytest.mark.parametrize("shape", [(16, 32), (8, 16, 3, 3), (4, 8, 5)], ids=["linear", "conv2d", "conv1d"])
+def test_nm_mask_keeps_exactly_n_of_every_m(shape, n, m):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    mask = nm_mask(weight, n, m)
+    assert mask.shape == weight.shape and mask.dtype == torch.bool
+    assert (_groups_of_m(mask, m).sum(dim=1) == n).all()
+    assert satisfies_nm(weight * mask, n, m)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (4, 6, 3, 3)], ids=["linear", "conv2d"])
+def test_nm_mask_input_dimension_not_a_multiple_of_m_is_an_error(shape):
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        nm_mask(torch.randn(shape), 2, 4)
+
+
+def test_satisfies_nm_rejects_a_dense_weight():
+    assert not satisfies_nm(torch.ones(4, 8), 2, 4)
+
+
+def test_satisfies_nm_rejects_an_input_dimension_not_a_multiple_of_m():
+    assert not satisfies_nm(torch.zeros(4, 6), 2, 4)
+
+
+def test_apply_nm_mask_stays_in_force_after_the_weights_change():
+    layer = nn.Linear(8, 4)
+    apply_nm(layer, 2, 4)
+    with torch.no_grad():
+        layer.weight_orig.fill_(1.0)
+    layer(torch.randn(1, 8))  # the pre-hook recomputes weight = weight_orig * weight_mask
+    assert satisfies_nm(layer.weight, 2, 4)
+    assert int(layer.weight.count_nonzero()) == 16
