@@ -21,7 +21,6 @@ pruning a copy for real and measuring it; a group that breaks the model is froze
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -29,12 +28,13 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ._copy import copy_model
 from .budget import Budget
 from .costs import ModelCost, measure, prunable_layers
 from .errors import BudgetError, EdgepruneError, ModelError, RecipeError
 from .inputs import InputSpec, call
 from .plan import GroupDecision, LayerDecision, Plan
-from .pruning import apply_masks
+from .pruning import apply_masks, finalize
 from .pruning.nm import reduction_size
 from .pruning.structured import IMPORTANCES, ChannelGraph, ChannelGroup, remove_channels
 from .pruning.unstructured import global_amounts
@@ -196,7 +196,7 @@ def plan(
     if scope not in SCOPES:
         raise EdgepruneError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
     spec = InputSpec.of(example_inputs)
-    work = copy.deepcopy(model).eval()
+    work = finalize(model).eval()  # a copy; earlier masks folded in, as prune() will
     try:
         with torch.no_grad():
             call(work, example_inputs)
@@ -269,7 +269,7 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
     shrinkable = ("structured", "n:m") if nm_structured else ("structured",)
     structured = [n for n, c in choices.items() if c.method in shrinkable]
     frozen = [n for n in choices if n not in structured]
-    graph = ChannelGraph(copy.deepcopy(work), example_inputs)
+    graph = ChannelGraph(copy_model(work), example_inputs)
     groups = [g for g in graph.groups(frozen=frozen) if g.root not in broken]
     in_group = {n for g in groups for n in g.out_layers}
     min_channels = target.alignment.min_channels
@@ -396,7 +396,7 @@ def _verify(model, example_inputs, result: Plan, importance, loss_fn,
 
     On success the plan's MACs, parameters and sparsity become those measured on the pruned copy."""
     removals = {g.root: g.remove for g in result.groups}
-    pruned, _, failures = remove_channels(copy.deepcopy(model).eval(), example_inputs, removals, importance, loss_fn)
+    pruned, _, failures = remove_channels(finalize(model).eval(), example_inputs, removals, importance, loss_fn)
     modules = dict(pruned.named_modules())
     demoted = {}
     for d in result.by_method("n:m"):

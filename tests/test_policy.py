@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 
 import edgeprune as ep
-from conftest import TINY_MODELS, macs_budget
+from conftest import TINY_MODELS, layer_channels, macs_budget
 from edgeprune.costs import prunable_layers
 from edgeprune.inputs import call, output_shapes
 from edgeprune.pruning.nm import reduction_size
@@ -22,7 +22,8 @@ def _cases(targets, kinds):
     for model in TINY_MODELS:
         for target in targets:
             for kind in kinds:
-                budget = macs_budget(model, jetson=target == JETSON) if kind == "macs" else ep.Budget(sparsity=SPARSITY)
+                macs = macs_budget(model, jetson=target == JETSON)
+                budget = macs if kind == "macs" else ep.Budget(sparsity=SPARSITY)
                 cases.append(pytest.param((model, target, budget), id=f"{model}-{target}-{budget}"))
     return cases
 
@@ -102,18 +103,22 @@ def test_pruned_model_has_the_planned_channel_counts(case):
     _, plan, pruned = case
     modules = dict(pruned.named_modules())
     for d in plan.layers:
-        module = modules[d.layer]
-        out_c, in_c = (module.out_features, module.in_features) if isinstance(module, torch.nn.Linear) else (
-            module.out_channels, module.in_channels)
-        assert (out_c, in_c) == (d.out_channels[1], d.in_channels[1]), d.layer
+        assert layer_channels(modules[d.layer]) == (d.out_channels[1], d.in_channels[1]), d.layer
 
 
 @grid(ALL)
-def test_structured_channel_counts_are_multiples_of_the_alignment(case):
+def test_structured_layers_lose_channels(case):
     _, plan, _ = case
-    structured = plan.by_method("structured")
-    for d in structured:
+    for d in plan.by_method("structured"):
         assert d.out_channels[1] < d.out_channels[0], d.layer
+        assert d.group is not None and d.amount > 0, d.layer
+
+
+@grid(ALL)
+def test_channel_counts_that_change_are_multiples_of_the_alignment(case):
+    _, plan, _ = case
+    changed = [d for d in plan.layers if d.out_channels[1] != d.out_channels[0]]
+    for d in changed:
         assert d.out_channels[1] % plan.alignment == 0, d.layer
 
 
@@ -121,8 +126,7 @@ def test_structured_channel_counts_are_multiples_of_the_alignment(case):
 
 
 def _qualifies_for_nm(module, nm) -> bool:
-    out_c, in_c = (module.out_features, module.in_features) if isinstance(module, torch.nn.Linear) else (
-        module.out_channels, module.in_channels)
+    out_c, in_c = layer_channels(module)
     grouped = not isinstance(module, torch.nn.Linear) and module.groups > 1
     return (not grouped and reduction_size(module) % nm.m == 0
             and in_c >= nm.min_in_channels and out_c >= nm.min_out_channels)
@@ -152,6 +156,16 @@ def test_jetson_gives_nm_to_every_layer_that_qualifies(case, jetson_small):
             continue
         # a qualifying layer whose input dimension channel pruning made a non-multiple of m is kept, saying so
         assert d.method == "n:m" or "after channel pruning" in d.reason, (name, d.method, d.reason)
+
+
+def test_jetson_shrinks_nm_layers_only_when_2_4_alone_misses_the_budget(small_cnn, jetson_small, planned):
+    loose, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.7))  # 2:4 alone gives ~0.51
+    tight, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.4))
+    assert loose.by_method("n:m") and all(d.group is None for d in loose.by_method("n:m"))
+    shrunk = [d for d in tight.by_method("n:m") if d.out_channels[1] < d.out_channels[0]]
+    assert shrunk
+    assert all("the budget asks for more than 2:4 gives" in d.reason for d in shrunk)
+    assert tight.macs_ratio <= 0.4
 
 
 @grid(_only(ALL, JETSON))

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 import edgeprune as ep
-from conftest import TINY_MODELS, macs_budget
+from conftest import TINY_MODELS, layer_channels, macs_budget
 from edgeprune import zoo
 from edgeprune.inputs import call, main_output, normalize, output_shapes
 from edgeprune.pruning.nm import apply_nm, nm_mask, satisfies_nm
@@ -20,7 +20,11 @@ from edgeprune.pruning.nm import apply_nm, nm_mask, satisfies_nm
 PI5, ETHOS = "raspberry-pi-5", "corstone-300-ethos-u55-128"
 
 # (target, budget kind): structured + 2:4 on Jetson, structured only on the Pi, unstructured on Ethos-U
-KINDS = {"jetson-nm": ("jetson_small", "macs"), "pi5-structured": (PI5, "macs"), "ethos-unstructured": (ETHOS, "sparsity")}
+KINDS = {
+    "jetson-nm": ("jetson_small", "macs"),
+    "pi5-structured": (PI5, "macs"),
+    "ethos-unstructured": (ETHOS, "sparsity"),
+}
 
 
 def _budget(model: str, kind: str) -> ep.Budget:
@@ -69,7 +73,7 @@ def _snapshot(model: nn.Module) -> dict:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("model", TINY_MODELS)
-def test_plan_and_prune_leave_the_callers_model_bit_identical(model, kind, jetson_small):
+def test_plan_prune_and_finalize_leave_the_callers_model_bit_identical(model, kind, jetson_small):
     factory = getattr(zoo, model)
     dense, inputs = factory(), factory.example_inputs()  # a fresh model: the session's ones are shared
     before = _snapshot(dense)
@@ -278,6 +282,16 @@ def test_prune_rolls_back_a_planned_group_that_breaks_the_model(reshapers):
     assert pruned.mid.out_channels == 32 and pruned.expand.out_channels < 64
 
 
+def test_plan_recorded_after_a_rollback_has_the_pruned_channel_counts(reshapers):
+    rigid, flexible, inputs = reshapers
+    plan = ep.plan(flexible, inputs, PI5, ep.Budget(macs_ratio=0.8))
+    with pytest.warns(UserWarning):
+        pruned = ep.prune(rigid, plan)
+    modules = dict(pruned.named_modules())
+    for d in ep.record_of(pruned).plan.layers:  # `expand` reads mid's outputs: its inputs stay at 32 too
+        assert layer_channels(modules[d.layer]) == (d.out_channels[1], d.in_channels[1]), d.layer
+
+
 def test_prune_without_rollback_issues_no_warning(small_cnn, planned):
     plan, _ = planned(small_cnn, PI5, macs_budget("small_cnn"))
     with warnings.catch_warnings():
@@ -350,3 +364,12 @@ def test_apply_nm_mask_stays_in_force_after_the_weights_change():
     layer(torch.randn(1, 8))  # the pre-hook recomputes weight = weight_orig * weight_mask
     assert satisfies_nm(layer.weight, 2, 4)
     assert int(layer.weight.count_nonzero()) == 16
+
+
+def test_a_pruned_model_with_masks_can_be_planned_and_pruned_again(small_cnn):
+    model, inputs = small_cnn.model, small_cnn.inputs
+    first = ep.prune(model, ep.plan(model, inputs, "corstone-300-ethos-u55-128", ep.Budget(sparsity=0.3)))
+    first.train()
+    first(*inputs).sum().backward()  # masked weights are now non-leaf tensors
+    again = ep.prune(first, ep.plan(first, inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.8)))
+    assert again(*inputs).shape == model(*inputs).shape

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
+from .._copy import copy_model
 from ..plan import Plan
 from .nm import apply_nm, reduction_size
 from .structured import Removal, remove_channels
@@ -72,11 +73,13 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
 
     Channels are removed first (torch-pruning), then N:M and unstructured masks are attached with
     `torch.nn.utils.prune`, so they stay in force while fine-tuning; `finalize` folds them in.
+    Masks already on `model` (from an earlier prune) are folded in first.
     A channel group that breaks the model is rolled back: its layers are reported as `keep` with the error
     in `record_of(pruned).plan`, and a warning is issued.
     """
     inputs = plan.example() if example_inputs is None else example_inputs
-    work = copy.deepcopy(model)
+    # masks already on the model are folded in first: torch-pruning shrinks plain weights
+    work = finalize(model)
     was_training = work.training
     work.eval()
     removals = {g.root: g.remove for g in plan.groups if g.remove > 0}
@@ -99,24 +102,10 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     return work
 
 
-def _copy_masked(model: nn.Module) -> nn.Module:
-    """`copy.deepcopy`, also of a model with pruning masks attached. `torch.nn.utils.prune` keeps `weight` as
-    `weight_orig * weight_mask` computed with autograd on (by `prune` and by every training forward), a
-    non-leaf tensor that deepcopy refuses; the copy gets it detached (the hook recomputes it anyway)."""
-    memo = {}
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                masked = getattr(module, hook._tensor_name)
-                if not masked.is_leaf:
-                    memo[id(masked)] = masked.detach().clone()
-    return copy.deepcopy(model, memo)
-
-
 def finalize(model: nn.Module) -> nn.Module:
     """A copy with every mask folded into its weight: no pruning hooks or parametrizations remain,
     so `torch.export` and the exporters see plain modules with zeros in the weights."""
-    work = _copy_masked(model)
+    work = copy_model(model)
     for module in work.modules():
         for name in [h._tensor_name for h in list(module._forward_pre_hooks.values())
                      if isinstance(h, torch_prune.BasePruningMethod)]:

@@ -10,7 +10,6 @@ and transformers' attention infers the head count from the tensor shape (`view(.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
@@ -19,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .._copy import copy_model
 from ..costs import PRUNABLE_TYPES
 from ..errors import ModelError
 from ..inputs import call, main_output, normalize, output_shapes
@@ -210,7 +210,7 @@ def remove_channels(
     """
     with torch.no_grad():
         expected = output_shapes(call(model, example_inputs))
-    pristine = copy.deepcopy(model)
+    pristine = copy_model(model)
     graph = ChannelGraph(model, example_inputs)
     if importance == "taylor":
         prepare_taylor(model, example_inputs, loss_fn)
@@ -246,7 +246,7 @@ def remove_channels(
     # Something broke the model: find which group, one at a time, starting again from the pristine copy.
     accepted: list[Removal] = []
     for item in planned:
-        trial = copy.deepcopy(pristine)
+        trial = copy_model(pristine)
         try:
             replay(trial, accepted + [item])
             error = _check(trial, example_inputs, expected)
@@ -256,7 +256,7 @@ def remove_channels(
             accepted.append(item)
         else:
             failures[item.root] = error
-    model = copy.deepcopy(pristine)
+    model = copy_model(pristine)
     if accepted:
         replay(model, accepted)
     return model, accepted, failures
