@@ -34,7 +34,7 @@ from .costs import ModelCost, measure, prunable_layers
 from .errors import BudgetError, EdgepruneError, ModelError, RecipeError
 from .inputs import InputSpec, call
 from .plan import GroupDecision, LayerDecision, Plan
-from .pruning import apply_masks, finalize
+from .pruning import apply_masks, finalize, refresh
 from .pruning.nm import reduction_size
 from .pruning.structured import IMPORTANCES, ChannelGraph, ChannelGroup, remove_channels
 from .pruning.unstructured import global_amounts
@@ -130,12 +130,18 @@ class _Estimator:
     def fractions(self, groups: list[ChannelGroup], removal: dict[str, int]) -> tuple[dict, dict]:
         out_f = {n: 1.0 for n in self.cost.layers}
         in_f = {n: 1.0 for n in self.cost.layers}
+        in_removed: dict[str, int] = {}
+        in_total: dict[str, int] = {}
         for g in groups:
-            f = (g.channels - removal.get(g.root, 0)) / g.channels
+            r = removal.get(g.root, 0)
             for n in g.out_layers:
-                out_f[n] = f
+                out_f[n] = (g.channels - r) / g.channels
             for n in g.in_layers:
-                in_f[n] = f
+                in_removed[n] = in_removed.get(n, 0) + r
+                in_total[n] = in_total.get(n, 0) + g.channels
+        for n, total in in_total.items():
+            # a layer fed by a concat takes its inputs from several groups, in proportion to their widths
+            in_f[n] = 1 - in_removed[n] / total
         for n, m in self.modules.items():
             if _is_depthwise(m):
                 in_f[n] = 1.0  # a depthwise conv's cost follows its channel count once, not twice
@@ -170,6 +176,27 @@ def _keep_count(g: ChannelGroup, fraction: float, align: int, min_channels: int)
         return g.channels
     kept = align * round(g.channels * (1 - fraction) / align)
     return g.channels if kept >= g.channels else max(kept, floor)
+
+
+def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, within: Callable) -> dict[str, int]:
+    """Give channels back, one aligned unit at a time, while the budget still holds.
+
+    The knob moves every group at once, and alignment makes its steps coarse; this lands the plan close
+    to the budget instead of well under it. The most-pruned group gets its channels back first, so the
+    per-layer fractions stay near-uniform.
+    """
+    removal = dict(removal)
+    while True:
+        candidates = sorted((g for g in free if removal.get(g.root, 0) > 0),
+                            key=lambda g: removal[g.root] / g.channels, reverse=True)
+        for g in candidates:
+            trial = dict(removal)
+            trial[g.root] = max(0, removal[g.root] - (g.head_dim or align))
+            if within(trial):
+                removal = trial
+                break
+        else:
+            return removal
 
 
 def _removal_for(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
@@ -310,14 +337,14 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
         def removal_at(x: float) -> dict[str, int]:
             return {g.root: _removal_for(g, x, align, min_channels) for g in free}
 
-    def metric(x: float) -> tuple[float, float]:
-        return estimator.evaluate(groups, {**removal_at(x), **fixed}, choices, unstructured)
-
-    def meets(x: float) -> bool:
-        macs, sparsity = metric(x)
+    def within(removal: dict[str, int]) -> bool:
+        macs, sparsity = estimator.evaluate(groups, removal, choices, unstructured)
         if budget.kind == "macs_ratio":
             return macs <= budget.macs_ratio * estimator.cost.macs
         return sparsity >= budget.sparsity
+
+    def meets(x: float) -> bool:
+        return within({**removal_at(x), **fixed})
 
     if meets(0.0):
         x = 0.0
@@ -330,6 +357,8 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
             lo, hi = (lo, mid) if meets(mid) else (mid, hi)
         x = hi
     removal = {**removal_at(x), **fixed}
+    if x > 0:
+        removal = _refill(removal, free, align, within)
     return _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align,
                      importance, scope, broken)
 
@@ -406,11 +435,10 @@ def _verify(model, example_inputs, result: Plan, importance, loss_fn,
     if failures or demoted:
         return failures, demoted
     apply_masks(pruned, result)
-    after = measure(pruned, example_inputs)
-    nm = {d.layer: d.n / d.m for d in result.by_method("n:m")}
-    result.macs_after = int(after.other_macs + sum(c.macs * nm.get(n, 1.0) for n, c in after.layers.items()))
-    result.params_after = after.params
+    measured = refresh(result, pruned, example_inputs)
+    result.layers, result.macs_after, result.params_after = measured.layers, measured.macs_after, measured.params_after
     # zeroed or removed, over the dense weights of the layers the rules let be pruned
+    after = measure(pruned, example_inputs)
     kept = sum(after.layers[n].nonzero_weights for n in estimator.prunable)
     result.sparsity = 1 - kept / estimator.total_weights if estimator.prunable else 0.0
     return {}, {}

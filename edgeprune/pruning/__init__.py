@@ -12,12 +12,13 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from .._copy import copy_model
-from ..plan import Plan
+from ..costs import measure
+from ..plan import LayerDecision, Plan
 from .nm import apply_nm, reduction_size
 from .structured import Removal, remove_channels
 from .unstructured import apply_unstructured
 
-__all__ = ["prune", "finalize", "PruneRecord", "record_of", "apply_masks"]
+__all__ = ["prune", "finalize", "PruneRecord", "record_of", "apply_masks", "refresh"]
 
 RECORD_ATTR = "edgeprune_record"
 
@@ -44,24 +45,35 @@ def apply_masks(model: nn.Module, plan: Plan) -> None:
             apply_unstructured(modules[d.layer], d.amount)
 
 
-def _roll_back(plan: Plan, failures: dict[str, str], pruned: nn.Module) -> Plan:
-    """The plan with every layer of a group that broke the model turned to `keep`, naming the error, and
-    every layer's channel counts as `pruned` has them (the layers fed by a rolled-back group keep their inputs)."""
+def refresh(plan: Plan, pruned: nn.Module, example_inputs: Any) -> Plan:
+    """A copy of `plan` whose rows and totals are what `pruned` (the model carried out, masks attached)
+    really has: channel counts, MACs (N:M layers at their sparse rate) and parameters."""
+    modules = dict(pruned.named_modules())
+    after = measure(pruned, example_inputs)
+
+    def as_pruned(d: LayerDecision) -> LayerDecision:
+        m = modules[d.layer]
+        out_c, in_c = (m.out_features, m.in_features) if isinstance(m, nn.Linear) else (m.out_channels, m.in_channels)
+        rate = d.n / d.m if d.method == "n:m" else 1.0
+        return replace(d, out_channels=(d.out_channels[0], out_c), in_channels=(d.in_channels[0], in_c),
+                       macs=(d.macs[0], int(after.layers[d.layer].macs * rate)))
+
+    fresh = copy.copy(plan)
+    fresh.layers = [as_pruned(d) for d in plan.layers]
+    fresh.macs_after = after.other_macs + sum(d.macs[1] for d in fresh.layers)
+    fresh.params_after = after.params
+    return fresh
+
+
+def _roll_back(plan: Plan, failures: dict[str, str]) -> Plan:
+    """The plan with every layer of a group that broke the model turned to `keep`, naming the error."""
     failed_layers = {
         layer: failures[g.root] for g in plan.groups if g.root in failures for layer in g.layers
     }
-    modules = dict(pruned.named_modules())
-
-    def as_pruned(d):
-        m = modules[d.layer]
-        out_c, in_c = (m.out_features, m.in_features) if isinstance(m, nn.Linear) else (m.out_channels, m.in_channels)
-        return replace(d, out_channels=(d.out_channels[0], out_c), in_channels=(d.in_channels[0], in_c))
-
     executed = copy.copy(plan)
     executed.layers = [
-        replace(as_pruned(d), method="keep", amount=0.0,
-                reason=f"rolled back: pruning broke the model ({failed_layers[d.layer]})")
-        if d.layer in failed_layers else as_pruned(d)
+        replace(d, method="keep", amount=0.0, reason=f"rolled back: pruning broke the model ({failed_layers[d.layer]})")
+        if d.layer in failed_layers else d
         for d in plan.layers
     ]
     executed.groups = [g for g in plan.groups if g.root not in failures]
@@ -86,7 +98,7 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     work, removed, failures = remove_channels(work, inputs, removals, plan.importance, loss_fn)
     executed = plan
     if failures:
-        executed = _roll_back(plan, failures, work)
+        executed = _roll_back(plan, failures)
         warnings.warn(
             "edgeprune: rolled back channel groups that broke the model: "
             + "; ".join(f"{root}: {err}" for root, err in failures.items()),
@@ -97,6 +109,8 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
         if reduction_size(modules[d.layer]) % d.m:
             raise ValueError(f"layer {d.layer}: input dimension {reduction_size(modules[d.layer])} is not a multiple of {d.m}")
     apply_masks(work, executed)
+    if failures:
+        executed = refresh(executed, work, inputs)
     work.train(was_training)
     setattr(work, RECORD_ATTR, PruneRecord(executed, tuple(removed)))
     return work
