@@ -13,6 +13,7 @@ from edgeprune.inputs import call, main_output
 
 CASES = [
     ("small_cnn", "stm32h743", ep.Budget(macs_ratio=0.6)),
+    ("tiny_resnet", "stm32h743", ep.Budget(macs_ratio=0.85)),
     ("tiny_mobilenet_v2", "raspberry-pi-5", ep.Budget(macs_ratio=0.6)),
     ("tiny_convnext", "raspberry-pi-5", ep.Budget(sparsity=0.4)),
     ("tiny_vit", "stm32h743", ep.Budget(macs_ratio=0.6)),
