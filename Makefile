@@ -13,12 +13,12 @@ $(BIN)/python:
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[hf]'
+	$(BIN)/pip install -q -e '.[hf,export]'
 	touch $@
 
 $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[hf,test]'
+	$(BIN)/pip install -q -e '.[hf,export,test]'
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base

@@ -1,0 +1,278 @@
+"""Export for the target's runtime, verified in that runtime before anything is called done.
+
+    art = ep.export(pruned, example_inputs, "raspberry-pi-5", "out/")
+    art.path, art.manifest
+
+The format follows the profile (`runtime.export_format`) unless forced: ExecuTorch `.pte` with the XNNPACK
+delegate for ARM and x86 CPUs, a full-int8 `.tflite` for MCUs (plus Vela's compiled file for Ethos-U),
+ONNX for Jetson; `format="tflite"` is LiteRT, the ARM alternative. Every export runs the artifact on
+held-out inputs in its real runtime, reads the weights back out of it to check that the plan's sparsity
+and channel counts survived, and — for MCUs — measures the arena and checks SRAM and flash. Files are
+staged and moved into place only when every check passed; an existing artifact is never overwritten
+unless `force=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._atomic import write_text
+from ..errors import ArtifactError
+from ..inputs import InputSpec, call, normalize, output_shapes
+from ..plan import Plan
+from ..pruning import finalize, record_of
+from ..targets import Target, load_target
+from .formats import ExportError
+from .verify import check_weights, compare_outputs
+
+__all__ = ["Artifact", "ExportError", "export", "FORMATS"]
+
+# format -> (module implementing formats.py's contract, file extension)
+FORMATS = {"pte": ("executorch", ".pte"), "tflite": ("litert", ".tflite"), "onnx": ("onnx", ".onnx")}
+VERIFY_INPUTS = 4
+_PACKAGES = ("torch", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime", "tflite-micro",
+             "ethos-u-vela", "torch-pruning", "edgeprune")
+
+
+@dataclass
+class Artifact:
+    path: Path  # the file the device runs
+    manifest: dict
+    manifest_path: Path
+    files: list[Path] = field(default_factory=list)  # everything written, manifest included
+
+
+def _format_module(fmt: str):
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return importlib.import_module(f".{FORMATS[fmt][0]}", __name__)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _model_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_numpy(example_inputs: Any) -> list[np.ndarray]:
+    args, kwargs = normalize(example_inputs)
+    return [t.detach().cpu().numpy() for t in list(args) + list(kwargs.values())]
+
+
+def _torch_outputs(model: nn.Module, example_inputs: Any) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = call(model, example_inputs)
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    flat = out if isinstance(out, (list, tuple)) else [out]
+    return [t.detach().float().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)]
+
+
+def _choose(target: Target, precision: Optional[str], fmt: Optional[str]) -> tuple[str, str]:
+    fmt = fmt or target.runtime.export_format
+    if precision is None:
+        precision = "int8" if target.family == "mcu" else "fp32"
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"precision {precision!r}: expected 'fp32' or 'int8'")
+    if target.family == "mcu" and (precision != "int8" or fmt != "tflite"):
+        raise ExportError(f"{target.name} is an MCU target: it runs full-int8 .tflite only "
+                          f"(asked for {precision} {fmt}; profile precision.supported = {target.precision.supported})")
+    if precision not in target.precision.supported:
+        raise ExportError(f"{target.name} does not run {precision} (precision.supported = {target.precision.supported})")
+    return precision, fmt
+
+
+def _calibration_list(calibration: Optional[Iterable], precision: str) -> list:
+    if precision != "int8":
+        return []
+    items = list(calibration) if calibration is not None else []
+    if not items:
+        raise ExportError("int8 export needs calibration data: pass calibration=[example inputs, ...] "
+                          "(CLI: --calibration) — a few hundred real samples for real accuracy")
+    return items
+
+
+def _held_out(example_inputs: Any, n: int) -> list:
+    """Inputs to verify on: fresh tensors of the example's shapes, seeded apart from the example and from
+    anything used to calibrate, so a quantizer cannot have fitted them."""
+    spec = InputSpec.of(example_inputs)
+    return [spec.make(seed=1000 + i) for i in range(n)]
+
+
+def export(
+    model: nn.Module,
+    example_inputs: Any,
+    target: "Target | str",
+    out_dir: "str | Path",
+    precision: Optional[str] = None,
+    calibration: Optional[Iterable] = None,
+    format: Optional[str] = None,
+    *,
+    plan: Optional[Plan] = None,
+    force: bool = False,
+    name: Optional[str] = None,
+) -> Artifact:
+    """Export `model` for `target` into `out_dir`, verify it in its runtime and write its manifest."""
+    target = load_target(target)
+    precision, fmt = _choose(target, precision, format)
+    module = _format_module(fmt)
+    items = _calibration_list(calibration, precision)
+    plan = plan or (record_of(model).plan if record_of(model) else None)
+    out_dir = Path(out_dir)
+    stem = name or f"{type(model).__name__.lower()}-{target.name}-{precision}"
+    final_path = out_dir / f"{stem}{FORMATS[fmt][1]}"
+    manifest_path = out_dir / f"{stem}.manifest.json"
+    for existing in (final_path, manifest_path):
+        if existing.exists() and not force:
+            raise ArtifactError(f"{existing}: already exists; pass force=True (CLI: --force) to replace it")
+
+    final_model = finalize(model).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".{stem}.stage-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        staged = staging / final_path.name
+        started = time.perf_counter()
+        facts = module.export(final_model, example_inputs, staged, precision, items)
+        export_seconds = time.perf_counter() - started
+        if not staged.is_file():
+            raise ExportError(f"the {fmt} exporter wrote no artifact")
+
+        checks = _verify(module, final_model, example_inputs, staged, precision, items, plan)
+        memory = _memory_fit(target, staged, staging, precision, checks)
+        manifest = {
+            "schema": "edgeprune.manifest/1",
+            "artifact": final_path.name,
+            "format": fmt,
+            "runtime": target.runtime.preferred if fmt == target.runtime.export_format else FORMATS[fmt][0],
+            "target": target.name,
+            "precision": precision,
+            "sha256": _sha256(staged),
+            "size_bytes": staged.stat().st_size,
+            "source_model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                             "sha256": _model_hash(final_model)},
+            "plan": plan.to_dict() if plan else None,
+            "export": {**facts, "seconds": round(export_seconds, 3)},
+            "verification": checks,
+            "memory": memory,
+            "versions": _versions(),
+            "host": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        }
+        failures = _failures(checks, memory)
+        if failures:
+            raise ExportError(f"{final_path.name} failed verification: " + "; ".join(failures))
+        files = _publish(staging, out_dir, manifest, manifest_path, force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Artifact(final_path, manifest, manifest_path, files)
+
+
+def _verify(module, model, example_inputs, path, precision, calibration, plan) -> dict:
+    inputs = _held_out(example_inputs, VERIFY_INPUTS)
+    expected = [_torch_outputs(model, x) for x in inputs]
+    got = [module.run(path, _as_numpy(x)) for x in inputs]
+    if len(got[0]) < len(expected[0]):
+        expected = [e[: len(got[0])] for e in expected]
+    outputs = compare_outputs(expected, got, precision)
+    weights = check_weights(plan, model, module.weights(path))
+    return {"inputs": len(inputs), "outputs": outputs, "weights": weights,
+            "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
+
+
+def _memory_fit(target: Target, path: Path, staging: Path, precision: str, checks: dict) -> dict:
+    if target.family != "mcu":
+        return {"checked": False, "note": f"{target.family} targets have no SRAM/flash budget in the profile"}
+    from . import mcu
+
+    arena = mcu.tflm_arena_bytes(path)
+    # the artifact must also run in TFLite-Micro itself, and agree with LiteRT on it
+    flash = path.stat().st_size
+    memory = {
+        "checked": True,
+        "tflm_arena_bytes": arena,
+        "sram_bytes": target.memory.sram_bytes,
+        "flash_bytes": target.memory.flash_bytes,
+        "artifact_bytes": flash,
+        "fits_sram": arena <= target.memory.sram_bytes,
+        "fits_flash": flash <= target.memory.flash_bytes,
+    }
+    if target.hardware.accelerator.startswith("ethos-u"):
+        vela = mcu.vela_compile(path, target.hardware.accelerator_config, staging / "vela")
+        memory["vela"] = vela
+        memory["fits_sram"] = memory["fits_sram"] and vela.get("sram_bytes", 0) <= target.memory.sram_bytes
+        memory["fits_flash"] = vela.get("flash_bytes", flash) <= target.memory.flash_bytes
+    return memory
+
+
+def _failures(checks: dict, memory: dict) -> list[str]:
+    failures = [
+        f"output {o['output']}: {o['tolerance']} does not hold (max abs err {o['max_abs_err']:.3g}, "
+        f"cosine {o['cosine']:.4f}, top-1 {o['top1_agreement']:.2f})"
+        for o in checks["outputs"] if not o["passed"]
+    ]
+    for layer, result in checks["weights"].get("layers", {}).items():
+        if not result["passed"]:
+            failures.append(f"layer {layer}: {result['error']}")
+    if memory.get("checked"):
+        kib = 1024
+        if not memory["fits_sram"]:
+            need = max(memory["tflm_arena_bytes"], memory.get("vela", {}).get("sram_bytes", 0))
+            failures.append(f"does not fit SRAM: needs {need / kib:.1f} KiB, the target has "
+                            f"{memory['sram_bytes'] / kib:.1f} KiB ({(need - memory['sram_bytes']) / kib:.1f} KiB over)")
+        if not memory["fits_flash"]:
+            need = memory.get("vela", {}).get("flash_bytes", memory["artifact_bytes"])
+            failures.append(f"does not fit flash: needs {need / kib:.1f} KiB, the target has "
+                            f"{memory['flash_bytes'] / kib:.1f} KiB ({(need - memory['flash_bytes']) / kib:.1f} KiB over)")
+    return failures
+
+
+def _publish(staging: Path, out_dir: Path, manifest: dict, manifest_path: Path, force: bool) -> list[Path]:
+    """Move the staged files into place, artifact(s) first and the manifest last: a manifest beside an
+    artifact means it passed verification."""
+    files = []
+    for item in sorted(staging.rglob("*")):
+        if item.is_file():
+            dest = out_dir / item.relative_to(staging)
+            if dest.exists() and not force:
+                raise ArtifactError(f"{dest}: already exists; pass force=True to replace it")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item, dest)
+            files.append(dest)
+    write_text(manifest_path, json.dumps(manifest, indent=2, default=str), overwrite=force)
+    files.append(manifest_path)
+    return files

@@ -1,0 +1,53 @@
+"""What every export format provides. One module per format implements these three functions:
+
+    export(model, example_inputs, path, precision, calibration) -> dict
+        Write the artifact for `model` (a finalized nn.Module in eval mode: no masks or hooks) to `path`
+        (a file inside a staging directory; siblings may be written for extra files). `example_inputs` is a
+        tuple of positional tensors or a dict of keyword tensors. `precision` is "fp32" or "int8"; for int8,
+        `calibration` is a list of example-input tuples/dicts (already validated as non-empty). Returns
+        format facts for the manifest (e.g. delegated vs. non-delegated ops, quantizer used, extra files).
+        Raises `ExportError` naming the op or layer at fault when the runtime cannot take the model.
+
+    run(path, inputs) -> list[np.ndarray]
+        Load the artifact in its real runtime on this machine and run it once on `inputs` (a list of numpy
+        arrays in the model's positional/keyword order, float32 — int8 artifacts quantize inside or the
+        module quantizes with the artifact's input scale). Returns the outputs as float32 numpy arrays.
+        A corrupt or truncated artifact raises `ArtifactError` and loads nothing.
+
+    weights(path) -> WeightReadback
+        The constant weight tensors as stored in the artifact, with the layout each is stored in, so the
+        verifier can check N:M patterns, zero fractions and channel counts inside the artifact. When the
+        format keeps weights where they cannot be read back, return an empty list and say why in `note`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EdgepruneError
+
+# Layouts a stored weight can have; the verifier maps each to "which axis is the input (reduction) axis".
+#   "oihw"  PyTorch / ONNX conv (out, in, kh, kw) and Linear (out, in)
+#   "ohwi"  TFLite / XNNPACK conv (out, kh, kw, in)
+#   "1hwo"  TFLite depthwise conv (1, kh, kw, out)
+#   "io"    a matmul's right-hand side (in, out)
+LAYOUTS = ("oihw", "ohwi", "1hwo", "io")
+
+
+class ExportError(EdgepruneError):
+    """The model cannot be exported to this format (names the op or layer), or verification failed."""
+
+
+@dataclass
+class StoredTensor:
+    name: str
+    array: np.ndarray  # as stored: float32, float16 or int8
+    layout: str  # one of LAYOUTS; "oihw" for 2-D (out, in) matrices
+
+
+@dataclass
+class WeightReadback:
+    tensors: list[StoredTensor] = field(default_factory=list)
+    note: str = ""  # why tensors is empty or partial, when it is
