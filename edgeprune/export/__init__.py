@@ -40,7 +40,7 @@ from ..targets import Target, load_target
 from .formats import ExportError
 from .verify import check_weights, compare_outputs
 
-__all__ = ["Artifact", "ExportError", "export", "FORMATS"]
+__all__ = ["Artifact", "ExportError", "export", "verify", "FORMATS"]
 
 # format -> (module implementing formats.py's contract, file extension)
 FORMATS = {"pte": ("executorch", ".pte"), "tflite": ("litert", ".tflite"), "onnx": ("onnx", ".onnx")}
@@ -276,3 +276,32 @@ def _publish(staging: Path, out_dir: Path, manifest: dict, manifest_path: Path, 
     write_text(manifest_path, json.dumps(manifest, indent=2, default=str), overwrite=force)
     files.append(manifest_path)
     return files
+
+
+def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Path", plan: Optional[Plan] = None) -> dict:
+    """Check an exported artifact again against `model` (e.g. after copying it to a device's image).
+
+    Reads the manifest beside the artifact for its format and precision, checks the sha256, runs it in
+    its runtime and reads its weights back. Returns the checks; raises `ExportError` naming each output or
+    layer that fails.
+    """
+    path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
+    manifest_path = path.with_name(path.name[: -len(path.suffix)] + ".manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{manifest_path}: not found — verify needs the manifest written by export") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found")
+    module = _format_module(manifest["format"])
+    plan = plan or (Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None)
+    final_model = finalize(model).eval()
+    checks = _verify(module, final_model, example_inputs, path, manifest["precision"], [], plan)
+    failures = _failures(checks, {})
+    if _sha256(path) != manifest["sha256"]:
+        failures.append(f"sha256 differs from the manifest's: {path.name} changed after export")
+    if failures:
+        raise ExportError(f"{path.name} failed verification: " + "; ".join(failures))
+    return checks

@@ -81,6 +81,8 @@ def _match(weight: np.ndarray, candidates: list[_Candidate]) -> Optional[_Candid
         if np.array_equal(stored_zeros, zeros):
             return c
         best = best or c  # quantization may zero a few more tiny weights
+    if best is None:  # zeros lost (or never there): still check the same-shaped tensor, to say what broke
+        best = next((c for c in candidates if not c.used and c.array.shape == weight.shape), None)
     return best
 
 
@@ -107,7 +109,7 @@ def check_weights(plan: Optional[Plan], model: nn.Module, readback: WeightReadba
         match.used = True
         result = {"stored_as": match.name, "shape": list(match.array.shape)}
         if d.method == "n:m":
-            ok = satisfies_nm(torch.from_numpy(np.ascontiguousarray(match.array)), d.n, d.m)
+            ok = satisfies_nm(torch.from_numpy(match.array.copy()), d.n, d.m)
             result.update(check=f"{d.n}:{d.m} along the input dimension", passed=bool(ok))
         elif d.method == "unstructured":
             fraction = float(np.mean(match.array == 0))
