@@ -165,5 +165,90 @@ def prune_cmd(
         _fail(exc)
 
 
+def _calibration(spec: Optional[str], example: Any) -> Optional[list]:
+    """`random:N` (N random inputs shaped like the example — a smoke test, not real calibration) or a
+    .safetensors file whose tensors are named like the inputs, samples along the first dimension."""
+    if spec is None:
+        return None
+    from .inputs import InputSpec, normalize
+
+    if spec.startswith("random:"):
+        try:
+            count = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise EdgepruneError(f"--calibration {spec!r}: expected random:N, e.g. random:16") from None
+        shape_spec = InputSpec.of(example)
+        return [shape_spec.make(seed=10_000 + i) for i in range(count)]
+    import safetensors.torch
+
+    path = Path(spec)
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except FileNotFoundError:
+        raise EdgepruneError(f"--calibration {path}: file not found") from None
+    except Exception as exc:
+        raise EdgepruneError(f"--calibration {path}: not a safetensors file ({exc})") from None
+    args, kwargs = normalize(example)
+    names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise EdgepruneError(f"--calibration {path}: no tensor named {missing[0]!r} (has: {', '.join(tensors)})")
+    count = tensors[names[0]].shape[0]
+    items = [{n: tensors[n][i : i + 1] for n in names} for i in range(count)]
+    return items if kwargs else [tuple(item[n] for n in names) for item in items]
+
+
+@app.command("export")
+def export_cmd(
+    target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
+    input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE,
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="a pruned model saved by `prune --out`"),
+    int8: bool = typer.Option(False, "--int8", help="full-int8 (PT2E static quantization); needs --calibration"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="a .safetensors of inputs, or random:N"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="pte | tflite | onnx (default: the profile's)"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for the artifact and its manifest"),
+    force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
+) -> None:
+    """Export MODEL (or the pruned model in --weights) for TARGET's runtime and verify it there."""
+    from .export import export
+    from .serialization import load
+
+    try:
+        module = load(model, weights) if weights is not None else build(model)
+        inputs = _example_inputs(model, input_shape, input_name, input_dtype)
+        precision = "int8" if int8 else None
+        art = export(module, inputs, target, out, precision=precision, calibration=_calibration(calibration, inputs),
+                     format=fmt, force=force)
+        _print_manifest(art.manifest)
+        console.print(f"wrote {art.path} and {art.manifest_path.name}")
+    except EdgepruneError as exc:
+        _fail(exc)
+
+
+def _print_manifest(manifest: dict) -> None:
+    table = Table(title=f"{manifest['artifact']} ({manifest['format']}, {manifest['precision']}) — verified")
+    table.add_column("check")
+    table.add_column("result")
+    for o in manifest["verification"]["outputs"]:
+        table.add_row(f"output {o['output']} on {o['inputs']} held-out inputs",
+                      f"max abs err {o['max_abs_err']:.2e}, cosine {o['cosine']:.5f}, top-1 {o['top1_agreement']:.2f}")
+    weights = manifest["verification"]["weights"]
+    if weights.get("checked"):
+        layers = weights["layers"]
+        table.add_row("weights inside the artifact", f"{sum(r['passed'] for r in layers.values())}/{len(layers)} "
+                      "pruned layers keep their pattern / channel counts")
+    else:
+        table.add_row("weights inside the artifact", f"not checked: {weights.get('note')}")
+    memory = manifest["memory"]
+    if memory.get("checked"):
+        table.add_row("TFLite-Micro arena", f"{memory['tflm_arena_bytes'] / 1024:.1f} KiB of {memory['sram_bytes'] / 1024:.0f} KiB SRAM")
+        table.add_row("flash", f"{memory['artifact_bytes'] / 1024:.1f} KiB of {memory['flash_bytes'] / 1024:.0f} KiB")
+        if "vela" in memory:
+            v = memory["vela"]
+            table.add_row("Vela (estimates)", ", ".join(f"{k}={v[k]}" for k in v if not isinstance(v[k], (dict, list))))
+    table.add_row("size / export time", f"{manifest['size_bytes'] / 1024:.1f} KiB, {manifest['export']['seconds']:.1f} s")
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover
     app()
