@@ -8,6 +8,7 @@
 
 from .budget import Budget
 from .costs import ModelCost, measure
+from .export import Artifact, ExportError, export, verify
 from .errors import ArtifactError, BudgetError, EdgepruneError, ModelError, RecipeError, TargetError
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
@@ -19,7 +20,7 @@ from .targets import Target, builtin_targets, load_target
 from ._version import __version__
 
 __all__ = [
-    "ArtifactError", "Budget", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
+    "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "measure", "plan", "prune", "record_of", "save",
 ]

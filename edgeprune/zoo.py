@@ -115,3 +115,20 @@ def tiny_vit() -> nn.Module:
 def tiny_bert() -> nn.Module:
     return _hf("BertConfig", "BertForSequenceClassification", vocab_size=100, hidden_size=64, num_hidden_layers=2,
                num_attention_heads=4, intermediate_size=128, max_position_embeddings=64, num_labels=3)
+
+
+def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled handwritten digits (1,797 real 8×8 images, 10 classes), as (images, labels):
+    images (N, 1, 8, 8) float32 scaled to [0, 1]. "train" is the first 80%, "test" the rest. Real data
+    for calibrating int8 exports and for fine-tuning `small_cnn`, with nothing downloaded."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    cut = int(0.8 * len(labels))
+    if split == "train":
+        return images[:cut], labels[:cut]
+    if split == "test":
+        return images[cut:], labels[cut:]
+    raise ValueError(f"split {split!r}: expected 'train' or 'test'")

@@ -168,13 +168,16 @@ def export(
     try:
         staged = staging / final_path.name
         started = time.perf_counter()
-        facts = module.export(final_model, example_inputs, staged, precision, items)
+        # an MCU runs only what TFLite-Micro / CMSIS-NN / Vela take: int8 end to end, no float op left over
+        options = {"require_full_int8": True} if target.family == "mcu" else {}
+        facts = module.export(final_model, example_inputs, staged, precision, items, **options)
         export_seconds = time.perf_counter() - started
         if not staged.is_file():
             raise ExportError(f"the {fmt} exporter wrote no artifact")
 
         checks = _verify(module, final_model, example_inputs, staged, precision, items, plan)
-        memory = _memory_fit(target, staged, staging, precision, checks)
+        memory = _memory_fit(target, staged, staging, final_model, example_inputs)
+        memory = _relative_paths(memory, staging)
         manifest = {
             "schema": "edgeprune.manifest/1",
             "artifact": final_path.name,
@@ -214,16 +217,30 @@ def _verify(module, model, example_inputs, path, precision, calibration, plan) -
             "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
 
 
-def _memory_fit(target: Target, path: Path, staging: Path, precision: str, checks: dict) -> dict:
+def _relative_paths(value: Any, staging: Path) -> Any:
+    """Paths into the staging directory, rewritten relative to where the files end up."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, staging) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith(str(staging)):
+        return str(Path(value).relative_to(staging))
+    return value
+
+
+def _memory_fit(target: Target, path: Path, staging: Path, model: nn.Module, example_inputs: Any) -> dict:
     if target.family != "mcu":
         return {"checked": False, "note": f"{target.family} targets have no SRAM/flash budget in the profile"}
     from . import mcu
 
     arena = mcu.tflm_arena_bytes(path)
-    # the artifact must also run in TFLite-Micro itself, and agree with LiteRT on it
+    # the device runs TFLite-Micro, not LiteRT: the artifact must run there too, and agree with PyTorch
+    inputs = _held_out(example_inputs, VERIFY_INPUTS)
+    tflm = compare_outputs([_torch_outputs(model, x) for x in inputs],
+                           [mcu.tflm_run(path, _as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs],
+                           "int8")
     flash = path.stat().st_size
     memory = {
         "checked": True,
+        "tflm_outputs": tflm,
         "tflm_arena_bytes": arena,
         "sram_bytes": target.memory.sram_bytes,
         "flash_bytes": target.memory.flash_bytes,
@@ -235,7 +252,8 @@ def _memory_fit(target: Target, path: Path, staging: Path, precision: str, check
         vela = mcu.vela_compile(path, target.hardware.accelerator_config, staging / "vela")
         memory["vela"] = vela
         memory["fits_sram"] = memory["fits_sram"] and vela.get("sram_bytes", 0) <= target.memory.sram_bytes
-        memory["fits_flash"] = vela.get("flash_bytes", flash) <= target.memory.flash_bytes
+        # the compiled file is what the firmware stores (Vela's own flash figure omits CPU-only graphs)
+        memory["fits_flash"] = vela.get("vela_tflite_bytes", flash) <= target.memory.flash_bytes
     return memory
 
 
@@ -248,6 +266,8 @@ def _failures(checks: dict, memory: dict) -> list[str]:
     for layer, result in checks["weights"].get("layers", {}).items():
         if not result["passed"]:
             failures.append(f"layer {layer}: {result['error']}")
+    failures += [f"TFLite-Micro output {o['output']}: {o['tolerance']} does not hold (cosine {o['cosine']:.4f})"
+                 for o in memory.get("tflm_outputs", []) if not o["passed"]]
     if memory.get("checked"):
         kib = 1024
         if not memory["fits_sram"]:
@@ -255,7 +275,7 @@ def _failures(checks: dict, memory: dict) -> list[str]:
             failures.append(f"does not fit SRAM: needs {need / kib:.1f} KiB, the target has "
                             f"{memory['sram_bytes'] / kib:.1f} KiB ({(need - memory['sram_bytes']) / kib:.1f} KiB over)")
         if not memory["fits_flash"]:
-            need = memory.get("vela", {}).get("flash_bytes", memory["artifact_bytes"])
+            need = memory.get("vela", {}).get("vela_tflite_bytes", memory["artifact_bytes"])
             failures.append(f"does not fit flash: needs {need / kib:.1f} KiB, the target has "
                             f"{memory['flash_bytes'] / kib:.1f} KiB ({(need - memory['flash_bytes']) / kib:.1f} KiB over)")
     return failures
