@@ -28,7 +28,9 @@ test: $(VENV)/.installed-all
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-all
-	$(BIN)/python bench/plan_prune.py
+	$(BIN)/python bench/plan_prune.py --out bench/out/plan_prune.md
+	$(BIN)/python bench/export_speed.py --out bench/out/export_speed.md
+	$(BIN)/python bench/export_time.py --out bench/out/export_time.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

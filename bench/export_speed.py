@@ -2,7 +2,8 @@
 
 For transformers' ResNet-18 and MobileNetV2 configs (224×224, random weights): the dense model, edgeprune's
 plan for raspberry-pi-5 at Budget(macs_ratio=0.5), and torch-pruning's default (MetaPruner, L2, no channel
-alignment) at the pruning ratio that removes the same MACs. Each is exported to .pte (XNNPACK delegate)
+alignment) at the pruning ratio that removes the same MACs. Several profiles' plans can be timed side by
+side (`--targets`): their channel alignments differ, and the machine the timing runs on decides which wins. Each is exported to .pte (XNNPACK delegate)
 and timed in one process, interleaved (every round runs each model once, in rotating order), one thread,
 process pinned to one core. efficiency = speedup ÷ MACs reduction.
 
@@ -24,6 +25,7 @@ import torch
 import torch_pruning as tp
 
 import edgeprune as ep
+from _report import emit
 from edgeprune import zoo
 from edgeprune.export import executorch as et_format
 
@@ -47,6 +49,16 @@ def torch_pruning_default(model, inputs, macs_ratio: float):
         _, kept = pruned_at(mid)
         lo, hi = (mid, hi) if kept > macs_ratio else (lo, mid)
     return pruned_at(hi)
+
+
+def _target(spec: str) -> ep.Target:
+    """A profile, or `name@N`: the profile with its channel alignment set to N (to measure alignment alone)."""
+    name, _, align = spec.partition("@")
+    target = ep.load_target(name)
+    if not align:
+        return target
+    alignment = target.alignment.model_copy(update={"channel_multiple": int(align)})
+    return target.model_copy(update={"alignment": alignment})
 
 
 def _pin() -> str:
@@ -84,7 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
-    parser.add_argument("--target", default="raspberry-pi-5")
+    parser.add_argument("--targets", default="raspberry-pi-5,x86-64-host@16,x86-64-host",
+                        help="comma-separated profiles (names or .toml paths), NAME@N overriding the channel "
+                             "alignment; each plan is timed beside the others")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     pinning = _pin()
@@ -100,14 +114,17 @@ def main() -> None:
     for name in args.models.split(","):
         factory = getattr(zoo, name)
         model, example = factory(), factory.example_inputs()
-        plan = ep.plan(model, example, args.target, budget)
-        variants = {"dense": model, f"edgeprune ({args.target})": ep.prune(model, plan)}
+        variants = {"dense": model}
+        for target in args.targets.split(","):
+            t = _target(target)
+            plan = ep.plan(model, example, t, budget)
+            variants[f"edgeprune ({t.name}, align {plan.alignment})"] = ep.prune(model, plan)
         baseline, _ = torch_pruning_default(model, example, budget.macs_ratio)
         variants["torch-pruning default"] = baseline
         paths, macs = {}, {}
         for label, m in variants.items():
             final = ep.finalize(m).eval()
-            path = work / f"{name}-{label.split()[0]}.pte"
+            path = work / f"{name}-{len(paths)}.pte"
             et_format.export(final, example, path, "fp32", [])
             paths[label], macs[label] = path, ep.measure(final, example).macs
         x = [example["pixel_values"]]
@@ -121,11 +138,7 @@ def main() -> None:
                          f"{np.percentile(ms, 90):.2f} | {speedup:.2f}× | "
                          f"{speedup / reduction if label != 'dense' else 1:.2f} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

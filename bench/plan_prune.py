@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import edgeprune as ep
+from _report import emit
 from edgeprune import zoo
 
 
@@ -66,11 +67,7 @@ def main() -> None:
                 f"{after.macs / dense.macs:.3f} | {dense.params / 1e6:.2f}M → {after.params / 1e6:.2f}M | {counts} |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
