@@ -412,7 +412,8 @@ def run(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarra
     try:
         outputs = method.execute(tensors)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path}: the ExecuTorch runtime failed to run 'forward': {_first_line(exc)}") from exc
+        raise ArtifactError(f"{path}: the ExecuTorch runtime failed to run 'forward' on inputs of the exported "
+                            f"shapes (a corrupt program?): {_first_line(exc)}") from exc
     return [_to_numpy(out) for out in outputs]
 
 
