@@ -666,6 +666,47 @@ def _check_xnngraph(path: Path, where: str, graph) -> None:
     for ref in list(graph.input_ids) + list(graph.output_ids):
         if ref not in ids:
             fail(f"graph input/output refers to value {ref}")
+    dims_of = {}
+    for value in graph.xvalues:
+        tensor_value = getattr(value.xvalue_union, "tensor_value", value.xvalue_union)
+        dims_of[tensor_value.id_out] = list(tensor_value.dims)
+    for n, xnode in enumerate(graph.xnodes):
+        problem = _weight_node_problem(xnode.xnode_union, dims_of)
+        if problem:
+            fail(f"node {n} ({type(xnode.xnode_union).__name__}): {problem}")
+
+
+def _weight_node_problem(node, dims_of: dict[int, list[int]]) -> str | None:
+    """Conv/FC parameters that disagree with their filter: XNNPACK packs the filter from them unchecked."""
+    kind = type(node).__name__
+    if kind in _FILTER_LAYOUTS:
+        filt = dims_of.get(node.filter_id, [])
+        if len(filt) != 4:
+            return f"filter dims {filt}"
+        outputs = node.groups * node.group_output_channels
+        if kind == "XNNDepthwiseConv2d":
+            expected = [1, node.kernel_height, node.kernel_width, outputs]
+        else:
+            expected = [outputs, node.kernel_height, node.kernel_width, node.group_input_channels]
+        if filt != expected:
+            return f"filter dims {filt} disagree with the node's kernel/channels {expected}"
+        steps = (node.subsampling_height, node.subsampling_width, node.dilation_height, node.dilation_width)
+        pads = (node.padding_top, node.padding_right, node.padding_bottom, node.padding_left,
+                node.adjustment_height, node.adjustment_width)
+        if any(not 1 <= v < 2**16 for v in steps) or any(not 0 <= v < 2**16 for v in pads):
+            return f"stride/dilation {steps} or padding {pads} out of range"
+        bias = dims_of.get(node.bias_id) if node.bias_id != _XNN_INVALID_ID else [outputs]
+        if bias != [outputs]:
+            return f"bias dims {bias}, expected [{outputs}]"
+    elif kind == "XNNFullyConnected":
+        filt = dims_of.get(node.filter_id, [])
+        if len(filt) != 2:
+            return f"filter dims {filt}"
+        outputs = filt[1] if node.flags & _XNN_FLAG_TRANSPOSE_WEIGHTS else filt[0]
+        bias = dims_of.get(node.bias_id) if node.bias_id != _XNN_INVALID_ID else [outputs]
+        if bias != [outputs]:
+            return f"bias dims {bias}, expected [{outputs}]"
+    return None
 
 
 def _xnngraph_from_flatbuffer(path: Path, flatbuffer: bytes, where: str, graph_class):
