@@ -136,3 +136,28 @@ def planned() -> Callable[..., tuple[ep.Plan, nn.Module]]:
         return cache[key]
 
     return get
+
+
+@dataclass(frozen=True)
+class BenchArtifacts:
+    """Exported small-CNN artifacts a device harness can run: one per runtime."""
+    pte: Path      # ExecuTorch + XNNPACK, fp32 (raspberry-pi-5)
+    tflite: Path   # LiteRT, fp32 (raspberry-pi-5)
+    onnx: Path     # ONNX, fp32 (jetson-orin-nano-8gb)
+    mcu: Path      # full-int8 .tflite for TFLite-Micro (stm32h743)
+
+
+@pytest.fixture(scope="session")
+def bench_artifacts(small_cnn, tmp_path_factory) -> BenchArtifacts:
+    """Exported once per session (~15 s); tests copy a file before changing it."""
+    import torch
+
+    out = tmp_path_factory.mktemp("bench-artifacts")
+    model, inputs = small_cnn.model, small_cnn.inputs
+    calibration = [tuple(torch.randn_like(t) for t in inputs) for _ in range(4)]
+    return BenchArtifacts(
+        pte=ep.export(model, inputs, "raspberry-pi-5", out / "pte", format="pte").path,
+        tflite=ep.export(model, inputs, "raspberry-pi-5", out / "tflite", format="tflite").path,
+        onnx=ep.export(model, inputs, "jetson-orin-nano-8gb", out / "onnx").path,
+        mcu=ep.export(model, inputs, "stm32h743", out / "mcu", precision="int8", calibration=calibration).path,
+    )
