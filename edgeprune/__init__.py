@@ -9,17 +9,22 @@
 from .budget import Budget
 from .costs import ModelCost, measure
 from .export import Artifact, ExportError, export, verify
-from .errors import ArtifactError, BudgetError, EdgepruneError, ModelError, RecipeError, TargetError
+from .devices import Device, load_devices
+from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
+                     HostKeyError, ModelError, RecipeError, RemoteTimeoutError, TargetError)
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
+from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check
 from .serialization import load, save
 from .targets import Target, builtin_targets, load_target
 
 from ._version import __version__
 
 __all__ = [
+    "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
+    "HostKeyError", "RemoteTimeoutError", "bench", "bench_many", "check", "load_devices",
     "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "measure", "plan", "prune", "record_of", "save",

@@ -1,7 +1,8 @@
-"""The `edgeprune` command line: targets, plan, prune."""
+"""The `edgeprune` command line: targets, plan, prune, export, bench, devices."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -228,3 +229,199 @@ def export_cmd(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+# ------------------------------------------------------------------------------------ devices and bench
+
+devices_app = typer.Typer(help="The devices in devices.toml: list them, or check that they answer.")
+app.add_typer(devices_app, name="devices")
+_DEVICES = typer.Option(None, "--devices", help="device inventory (default: ./devices.toml if present, else only 'local')")
+_TRUST = typer.Option(False, "--trust-new-host-key", help="accept and record an unknown SSH host key (first use only; "
+                      "a changed key is always refused)")
+
+
+@devices_app.command("list")
+def devices_list(devices: Optional[Path] = _DEVICES) -> None:
+    """List the devices and how each is reached."""
+    from .devices import load_devices
+
+    try:
+        inventory = load_devices(devices)
+    except EdgepruneError as exc:
+        _fail(exc)
+    table = Table(title=f"devices ({devices or 'devices.toml'})")
+    for col in ("name", "target", "address", "python", "workdir", "timeouts (connect/command/deadline)"):
+        table.add_column(col)
+    for d in inventory.values():
+        table.add_row(d.name, d.target, d.address, d.python, d.workdir,
+                      f"{d.connect_timeout_s:g} / {d.command_timeout_s:g} / {d.deadline_s:g} s")
+    console.print(table)
+
+
+@devices_app.command("check")
+def devices_check(
+    name: Optional[str] = typer.Argument(None, help="one device (default: every device in the file)"),
+    devices: Optional[Path] = _DEVICES, trust_new_host_key: bool = _TRUST,
+) -> None:
+    """Is each device reachable, which runtimes does it have, and what state is it in? Exit 1 if one is not."""
+    from .devices import load_devices
+    from .remote import check
+
+    try:
+        inventory = load_devices(devices)
+        if name is not None and name not in inventory:
+            raise EdgepruneError(f"{devices or 'devices.toml'}: no device named '{name}' (known: {', '.join(inventory)})")
+    except EdgepruneError as exc:
+        _fail(exc)
+    names = [name] if name else list(inventory)
+    with console.status(f"checking {', '.join(names)}…"):
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            checks = list(pool.map(lambda n: check(inventory[n], trust_new_host_key=trust_new_host_key), names))
+    table = Table(title="device check")
+    for col in ("device", "address", "reachable", "python / numpy", "runtimes", "state", "problem"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        present = [f"{k} {v['version']}" if v.get("version") else k for k, v in c.runtimes.items()
+                   if v.get("version") or v.get("trtexec")]
+        table.add_row(c.device, c.address, "[green]yes[/]" if c.reachable and not c.error else "[red]no[/]",
+                      f"{c.python or '—'} / {c.numpy or '—'}", "\n".join(present) or "—",
+                      describe_state(c.state), c.error or "")
+    console.print(table)
+    if any(c.error for c in checks):
+        raise typer.Exit(code=1)
+
+
+def describe_state(state: dict) -> str:
+    """One short line per fact: governors, clocks, hottest zone, load, Jetson power mode."""
+    if not state:
+        return "—"
+    parts = []
+    governors = sorted(set((state.get("governor") or {}).values()))
+    if governors:
+        parts.append("governor " + "/".join(governors))
+    mhz = [v for v in (state.get("cur_mhz") or {}).values() if v]
+    if mhz:
+        parts.append(f"clock {min(mhz):.0f}–{max(mhz):.0f} MHz")
+    temps = [z for z in state.get("thermal") or [] if z.get("temp_c") is not None]
+    if temps:
+        hot = max(temps, key=lambda z: z["temp_c"])
+        parts.append(f"{hot.get('type') or 'zone'} {hot['temp_c']:.1f} °C")
+    if state.get("loadavg"):
+        parts.append("load " + " ".join(f"{v:.2f}" for v in state["loadavg"]))
+    if state.get("nvpmodel"):
+        parts.append("nvpmodel " + " ".join(str(state["nvpmodel"]).split())[:60])
+    return "\n".join(parts)
+
+
+def _cores(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if not text:
+        return None
+    try:
+        cores = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise EdgepruneError(f"--cores {text!r}: expected CPU numbers separated by commas, e.g. 0,1") from None
+    if any(c < 0 for c in cores):
+        raise EdgepruneError(f"--cores {text!r}: CPU numbers are >= 0")
+    return cores
+
+
+@app.command("bench")
+def bench_cmd(
+    artifact: Path = typer.Argument(..., help="a .pte, .tflite or .onnx made by `edgeprune export`"),
+    devices: Optional[Path] = _DEVICES,
+    device: list[str] = typer.Option(["local"], "--device", "-d", help="device name; repeat to measure on several "
+                                     "devices at once (one thread per device)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics (and raw samples) here"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --json file"),
+    min_runs: int = typer.Option(50, "--min-runs", help="measure at least this many inferences…"),
+    min_seconds: float = typer.Option(2.0, "--min-seconds", help="…and for at least this long"),
+    warmup_runs: int = typer.Option(5, "--warmup-runs"),
+    warmup_seconds: float = typer.Option(0.5, "--warmup-seconds"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)"),
+    cores: Optional[str] = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)"),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: "
+                                          "from the artifact)"),
+    trust_new_host_key: bool = _TRUST,
+) -> None:
+    """Measure ARTIFACT's latency on one or more devices; print the statistics and the device's state."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .devices import load_devices
+    from .remote import BenchSettings
+
+    try:
+        inventory = load_devices(devices)
+        unknown = [d for d in device if d not in inventory]
+        if unknown:
+            raise EdgepruneError(f"{devices or 'devices.toml'}: no device named '{unknown[0]}' "
+                                 f"(known: {', '.join(inventory)})")
+        if json_out is not None and json_out.exists() and not force:
+            raise EdgepruneError(f"{json_out}: already exists; pass --force to replace it")
+        pinned = _cores(cores)
+        per_device = {d: BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds,
+                                       threads if threads is not None else inventory[d].threads,
+                                       pinned if pinned is not None else inventory[d].cores)
+                      for d in dict.fromkeys(device)}
+    except (EdgepruneError, ValueError) as exc:
+        _fail(exc)
+    results = []
+    with Progress(SpinnerColumn(), TextColumn("{task.fields[device]}", style="bold"), TextColumn("{task.description}"),
+                  BarColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        tasks = {d: bar.add_task("waiting", total=None, device=d) for d in per_device}
+
+        def on_progress(name: str, stage: str, info: dict) -> None:
+            if stage == "upload-progress":
+                bar.update(tasks[name], description=f"upload {info['done'] / 2**20:.1f} MiB",
+                           completed=info["done"], total=info["total"])
+            elif stage == "measure" and "n" in info:
+                bar.update(tasks[name], description=f"{info.get('stage')} n={info['n']} "
+                           f"{info.get('elapsed_s', 0):.1f} s", total=None)
+            else:
+                bar.update(tasks[name], description=stage, total=None)
+
+        from .remote import bench as bench_one
+        from concurrent.futures import ThreadPoolExecutor
+
+        def run(name: str):
+            try:
+                return bench_one(artifact, inventory[name], settings=per_device[name], runtime=runtime,
+                                 trust_new_host_key=trust_new_host_key,
+                                 progress=lambda stage, info: on_progress(name, stage, info))
+            except EdgepruneError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=len(per_device)) as pool:
+            results = list(pool.map(run, per_device))
+    ok = [r for r in results if not isinstance(r, Exception)]
+    if ok:
+        console.print(bench_table(ok))
+        for r in ok:
+            for flag in r.flags:
+                console.print(f"[bold yellow]flagged[/] {r.device}: {flag}")
+            for note in r.notes:
+                console.print(f"[dim]note {r.device}: {note}[/]")
+    errors = [r for r in results if isinstance(r, Exception)]
+    for exc in errors:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if json_out is not None and ok:
+        payload = ok[0].to_dict() if len(results) == 1 else {
+            "schema": "edgeprune.bench-results/1", "results": [r.to_dict() for r in ok],
+            "errors": [str(e) for e in errors]}
+        _atomic.write_text(json_out, json.dumps(payload, indent=2), overwrite=force)
+        console.print(f"wrote {json_out}")
+    if errors:
+        raise typer.Exit(code=2)
+
+
+def bench_table(results) -> Table:
+    table = Table(title="latency (ms)")
+    for col in ("device", "runtime", "n", "p50", "95% CI of p50", "p90", "p99", "mean ± std", "CV", "min", "state"):
+        table.add_column(col, justify="right" if col not in ("device", "runtime", "state") else "left")
+    for r in results:
+        label = r.device + (" [yellow](proxy)[/]" if r.proxy else "")
+        table.add_row(label, f"{r.runtime} {r.runtime_version}", str(r.n), f"{r.p50:.3f}",
+                      f"{r.ci95_p50[0]:.3f}–{r.ci95_p50[1]:.3f}", f"{r.p90:.3f}", f"{r.p99:.3f}",
+                      f"{r.mean:.3f} ± {r.std:.3f}", f"{r.cv:.1%}", f"{r.min:.3f}",
+                      ("[red]FLAGGED[/]\n" if r.flags else "") + describe_state(r.state_after))
+    return table

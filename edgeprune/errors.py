@@ -25,3 +25,23 @@ class ModelError(EdgepruneError):
 
 class ArtifactError(EdgepruneError):
     """A saved model or artifact is missing, corrupt or would be overwritten."""
+
+
+class DeviceError(EdgepruneError):
+    """A device cannot be reached, refused us, or a command on it failed. The message names the device."""
+
+
+class HostKeyError(DeviceError):
+    """The device's SSH host key is unknown or changed; nothing was run on it."""
+
+
+class DeviceBusyError(DeviceError):
+    """Another benchmark holds the device's lock and did not release it in time."""
+
+
+class RemoteTimeoutError(DeviceError):
+    """A connection, command or the whole run took longer than its limit; the command was killed."""
+
+
+class ConnectionLostError(DeviceError):
+    """The SSH connection dropped while a command was running; no result was recorded."""

@@ -1,0 +1,265 @@
+"""Device-side control for edgeprune's runner: locks, checksums, a probe, and a supervised launch.
+
+Uploaded next to the harnesses into the run's work dir and run with the device's own python3 (3.8+).
+Standard library only: a device has what its image ships.
+
+    python3 device.py lock LOCKDIR --owner ID --lease-s S --wait-s W [--rundir DIR]
+        Takes the device's benchmark lock (one benchmark at a time). Prints {"acquired": true, "reclaimed": [...]}.
+        A lock whose lease expired (its holder crashed or lost its connection) is reclaimed, and the holder's
+        run dir removed. Exit 6 when still busy after W seconds.
+    python3 device.py unlock LOCKDIR --owner ID
+        Releases the lock if ID still holds it.
+    python3 device.py sha256 FILE...
+        Prints {"FILE": "hex", ...}.
+    python3 device.py probe
+        Prints the python, numpy and runtime versions present, and the device state.
+    python3 device.py exec --pidfile F --timeout S -- COMMAND...
+        Runs COMMAND in its own process group, kills the group after S seconds (exit 124) or when this
+        process is told to stop (SIGTERM/SIGHUP: the runner's kill, or sshd closing the session).
+    python3 device.py kill --pidfile F
+        Stops a command started by `exec` (SIGTERM, then SIGKILL after 2 s).
+
+Errors: one line on stderr starting with "error: ", and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+BUSY = 6
+TIMED_OUT = 124
+_LEASE_FILE = "lease.json"
+
+
+def _fail(message, code=1):
+    sys.stderr.write("error: %s\n" % message)
+    sys.exit(code)
+
+
+def _read_lease(lockdir):
+    try:
+        with open(os.path.join(lockdir, _LEASE_FILE)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _try_lock(lockdir, lease):
+    # The lease is written into a private directory which is then renamed into place: rename(2) of a
+    # directory onto an existing non-empty one fails, so exactly one contender wins, and the lock is
+    # never seen without its lease.
+    staging = "%s.new-%s" % (lockdir, lease["owner"])
+    os.makedirs(staging)
+    with open(os.path.join(staging, _LEASE_FILE), "w") as fh:
+        json.dump(lease, fh)
+    try:
+        os.rename(staging, lockdir)
+        return True
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+
+
+def _reclaim(lockdir, holder):
+    # Renamed away first: of two runners reclaiming the same stale lock, only one rename succeeds.
+    grave = "%s.stale-%s-%d" % (lockdir, holder.get("owner", "unknown"), os.getpid())
+    try:
+        os.rename(lockdir, grave)
+    except OSError:
+        return False
+    shutil.rmtree(grave, ignore_errors=True)
+    rundir = holder.get("rundir")
+    if rundir and os.path.basename(rundir).startswith("run-"):
+        shutil.rmtree(rundir, ignore_errors=True)
+    return True
+
+
+def cmd_lock(args):
+    os.makedirs(os.path.dirname(os.path.abspath(args.lockdir)), exist_ok=True)
+    give_up = time.time() + args.wait_s
+    reclaimed = []
+    while True:
+        now = time.time()
+        lease = {"owner": args.owner, "host": socket.gethostname(), "pid": os.getpid(),
+                 "rundir": args.rundir, "since": now, "expires": now + args.lease_s}
+        if _try_lock(args.lockdir, lease):
+            print(json.dumps({"acquired": True, "reclaimed": reclaimed, "waited_s": round(now - (give_up - args.wait_s), 3)}))
+            return
+        holder = _read_lease(args.lockdir)
+        if holder is None:
+            # A lock dir without a readable lease was not made by this script (or is being deleted).
+            try:
+                age = now - os.stat(args.lockdir).st_mtime
+            except OSError:
+                continue
+            holder = {"owner": "unknown", "expires": now - age + args.lease_s}
+        if holder.get("expires", 0) < now:
+            if _reclaim(args.lockdir, holder):
+                reclaimed.append({"owner": holder.get("owner"), "expired_s_ago": round(now - holder["expires"], 1)})
+            continue
+        if now >= give_up:
+            _fail("device busy: benchmark lock %s held by %s (pid %s on %s) until its lease ends in %.0f s; "
+                  "waited %.0f s" % (args.lockdir, holder.get("owner"), holder.get("pid"), holder.get("host"),
+                                     holder["expires"] - now, args.wait_s), BUSY)
+        time.sleep(min(0.25, max(0.01, give_up - now)))
+
+
+def cmd_unlock(args):
+    holder = _read_lease(args.lockdir)
+    if holder is None or holder.get("owner") != args.owner:
+        print(json.dumps({"released": False, "holder": holder and holder.get("owner")}))
+        return
+    _reclaim(args.lockdir, {"owner": args.owner})
+    print(json.dumps({"released": True}))
+
+
+def cmd_sha256(args):
+    out = {}
+    for path in args.files:
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            _fail("cannot read %s: %s" % (path, exc.strerror or exc), 2)
+        out[path] = digest.hexdigest()
+    print(json.dumps(out))
+
+
+def _version_of(module_name, attr="__version__"):
+    try:
+        module = __import__(module_name, fromlist=["_"])
+    except Exception as exc:  # any import failure means: not usable here
+        return None, "%s: %s" % (type(exc).__name__, exc)
+    return str(getattr(module, attr, "unknown")), None
+
+
+def _package_version(dist):
+    try:
+        from importlib import metadata
+        return metadata.version(dist)
+    except Exception:
+        return None
+
+
+def cmd_probe(args):
+    runtimes = {}
+    for name, module, dist in (("executorch", "executorch.runtime", "executorch"),
+                               ("litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
+                               ("tflite_runtime", "tflite_runtime.interpreter", "tflite-runtime"),
+                               ("onnxruntime", "onnxruntime", "onnxruntime"),
+                               ("tflm", "tflite_micro.python.tflite_micro.runtime", "tflite-micro")):
+        version, error = _version_of(module)
+        if version is not None:
+            version = _package_version(dist) or version
+        runtimes[name] = {"version": version, "error": error}
+    trtexec = shutil.which("trtexec") or ("/usr/src/tensorrt/bin/trtexec"
+                                          if os.access("/usr/src/tensorrt/bin/trtexec", os.X_OK) else None)
+    runtimes["tensorrt"] = {"version": None, "error": None if trtexec else "trtexec not found", "trtexec": trtexec}
+    numpy_version, numpy_error = _version_of("numpy")
+    import device_state  # next to this file in the run dir
+    print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
+                      "numpy": numpy_version, "numpy_error": numpy_error,
+                      "runtimes": runtimes, "state": device_state.sample_state()}))
+
+
+def _kill_group(pid, grace_s=2.0):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except OSError:
+            return
+        end = time.time() + grace_s
+        while time.time() < end:
+            try:
+                os.killpg(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+
+
+def cmd_exec(args):
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        _fail("exec: no command given", 2)
+    try:
+        child = subprocess.Popen(command, start_new_session=True)
+    except OSError as exc:
+        _fail("cannot start %s: %s" % (command[0], exc.strerror or exc), 127)
+    with open(args.pidfile, "w") as fh:
+        fh.write("%d %d\n" % (os.getpid(), child.pid))
+
+    def stop(signum, frame):
+        _kill_group(child.pid)
+        sys.exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        code = child.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(child.pid)
+        _fail("command ran past its %.0f s timeout and was killed (pid %d)" % (args.timeout, child.pid), TIMED_OUT)
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def cmd_kill(args):
+    try:
+        with open(args.pidfile) as fh:
+            supervisor, child = (int(v) for v in fh.read().split())
+    except (OSError, ValueError):
+        print(json.dumps({"killed": []}))
+        return
+    _kill_group(child)
+    try:
+        os.kill(supervisor, signal.SIGKILL)
+    except OSError:
+        pass
+    print(json.dumps({"killed": [supervisor, child]}))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="device.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd")
+    p = sub.add_parser("lock")
+    p.add_argument("lockdir")
+    p.add_argument("--owner", required=True)
+    p.add_argument("--lease-s", type=float, required=True)
+    p.add_argument("--wait-s", type=float, default=0.0)
+    p.add_argument("--rundir", default=None)
+    p = sub.add_parser("unlock")
+    p.add_argument("lockdir")
+    p.add_argument("--owner", required=True)
+    p = sub.add_parser("sha256")
+    p.add_argument("files", nargs="+")
+    sub.add_parser("probe")
+    p = sub.add_parser("exec")
+    p.add_argument("--pidfile", required=True)
+    p.add_argument("--timeout", type=float, required=True)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p = sub.add_parser("kill")
+    p.add_argument("--pidfile", required=True)
+    args = parser.parse_args(argv)
+    handlers = {"lock": cmd_lock, "unlock": cmd_unlock, "sha256": cmd_sha256, "probe": cmd_probe,
+                "exec": cmd_exec, "kill": cmd_kill}
+    if args.cmd not in handlers:
+        parser.print_usage(sys.stderr)
+        _fail("expected one of: %s" % ", ".join(handlers), 2)
+    try:
+        handlers[args.cmd](args)
+    except OSError as exc:
+        _fail("%s: %s" % (getattr(exc, "filename", None) or args.cmd, exc.strerror or exc), 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""A real OpenSSH server on 127.0.0.1 for the remote runner's tests: its own host key, config, authorized
+key and free port, nothing of the system's sshd touched.
+
+    server = SSHServer.start(tmp_dir)
+    server.write_devices_toml(path, name="loopback", python=sys.executable)
+    server.kill_all()   # the master and every session process: "the device dropped off the network"
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class SSHServerUnavailable(RuntimeError):
+    """sshd is not installed or would not start here (the reason is the message)."""
+
+
+def find_sshd() -> str | None:
+    return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True,
+                   stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+class SSHServer:
+    def __init__(self, root: Path, port: int, process: subprocess.Popen):
+        self.root, self.port, self.process = root, port, process
+
+    host_key = property(lambda self: self.root / "host_ed25519")
+    client_key = property(lambda self: self.root / "client_ed25519")
+    log = property(lambda self: self.root / "sshd.log")
+
+    @classmethod
+    def start(cls, root: Path, port: int | None = None) -> "SSHServer":
+        sshd = find_sshd()
+        if sshd is None:
+            raise SSHServerUnavailable("sshd is not installed (apt-get install -y openssh-server)")
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "host_ed25519").exists():
+            _keygen(root / "host_ed25519")
+            _keygen(root / "client_ed25519")
+            (root / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
+        port = port or free_port()
+        config = root / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_ed25519'}",
+            f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
+            "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+            "MaxSessions 32", "MaxStartups 64:30:128", "LogLevel VERBOSE", "",
+        ]))
+        log = open(root / "sshd.log", "ab")
+        process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        server = cls(root, port, process)
+        server._wait_ready()
+        return server
+
+    def _wait_ready(self, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise SSHServerUnavailable(f"sshd exited with {self.process.returncode}: {self.log.read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(64).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise SSHServerUnavailable(f"sshd did not answer on 127.0.0.1:{self.port} within {timeout:.0f} s")
+
+    def public_host_key_line(self) -> str:
+        kind, blob = (self.root / "host_ed25519.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {blob}\n"
+
+    def write_known_hosts(self, path: Path, line: str | None = None) -> Path:
+        path.write_text(self.public_host_key_line() if line is None else line)
+        return path
+
+    def write_devices_toml(self, path: Path, name: str = "loopback", known_hosts: Path | None = None,
+                           **settings) -> Path:
+        if known_hosts is None:
+            known_hosts = self.write_known_hosts(path.parent / "known_hosts")
+        values = {"host": "127.0.0.1", "port": self.port, "user": _user(), "identity_file": str(self.client_key),
+                  "known_hosts": str(known_hosts), "target": "x86-64-host", "python": sys.executable,
+                  "workdir": str(self.root / "device-work"), "ssh_config": str(self.root / "no-ssh-config"),
+                  **settings}
+        lines = [f"[devices.{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _descendants(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL sshd and every session it forked, not the commands those sessions started: like a device
+        whose network link died, the processes on it keep running until they notice."""
+        sessions = [pid for pid in self._descendants() if _comm(pid).startswith("sshd")]
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill_all()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _user() -> str:
+    import getpass
+    return getpass.getuser()
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
