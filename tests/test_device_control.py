@@ -1,0 +1,128 @@
+"""runtimes/device.py, the control script the runner runs on a device: the benchmark lock with its
+lease, the supervised launch that kills at a timeout, and checksums. Run as real subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
+
+
+def device(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(DEVICE_PY), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def lock(lockdir: Path, owner: str, lease_s: float = 60, wait_s: float = 0, rundir: Path | None = None):
+    args = ["lock", str(lockdir), "--owner", owner, "--lease-s", str(lease_s), "--wait-s", str(wait_s)]
+    return device(*args, *(["--rundir", str(rundir)] if rundir else []))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie has exited; only its parent has not collected it yet
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_the_first_runner_takes_the_lock(tmp_path):
+    done = lock(tmp_path / "lock", "a")
+    assert done.returncode == 0 and json.loads(done.stdout)["acquired"] is True
+    assert json.loads((tmp_path / "lock" / "lease.json").read_text())["owner"] == "a"
+
+
+def test_a_second_runner_gives_up_after_its_wait_naming_the_holder(tmp_path):
+    lock(tmp_path / "lock", "first-runner")
+    t0 = time.monotonic()
+    done = lock(tmp_path / "lock", "second", wait_s=0.5)
+    assert done.returncode == 6 and time.monotonic() - t0 >= 0.5
+    assert "device busy" in done.stderr and "first-runner" in done.stderr
+
+
+def test_a_waiting_runner_gets_the_lock_once_it_is_released(tmp_path):
+    lock(tmp_path / "lock", "a")
+    waiter = subprocess.Popen([sys.executable, str(DEVICE_PY), "lock", str(tmp_path / "lock"), "--owner", "b",
+                               "--lease-s", "60", "--wait-s", "20"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert waiter.poll() is None  # still waiting
+    assert json.loads(device("unlock", str(tmp_path / "lock"), "--owner", "a").stdout)["released"]
+    out, _ = waiter.communicate(timeout=20)
+    assert waiter.returncode == 0 and json.loads(out)["acquired"]
+
+
+def test_an_expired_lease_is_reclaimed_with_the_crashed_runs_directory(tmp_path):
+    crashed_run = tmp_path / "run-crashed"
+    crashed_run.mkdir()
+    lock(tmp_path / "lock", "crashed", lease_s=0.2, rundir=crashed_run)
+    time.sleep(0.4)
+    done = lock(tmp_path / "lock", "next")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["reclaimed"][0]["owner"] == "crashed"
+    assert not crashed_run.exists()
+
+
+def test_only_the_holder_can_release_the_lock(tmp_path):
+    lock(tmp_path / "lock", "a")
+    assert json.loads(device("unlock", str(tmp_path / "lock"), "--owner", "b").stdout)["released"] is False
+    assert (tmp_path / "lock" / "lease.json").exists()
+
+
+def test_of_many_simultaneous_runners_exactly_one_gets_the_lock(tmp_path):
+    procs = [subprocess.Popen([sys.executable, str(DEVICE_PY), "lock", str(tmp_path / "lock"), "--owner", f"r{i}",
+                               "--lease-s", "60", "--wait-s", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(8)]
+    codes = [p.wait(timeout=30) for p in procs]
+    assert sorted(codes) == [0] + [6] * 7
+
+
+def test_exec_kills_the_command_and_its_children_at_the_timeout(tmp_path):
+    pidfile = tmp_path / "pid"
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    t0 = time.monotonic()
+    done = device("exec", "--pidfile", str(pidfile), "--timeout", "1", "--", sys.executable, "-c", script)
+    assert done.returncode == 124 and time.monotonic() - t0 < 10
+    assert "past its 1 s timeout" in done.stderr
+    child = int(pidfile.read_text().split()[1])
+    assert not alive(child)
+    leftovers = subprocess.run(["pgrep", "-g", str(child)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+
+
+def test_exec_returns_the_commands_exit_code(tmp_path):
+    done = device("exec", "--pidfile", str(tmp_path / "pid"), "--timeout", "30", "--", sys.executable, "-c",
+                  "import sys; print('out'); sys.exit(3)")
+    assert done.returncode == 3 and done.stdout == "out\n"
+
+
+def test_kill_stops_a_supervised_command(tmp_path):
+    pidfile = tmp_path / "pid"
+    supervisor = subprocess.Popen([sys.executable, str(DEVICE_PY), "exec", "--pidfile", str(pidfile), "--timeout",
+                                   "60", "--", sys.executable, "-c", "import time; time.sleep(60)"])
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text().split()[1])
+    assert json.loads(device("kill", "--pidfile", str(pidfile)).stdout)["killed"] == [supervisor.pid, child]
+    supervisor.wait(timeout=10)
+    assert not alive(child)
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(3 << 20))
+    assert json.loads(device("sha256", str(path)).stdout) == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_sha256_of_a_missing_file_is_an_error_naming_it(tmp_path):
+    done = device("sha256", str(tmp_path / "gone.pte"))
+    assert done.returncode == 2 and "gone.pte" in done.stderr and done.stderr.startswith("error: ")
