@@ -684,7 +684,7 @@ def benchmark(backend: Backend, args, ctx: Context) -> dict:
     notes += state_notes(state_before, args.cores)
     if session.threads is not None and cores and session.threads > len(cores):
         notes.append("%d threads share %d CPU(s): threads will preempt each other" % (session.threads, len(cores)))
-    elif session.threads is None and args.cores is not None and args.threads is None:
+    elif session.threads is None and session.measure is None and args.cores is not None and args.threads is None:
         notes.append("--cores without --threads: the runtime's default thread count may exceed the %d pinned CPU(s)"
                      % len(cores))
     if stats["cv"] is not None and stats["cv"] > CV_NOTE_THRESHOLD:
