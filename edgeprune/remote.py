@@ -225,26 +225,32 @@ class _LocalSession(_Session):
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             return _Completed(127, "", f"error: cannot start {argv[0]}: {exc.strerror or exc}")
-        stderr_chunks: list[bytes] = []
+        chunks: dict[str, list[bytes]] = {"out": [], "err": []}
         splitter = _LineSplitter(on_stderr_line)
 
-        def pump():
-            for chunk in iter(lambda: proc.stderr.read1(65536), b""):
-                stderr_chunks.append(chunk)
-                splitter.feed(chunk)
+        def pump(stream, key, feed=None):
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                chunks[key].append(chunk)
+                if feed:
+                    feed(chunk)
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        # One reader per stream (communicate() would race a second reader of stderr for its bytes).
+        readers = [threading.Thread(target=pump, args=(proc.stdout, "out"), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, "err", splitter.feed), daemon=True)]
+        for reader in readers:
+            reader.start()
         try:
-            stdout, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:.0f} s timeout; "
                                      f"killed (pid {proc.pid})") from None
-        reader.join(timeout=5)
-        return _Completed(proc.returncode, stdout.decode("utf-8", "replace"),
-                          b"".join(stderr_chunks).decode("utf-8", "replace"))
+        finally:
+            for reader in readers:
+                reader.join(timeout=5)
+        return _Completed(proc.returncode, b"".join(chunks["out"]).decode("utf-8", "replace"),
+                          b"".join(chunks["err"]).decode("utf-8", "replace"))
 
     def put(self, local, remote, timeout, on_bytes=None):
         try:
@@ -307,6 +313,7 @@ class _SSHSession(_Session):
         self.client.set_missing_host_key_policy(
             _RecordNewKey(device) if trust_new_host_key else _RefuseUnknownKey(device))
         where = f"device '{device.name}' ({device.address})"
+        started = time.monotonic()
         try:
             self.client.connect(
                 device.hostname, port=device.port, username=device.user,
@@ -331,9 +338,14 @@ class _SSHSession(_Session):
             raise DeviceError(f"{where}: authentication failed with {key}: {exc}") from None
         except (socket.timeout, TimeoutError):
             self.client.close()
-            raise RemoteTimeoutError(f"{where}: no SSH connection within {timeout:.0f} s (connect_timeout_s)") from None
+            raise RemoteTimeoutError(f"{where}: no SSH connection within {timeout:g} s (connect_timeout_s)") from None
         except (OSError, paramiko.SSHException) as exc:
             self.client.close()
+            # paramiko reports a handshake that timed out in its transport thread as one of several
+            # SSHExceptions ("Error reading SSH protocol banner", "No existing session"): judge by the clock.
+            if "banner" in str(exc).lower() or time.monotonic() - started >= 0.9 * timeout:
+                raise RemoteTimeoutError(f"{where}: connected, but no SSH banner/handshake within {timeout:g} s "
+                                         "(connect_timeout_s)") from None
             raise DeviceError(f"{where}: cannot connect: {exc}") from None
         transport = self.client.get_transport()
         transport.set_keepalive(5)  # a dead link shows up within seconds, not at the next TCP timeout
@@ -359,15 +371,21 @@ class _SSHSession(_Session):
         end = time.monotonic() + timeout
         # Read both streams while waiting: a full channel window blocks the remote side, and
         # recv_exit_status() would wait forever. The loop ends on exit status + both EOFs.
+        # The channel's fileno wakes select() for data but not for the exit status, so the wait starts
+        # short (a quick command returns in milliseconds) and backs off to 0.2 s while nothing arrives.
+        pause = 0.002
         try:
             while True:
-                select.select([channel], [], [], 0.2)
+                select.select([channel], [], [], pause)
+                pause = min(0.2, pause * 2)
                 while channel.recv_ready():
                     out += channel.recv(65536)
+                    pause = 0.002
                 while channel.recv_stderr_ready():
                     chunk = channel.recv_stderr(65536)
                     err += chunk
                     splitter.feed(chunk)
+                    pause = 0.002
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     if channel.status_event.is_set() and channel.exit_status != -1:
                         break
@@ -650,9 +668,8 @@ def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: 
                ) -> list["BenchResult | DeviceError"]:
     """Run (device, artifact) jobs, one thread per device, jobs on one device one after another.
     Returns a result or the error for each job, in order; one device failing does not stop the others."""
-    inventory = load_devices(devices)
-    resolved = [(inventory[d] if isinstance(d, str) and d in inventory else
-                 d if isinstance(d, Device) else get_device(d, devices), Path(a)) for d, a in jobs]
+    inventory = load_devices(devices) if any(isinstance(d, str) for d, _ in jobs) else {}
+    resolved = [(d if isinstance(d, Device) else inventory.get(d) or get_device(d, devices), Path(a)) for d, a in jobs]
     by_device: dict[str, list[int]] = {}
     for i, (dev, _) in enumerate(resolved):
         by_device.setdefault(dev.name, []).append(i)

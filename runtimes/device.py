@@ -173,7 +173,9 @@ def cmd_probe(args):
                       "runtimes": runtimes, "state": device_state.sample_state()}))
 
 
-def _kill_group(pid, grace_s=2.0):
+def _kill_group(pid, grace_s=2.0, child=None):
+    """SIGTERM the process group, then SIGKILL what is left after `grace_s`. `child`: our own Popen of
+    the group leader, which we must reap ourselves (an unreaped zombie still answers killpg(pid, 0))."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -181,6 +183,8 @@ def _kill_group(pid, grace_s=2.0):
             return
         end = time.time() + grace_s
         while time.time() < end:
+            if child is not None and child.poll() is not None:
+                child = None  # leader reaped; keep waiting for the rest of its group
             try:
                 os.killpg(pid, 0)
             except OSError:
@@ -200,7 +204,7 @@ def cmd_exec(args):
         fh.write("%d %d\n" % (os.getpid(), child.pid))
 
     def stop(signum, frame):
-        _kill_group(child.pid)
+        _kill_group(child.pid, child=child)
         sys.exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -208,7 +212,7 @@ def cmd_exec(args):
     try:
         code = child.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(child.pid)
+        _kill_group(child.pid, child=child)
         _fail("command ran past its %.0f s timeout and was killed (pid %d)" % (args.timeout, child.pid), TIMED_OUT)
     sys.exit(code if code >= 0 else 128 - code)
 

@@ -1,0 +1,125 @@
+"""The runner on the built-in `local` device: the same flow as over SSH (run dir, upload, lock, sha256,
+supervised harness, clean-up), in subprocesses on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgeprune as ep
+from edgeprune.devices import local_device
+from edgeprune.remote import BenchResult, BenchSettings, harness_for
+
+QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
+DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
+
+
+@pytest.fixture
+def local(tmp_path):
+    return local_device(workdir=str(tmp_path / "work"), lock_wait_s=0.5)
+
+
+def run_dirs(device) -> list[Path]:
+    return sorted(Path(device.workdir).glob("run-*"))
+
+
+def test_a_pte_is_measured_on_the_local_device(bench_artifacts, local):
+    result = ep.bench(bench_artifacts.pte, local, settings=QUICK)
+    assert result.runtime == "executorch" and result.device == "local"
+    assert result.n >= 10 and len(result.samples) == result.n
+    assert result.min <= result.p50 <= result.p90 <= result.p99 <= result.max
+    assert result.ci95_p50[0] <= result.p50 <= result.ci95_p50[1]
+    assert result.state_before and result.state_after
+    assert {"connect_s", "upload_s", "verify_s", "run_s", "cleanup_s", "total_s"} <= set(result.overhead_s)
+
+
+def test_an_artifact_exported_for_another_target_is_labelled_a_proxy(bench_artifacts, local):
+    result = ep.bench(bench_artifacts.pte, local, settings=QUICK)
+    assert result.artifact_target == "raspberry-pi-5" and result.device_target == "x86-64-host"
+    assert result.proxy and any("not raspberry-pi-5's latency" in n for n in result.notes)
+
+
+def test_a_microcontroller_tflite_runs_in_tflite_micro(bench_artifacts, local):
+    assert harness_for(bench_artifacts.mcu) == "tflm"
+    assert ep.bench(bench_artifacts.mcu, local, settings=QUICK).runtime == "tflm"
+
+
+def test_the_harness_is_chosen_from_the_artifact_type(bench_artifacts, tmp_path):
+    assert harness_for(bench_artifacts.pte) == "executorch"
+    assert harness_for(bench_artifacts.onnx) == "onnx"
+    assert harness_for(bench_artifacts.tflite) == "litert"
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(ep.ArtifactError, match=r"model.bin: no harness for '.bin'"):
+        harness_for(tmp_path / "model.bin")
+
+
+def test_the_run_dir_and_lock_are_gone_after_a_run(bench_artifacts, local):
+    ep.bench(bench_artifacts.onnx, local, settings=QUICK)
+    assert run_dirs(local) == [] and not (Path(local.workdir) / "lock").exists()
+
+
+def test_a_harness_failure_names_the_device_and_still_cleans_up(bench_artifacts, local):
+    with pytest.raises(ep.DeviceError, match=r"device 'local': the executorch harness failed \(exit 2\)"):
+        ep.bench(bench_artifacts.onnx, local, settings=QUICK, runtime="executorch")
+    assert run_dirs(local) == [] and not (Path(local.workdir) / "lock").exists()
+
+
+def test_an_artifact_changed_after_export_is_refused_before_anything_runs(bench_artifacts, local, tmp_path):
+    for src in (bench_artifacts.onnx, bench_artifacts.onnx.with_name(bench_artifacts.onnx.stem + ".manifest.json")):
+        shutil.copy(src, tmp_path / src.name)
+    copy = tmp_path / bench_artifacts.onnx.name
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    with pytest.raises(ep.ArtifactError, match="changed after export"):
+        ep.bench(copy, local, settings=QUICK)
+    assert not Path(local.workdir).exists()
+
+
+def test_a_busy_device_is_waited_for_then_reported_with_its_holder(bench_artifacts, local):
+    Path(local.workdir).mkdir(parents=True)
+    subprocess.run([sys.executable, str(DEVICE_PY), "lock", f"{local.workdir}/lock", "--owner", "someone-else",
+                    "--lease-s", "300"], check=True, capture_output=True)
+    with pytest.raises(ep.DeviceBusyError, match="held by someone-else"):
+        ep.bench(bench_artifacts.onnx, local, settings=QUICK)
+    assert json.loads((Path(local.workdir) / "lock" / "lease.json").read_text())["owner"] == "someone-else"
+    assert run_dirs(local) == []
+
+
+def test_a_benchmark_past_the_command_timeout_is_killed_and_reported(bench_artifacts, local):
+    slow = dataclasses.replace(local, command_timeout_s=2)
+    with pytest.raises(ep.RemoteTimeoutError, match=r"past its 2 s timeout .* killed on the device") as info:
+        ep.bench(bench_artifacts.onnx, slow, settings=BenchSettings(min_runs=10**9, min_seconds=600))
+    pid = int(re.search(r"\(pid (\d+)\)", str(info.value)).group(1))
+    assert not Path(f"/proc/{pid}").exists()
+    assert run_dirs(local) == []
+
+
+def test_a_missing_device_python_is_named(bench_artifacts, local):
+    broken = dataclasses.replace(local, python="/nonexistent/python3")
+    with pytest.raises(ep.DeviceError, match=r"cannot run python '/nonexistent/python3'"):
+        ep.bench(bench_artifacts.onnx, broken, settings=QUICK)
+
+
+def test_a_result_survives_a_json_round_trip(bench_artifacts, local):
+    result = ep.bench(bench_artifacts.onnx, local, settings=QUICK)
+    data = json.loads(result.to_json())
+    assert {"p50", "p90", "p99", "cv", "mean", "std", "min", "max", "ci95_p50", "samples", "valid"} <= set(data)
+    assert BenchResult.from_dict(data) == result
+
+
+def test_settings_reach_the_harness(bench_artifacts, local):
+    result = ep.bench(bench_artifacts.onnx, local, settings=dataclasses.replace(QUICK, threads=1, cores=(0,), min_runs=33))
+    assert result.n >= 33 and result.threads == 1 and result.cores == (0,)
+
+
+def test_check_reports_the_runtimes_present_on_the_local_device(local):
+    found = ep.check(local)
+    assert found.reachable and found.error is None and found.workdir_writable
+    assert found.runtimes["onnxruntime"]["version"] and found.runtimes["executorch"]["version"]
+    assert found.state.get("hostname")

@@ -1,0 +1,250 @@
+"""The runner over SSH, against a real OpenSSH server on 127.0.0.1 (tests/sshd_server.py): host keys,
+the full bench path per artifact type, and the faults a lab network produces. No SSH is mocked."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import edgeprune as ep
+from edgeprune import remote
+from edgeprune.cli import app
+from edgeprune.devices import get_device
+from edgeprune.remote import BenchSettings
+
+from sshd_server import SSHServer
+
+QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
+
+
+def loopback(server: SSHServer, tmp_path: Path, **settings) -> ep.Device:
+    """The server as a device in a devices.toml of this test's own (its own workdir, known_hosts pinned)."""
+    settings.setdefault("workdir", str(tmp_path / "device-work"))
+    return get_device("loopback", server.write_devices_toml(tmp_path / "devices.toml", **settings))
+
+
+def nothing_ran(device: ep.Device) -> bool:
+    return not Path(device.workdir).exists()
+
+
+@pytest.mark.parametrize("kind, runtime", [("pte", "executorch"), ("tflite", "litert"), ("onnx", "onnxruntime")])
+def test_an_artifact_is_measured_over_ssh(sshd, bench_artifacts, tmp_path, kind, runtime):
+    device = loopback(sshd, tmp_path)
+    result = ep.bench(getattr(bench_artifacts, kind), device, settings=QUICK)
+    assert result.device == "loopback" and result.runtime == runtime
+    assert result.n >= 10 and 0 < result.p50 <= result.p99
+    assert result.state_before.get("hostname") == socket.gethostname()
+    assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()
+
+
+def test_an_unknown_host_key_is_refused_before_anything_runs(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path, known_hosts=str(tmp_path / "empty_known_hosts"))
+    with pytest.raises(ep.HostKeyError, match=r"is not in .*empty_known_hosts; refused before anything ran.*"
+                                               r"--trust-new-host-key"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert nothing_ran(device)
+
+
+def test_a_changed_host_key_is_refused_even_when_trusting_new_keys(sshd, bench_artifacts, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    kind, blob = (tmp_path / "other.pub").read_text().split()[:2]
+    known = sshd.write_known_hosts(tmp_path / "known_hosts", f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    device = loopback(sshd, tmp_path, known_hosts=str(known))
+    for trust in (False, True):
+        with pytest.raises(ep.HostKeyError, match="host key CHANGED .* man-in-the-middle"):
+            ep.bench(bench_artifacts.onnx, device, settings=QUICK, trust_new_host_key=trust)
+    assert nothing_ran(device)
+    assert known.read_text().split()[2] == blob  # the pinned key is left as it was
+
+
+def test_trust_new_host_key_records_the_key_for_later_runs(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    device = loopback(sshd, tmp_path, known_hosts=str(known))
+    assert ep.check(device, trust_new_host_key=True).reachable
+    assert known.read_text().split()[1:3] == sshd.public_host_key_line().split()[1:3]
+    assert ep.check(device).error is None  # pinned now: no opt-in needed
+
+
+def test_a_wrong_key_for_the_user_is_an_authentication_error(sshd, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    device = loopback(sshd, tmp_path, identity_file=str(tmp_path / "stranger"))
+    found = ep.check(device)
+    assert not found.reachable and "authentication failed" in found.error
+
+
+def test_a_silent_server_hits_the_connect_timeout(tmp_path, sshd):
+    with socket.socket() as silent:  # accepts TCP, never says a word: a hung device
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        device = loopback(sshd, tmp_path, port=silent.getsockname()[1], connect_timeout_s=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(ep.RemoteTimeoutError, match=r"no SSH banner/handshake within 1 s"):
+            remote.open_session(device)
+        assert time.monotonic() - t0 < 5
+
+
+def test_large_output_is_read_while_waiting_and_does_not_hang(sshd, tmp_path):
+    session = remote.open_session(loopback(sshd, tmp_path))
+    try:
+        done = session.run(["python3", "-c", "import sys; sys.stdout.write('x' * 6_000_000); "
+                                             "sys.stderr.write('y' * 3_000_000)"], timeout=60)
+    finally:
+        session.close()
+    assert done.rc == 0 and len(done.stdout) == 6_000_000 and len(done.stderr) == 3_000_000
+
+
+def test_remote_arguments_are_quoted(sshd, tmp_path):
+    session = remote.open_session(loopback(sshd, tmp_path))
+    try:
+        tricky = "a b; touch $HOME/pwned-$$ `id` 'quote\" $(echo no)"
+        done = session.run(["printf", "%s", tricky], timeout=30)
+    finally:
+        session.close()
+    assert done.stdout == tricky
+
+
+def test_an_unwritable_work_dir_is_a_clear_error(sshd, bench_artifacts, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    device = loopback(sshd, tmp_path, workdir=str(tmp_path / "a-file" / "work"))
+    with pytest.raises(ep.DeviceError, match=r"remote work dir '.*a-file/work' \(workdir\) is not writable: .*Not a directory"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+
+
+def test_a_corrupted_upload_is_caught_by_the_sha256_check(sshd, bench_artifacts, tmp_path, monkeypatch):
+    device = loopback(sshd, tmp_path)
+    bad = tmp_path / "flipped.onnx"
+    data = bytearray(bench_artifacts.onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    real_put = remote._SSHSession.put
+
+    def put(self, local, remote_path, timeout, on_bytes=None):  # the wire flips a bit in the artifact
+        return real_put(self, bad if Path(local) == bench_artifacts.onnx else local, remote_path, timeout, on_bytes)
+
+    monkeypatch.setattr(remote._SSHSession, "put", put)
+    with pytest.raises(ep.ArtifactError, match=r"arrived corrupted: sha256 on the device .* != local .*nothing was run"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()
+
+
+def test_a_benchmark_past_its_timeout_is_killed_on_the_device_and_reported(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path, command_timeout_s=3.0)
+    with pytest.raises(ep.RemoteTimeoutError, match=r"past its 3 s timeout .*killed on the device") as info:
+        ep.bench(bench_artifacts.onnx, device, settings=BenchSettings(min_runs=10**9, min_seconds=600))
+    pid = int(re.search(r"\(pid (\d+)\)", str(info.value)).group(1))
+    assert not Path(f"/proc/{pid}").exists()
+    assert list(Path(device.workdir).glob("run-*")) == []
+
+
+def test_sshd_dying_mid_benchmark_records_nothing_and_the_lock_is_reclaimed_later(sshd_private, bench_artifacts, tmp_path):
+    device = loopback(sshd_private, tmp_path, lease_s=2.0)
+    killed = threading.Event()
+
+    def progress(stage, info):
+        if stage == "measure" and info.get("stage") == "measure" and not killed.is_set():
+            killed.set()
+            sshd_private.kill_all()
+
+    with pytest.raises(ep.ConnectionLostError, match="connection was lost during the benchmark; no result recorded"):
+        ep.bench(bench_artifacts.onnx, device, settings=BenchSettings(min_runs=10**9, min_seconds=600),
+                 progress=progress)
+    assert killed.is_set() and (Path(device.workdir) / "lock" / "lease.json").exists()
+    stale_runs = list(Path(device.workdir).glob("run-*"))
+    assert len(stale_runs) == 1
+
+    restarted = SSHServer.start(sshd_private.root, port=sshd_private.port)  # same host key: the device rebooted
+    try:
+        time.sleep(2.5)  # past the dead run's lease
+        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    finally:
+        restarted.stop()
+    assert any("reclaimed a stale benchmark lock" in note for note in result.notes)
+    assert list(Path(device.workdir).glob("run-*")) == []
+    orphans = subprocess.run(["pgrep", "-f", str(stale_runs[0])], capture_output=True, text=True).stdout.split()
+    assert orphans == []  # the orphaned harness noticed its dead pipe and exited
+
+
+def test_two_runs_on_one_device_take_turns(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path)
+    settings = dataclasses.replace(QUICK, min_seconds=1.0)
+    results = ep.bench_many([(device, bench_artifacts.onnx), (device, bench_artifacts.onnx)], settings=settings)
+    first, second = sorted(results, key=lambda r: r.state_before["time"])
+    assert first.state_after["time"] <= second.state_before["time"]
+
+
+def test_several_devices_are_measured_at_once(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path)
+    local = ep.devices.local_device(workdir=str(tmp_path / "local-work"))
+    settings = dataclasses.replace(QUICK, min_seconds=3.0)
+    results = ep.bench_many([(device, bench_artifacts.onnx), (local, bench_artifacts.onnx)], settings=settings)
+    assert [r.device for r in results] == ["loopback", "local"]
+    overlap = min(r.state_after["time"] for r in results) - max(r.state_before["time"] for r in results)
+    assert overlap > 0  # the two measuring windows ran at the same time
+
+
+def test_one_failing_device_does_not_stop_the_others(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path)
+    broken = dataclasses.replace(device, name="broken", known_hosts=tmp_path / "nothing-pinned")
+    results = ep.bench_many([(broken, bench_artifacts.onnx), (device, bench_artifacts.onnx)], settings=QUICK)
+    assert isinstance(results[0], ep.HostKeyError) and isinstance(results[1], ep.BenchResult)
+
+
+def test_devices_check_reports_python_runtimes_and_state(sshd, tmp_path):
+    found = ep.check(loopback(sshd, tmp_path))
+    assert found.reachable and found.error is None and found.workdir_writable
+    assert found.runtimes["onnxruntime"]["version"] and found.python
+    assert "loadavg" in found.state
+
+
+# ---- through the CLI
+
+def test_cli_bench_prints_the_statistics_and_writes_json(sshd, bench_artifacts, tmp_path):
+    toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
+    out = tmp_path / "result.json"
+    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "loopback", str(bench_artifacts.onnx),
+                                    "--json", str(out), "--min-runs", "10", "--min-seconds", "0.1",
+                                    "--warmup-runs", "1", "--warmup-seconds", "0"])
+    assert done.exit_code == 0, done.output
+    assert "latency (ms)" in done.output and "loopback" in done.output
+    data = json.loads(out.read_text())
+    assert {"p50", "p90", "p99", "cv", "ci95_p50", "samples", "state_before", "state_after"} <= set(data)
+    assert data["device"] == "loopback" and data["n"] >= 10
+
+
+def test_cli_bench_does_not_overwrite_a_result(sshd, bench_artifacts, tmp_path):
+    toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
+    out = tmp_path / "result.json"
+    out.write_text("{}")
+    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "loopback", str(bench_artifacts.onnx),
+                                    "--json", str(out)])
+    assert done.exit_code == 2 and "already exists" in done.output and out.read_text() == "{}"
+
+
+def test_cli_devices_check_exits_nonzero_when_a_device_is_unreachable(sshd, tmp_path):
+    toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"),
+                                   known_hosts=tmp_path / "unpinned")
+    done = CliRunner().invoke(app, ["devices", "check", "--devices", str(toml), "loopback"])
+    assert done.exit_code == 1 and "loopback" in done.output
+
+
+def test_cli_devices_check_shows_a_reachable_device(sshd, tmp_path):
+    toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
+    done = CliRunner().invoke(app, ["devices", "check", "--devices", str(toml), "loopback"])
+    assert done.exit_code == 0, done.output
+    assert "yes" in done.output and "loopback" in done.output
+
+
+def test_cli_bench_with_a_malformed_inventory_names_the_key(tmp_path, bench_artifacts):
+    toml = tmp_path / "devices.toml"
+    toml.write_text('[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\nport = "twenty-two"\n')
+    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "pi", str(bench_artifacts.onnx)])
+    assert done.exit_code == 2 and "devices.pi.port" in done.output
