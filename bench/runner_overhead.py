@@ -4,7 +4,8 @@
    ONNX artifact: connect, upload, sha256 verify, lock, harness start-up (python + runtime import + model
    load), clean-up — everything outside the harness's warm-up + measuring window. Median of 5 runs each.
 2. Spread of p50 across 10 repeated `bench` calls of one artifact on `local`, pinned (one core, one
-   thread) and unpinned (one thread, any core), interleaved so both see the same machine noise.
+   thread) and unpinned (one thread, any core), interleaved so both see the same machine noise; for a
+   tiny model (tens of µs: timer and scheduler noise) and ResNet-18 at 224×224 (tens of ms).
 
     .venv/bin/python bench/runner_overhead.py --out bench/out/runner_overhead.md
 """
@@ -79,26 +80,30 @@ def main() -> None:
         lines += ["", "`startup` is the harness process outside its measuring window: python start, numpy + runtime "
                   "import, model load, warm-up (1 run). `outside_window` = total − measured window.", ""]
 
-        model, x = zoo.small_cnn(), zoo.small_cnn.example_inputs()
-        pte = ep.export(model, x, "x86-64-host", work / "cnn", format="pte").path
-        lines += [f"### Spread of p50 across {args.calls} `bench` calls on `local` (small CNN .pte, ExecuTorch, "
-                  "min 200 runs and 1 s per call)", "",
-                  "| mode | median p50 (ms) | CV of p50 across calls | median within-call CV | min–max p50 (ms) |",
-                  "|---|---|---|---|---|"]
-        modes = {"pinned (core 1, 1 thread)": BenchSettings(200, 1.0, 20, 0.2, threads=1, cores=(1,)),
-                 "unpinned (1 thread)": BenchSettings(200, 1.0, 20, 0.2, threads=1)}
-        p50s = {m: [] for m in modes}
-        cvs = {m: [] for m in modes}
-        for _ in range(args.calls):  # interleaved: both modes see the same drift of the shared machine
-            for mode, settings in modes.items():
-                r = ep.bench(pte, local, settings=settings)
-                p50s[mode].append(r.p50)
-                cvs[mode].append(r.cv)
-        for mode in modes:
-            v = p50s[mode]
-            spread = statistics.stdev(v) / statistics.mean(v)
-            lines.append(f"| {mode} | {statistics.median(v):.4f} | {spread:.1%} | {statistics.median(cvs[mode]):.1%} "
-                         f"| {min(v):.4f}–{max(v):.4f} |")
+        lines += [f"### Spread of p50 across {args.calls} `bench` calls on `local` (ExecuTorch + XNNPACK .pte; "
+                  "pinned and unpinned calls interleaved)", "",
+                  "| model | mode | runs per call | median p50 (ms) | CV of p50 across calls | median within-call CV "
+                  "| min–max p50 (ms) |", "|---|---|---|---|---|---|---|"]
+        for factory, runs, seconds in ((zoo.small_cnn, 200, 1.0), (zoo.resnet18, 20, 2.0)):
+            model, x = factory(), factory.example_inputs()
+            pte = ep.export(model, x, "x86-64-host", work / factory.__name__, format="pte").path
+            modes = {"pinned (core 1, 1 thread)": BenchSettings(runs, seconds, 3, 0.3, threads=1, cores=(1,)),
+                     "unpinned (1 thread)": BenchSettings(runs, seconds, 3, 0.3, threads=1)}
+            p50s = {m: [] for m in modes}
+            cvs = {m: [] for m in modes}
+            ns = {m: [] for m in modes}
+            for _ in range(args.calls):  # interleaved: both modes see the same drift of the shared machine
+                for mode, settings in modes.items():
+                    r = ep.bench(pte, local, settings=settings)
+                    p50s[mode].append(r.p50)
+                    cvs[mode].append(r.cv)
+                    ns[mode].append(r.n)
+            for mode in modes:
+                v = p50s[mode]
+                spread = statistics.stdev(v) / statistics.mean(v)
+                lines.append(f"| {factory.__name__} | {mode} | {statistics.median(ns[mode]):.0f} | "
+                             f"{statistics.median(v):.4f} | {spread:.1%} | {statistics.median(cvs[mode]):.1%} | "
+                             f"{min(v):.4f}–{max(v):.4f} |")
     finally:
         server.stop()
     emit(lines, args.out)

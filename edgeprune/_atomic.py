@@ -1,7 +1,8 @@
-"""Writing a file so it appears complete or not at all, and never replaces one silently."""
+"""Files: written so they appear complete or not at all (never replacing one silently), and checksummed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -25,3 +26,11 @@ def write_text(path: "str | Path", text: str, *, overwrite: bool = False) -> Pat
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: "str | Path") -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

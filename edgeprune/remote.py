@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import paramiko
 
+from ._atomic import sha256_file
 from ._resources import builtin_dir
 from .devices import Device, get_device, load_devices
 from .errors import (ArtifactError, ConnectionLostError, DeviceBusyError, DeviceError, HostKeyError,
@@ -448,14 +449,6 @@ def open_session(device: Device, trust_new_host_key: bool = False) -> _Session:
 
 # ----------------------------------------------------------------------------------------------- flow
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(artifact: Path) -> Optional[dict]:
     path = artifact.with_name(artifact.name[: -len(artifact.suffix)] + ".manifest.json")
     if not path.exists():
@@ -503,7 +496,7 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     settings = settings or BenchSettings(threads=device.threads, cores=device.cores)
     kind = harness_for(artifact, runtime)
     manifest = _manifest(artifact)
-    sha = _sha256(artifact)
+    sha = sha256_file(artifact)
     if manifest and manifest.get("sha256") not in (None, sha):
         raise ArtifactError(f"{artifact}: sha256 differs from its manifest's; the file changed after export")
     report = progress or (lambda stage, info: None)
@@ -554,7 +547,7 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         report("upload", {"file": artifact.name, "bytes": artifact.stat().st_size})
         timed("upload_s", session.put, artifact, remote_artifact, cmd_timeout("upload"),
               lambda done, total: report("upload-progress", {"done": done, "total": total}))
-        expected = {f"{rundir}/{p.name}": _sha256(p) for p in files}
+        expected = {f"{rundir}/{p.name}": sha256_file(p) for p in files}
         expected[remote_artifact] = sha
         report("verify", {})
         sums = timed("verify_s", session.run, [*py, "sha256", *expected], cmd_timeout("sha256"), step="sha256")

@@ -36,3 +36,20 @@ def test_unpacked_wheel_loads_profiles_without_the_source_tree(wheel, tmp_path):
                             env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_wheel_contains_every_device_harness(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for script in (ROOT / "runtimes").glob("*.py"):
+        assert f"edgeprune/_builtin/runtimes/{script.name}" in names
+
+
+def test_an_installed_edgeprune_finds_its_harnesses_without_the_source_tree(wheel, tmp_path):
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("from edgeprune.remote import _runtimes_dir, HARNESSES; import pathlib; d = _runtimes_dir(); "
+            "print(all((d / h).is_file() for h in HARNESSES.values()), "
+            "d.resolve().is_relative_to(pathlib.Path.cwd().resolve()))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True True"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import write_text
+from .._atomic import sha256_file, write_text
 from ..errors import ArtifactError
 from ..inputs import InputSpec, call, normalize, output_shapes
 from ..plan import Plan
@@ -78,14 +78,6 @@ def _model_hash(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -185,7 +177,7 @@ def export(
             "runtime": target.runtime.preferred if fmt == target.runtime.export_format else FORMATS[fmt][0],
             "target": target.name,
             "precision": precision,
-            "sha256": _sha256(staged),
+            "sha256": sha256_file(staged),
             "size_bytes": staged.stat().st_size,
             "source_model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
                              "sha256": _model_hash(final_model)},
@@ -320,7 +312,7 @@ def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Pa
     final_model = finalize(model).eval()
     checks = _verify(module, final_model, example_inputs, path, manifest["precision"], [], plan)
     failures = _failures(checks, {})
-    if _sha256(path) != manifest["sha256"]:
+    if sha256_file(path) != manifest["sha256"]:
         failures.append(f"sha256 differs from the manifest's: {path.name} changed after export")
     if failures:
         raise ExportError(f"{path.name} failed verification: " + "; ".join(failures))

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from ..errors import ArtifactError, ModelError
-from .formats import ExportError, StoredTensor, WeightReadback
+from .formats import ExportError, StoredTensor, WeightReadback, first_line
 
 BACKEND_ID = "XnnpackBackend"
 QUANTIZER_NAME = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer.XNNPACKQuantizer"
@@ -171,7 +171,7 @@ def _quantize(program, args: tuple, kwargs: dict, calibration: Sequence[Any]):
             prepared(*c_args, **c_kwargs)
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"executorch: int8 calibration input {i} does not run through the model: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                              f"{type(exc).__name__}: {first_line(exc)}") from exc
     try:
         converted = convert_pt2e(prepared)
     except Exception as exc:  # noqa: BLE001
@@ -310,7 +310,7 @@ def _export_error(exc: BaseException, stage: str, program) -> ExportError:
         message += f" (the model also uses non-ATen ops {', '.join(custom)})"
     if where:
         message += f", from {where}"
-    message += f": {type(exc).__name__}: {_first_line(exc)}"
+    message += f": {type(exc).__name__}: {first_line(exc)}"
     return ExportError(message)
 
 
@@ -366,11 +366,6 @@ def _user_frame(exc: BaseException, text: str) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(exc).__name__
-
-
 def _executorch_version() -> str:
     try:
         from importlib.metadata import version
@@ -403,7 +398,7 @@ def run(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarra
         program = runtime.load_program(str(path))
         method = program.load_method("forward")
     except Exception as exc:  # noqa: BLE001
-        raise ArtifactError(f"{path}: the ExecuTorch runtime cannot load this program: {_first_line(exc)}") from exc
+        raise ArtifactError(f"{path}: the ExecuTorch runtime cannot load this program: {first_line(exc)}") from exc
     if method is None:
         raise ArtifactError(f"{path}: the program has no 'forward' method")
     tensors = [torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
@@ -413,7 +408,7 @@ def run(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarra
         outputs = method.execute(tensors)
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: the ExecuTorch runtime failed to run 'forward' on inputs of the exported "
-                            f"shapes (a corrupt program?): {_first_line(exc)}") from exc
+                            f"shapes (a corrupt program?): {first_line(exc)}") from exc
     return [_to_numpy(out) for out in outputs]
 
 
@@ -565,7 +560,7 @@ def _parse_pte(path: Path) -> _Pte:
     try:
         pte = deserialize_pte_binary(data)
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many types on corrupt input
-        raise ArtifactError(f"{path}: corrupt ExecuTorch program ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ArtifactError(f"{path}: corrupt ExecuTorch program ({type(exc).__name__}: {first_line(exc)})") from exc
     program = pte.program
     named: dict[str, bytes] = {}
     if pte.named_data is not None:
@@ -741,4 +736,4 @@ def _xnngraph_from_flatbuffer(path: Path, flatbuffer: bytes, where: str, graph_c
         return _json_to_dataclass(json.loads(text), graph_class)
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: XNNPACK {where}: corrupt XNNGraph ({type(exc).__name__}: "
-                            f"{_first_line(exc)})") from exc
+                            f"{first_line(exc)})") from exc

@@ -51,3 +51,11 @@ class StoredTensor:
 class WeightReadback:
     tensors: list[StoredTensor] = field(default_factory=list)
     note: str = ""  # why tensors is empty or partial, when it is
+
+
+def first_line(exc: BaseException, *, lines: int = 1, with_type: bool = False) -> str:
+    """A converter's exception as a short clause for our messages: its first non-empty line(s), at most
+    500 characters (their messages can run to pages of graph dumps)."""
+    text = f"{type(exc).__name__}: {exc}" if with_type else str(exc)
+    kept = [line.strip() for line in text.splitlines() if line.strip()][:lines]
+    return " ".join(kept)[:500] if kept else type(exc).__name__

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ArtifactError
-from .formats import ExportError, StoredTensor, WeightReadback
+from .formats import ExportError, StoredTensor, WeightReadback, first_line
 
 FILE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 
@@ -89,7 +89,7 @@ def export(model, example_inputs, path, precision: str = "fp32", calibration: Se
         try:
             edge.export(str(path))
         except Exception as err:  # noqa: BLE001 - the MLIR -> flatbuffer step fails with assorted types
-            raise ExportError(f"LiteRT export: writing the flatbuffer failed: {_first_line(err)}") from err
+            raise ExportError(f"LiteRT export: writing the flatbuffer failed: {first_line(err)}") from err
 
     facts.update(inspect(path))
     facts["weight_names"] = recorded_weight_names(model, example_inputs)
@@ -211,20 +211,20 @@ def _pt2e_quantize(model, args, kwargs, quantizer, calibration):
         prepared = prepare_pt2e(graph, quantizer)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"LiteRT int8 export: torch.export / PT2E prepare failed{_op_of(err)}: "
-                          f"{_first_line(err)}") from err
+                          f"{first_line(err)}") from err
     for i, item in enumerate(calibration):
         c_args, c_kwargs = _split_inputs(item)
         try:
             prepared(*c_args, **(c_kwargs or {}))
         except Exception as err:  # noqa: BLE001
             raise ExportError(f"LiteRT int8 export: calibration input {i} does not run through the model: "
-                              f"{_first_line(err)}") from err
+                              f"{first_line(err)}") from err
     try:
         converted = convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(converted)
         converted.training = False  # the graph is already in eval form; keeps litert-torch from warning
     except Exception as err:  # noqa: BLE001
-        raise ExportError(f"LiteRT int8 export: PT2E convert failed{_op_of(err)}: {_first_line(err)}") from err
+        raise ExportError(f"LiteRT int8 export: PT2E convert failed{_op_of(err)}: {first_line(err)}") from err
     return converted
 
 
@@ -233,7 +233,7 @@ def _convert(convert, module, args, kwargs, **options):
         return convert(module, args, kwargs, **options)
     except Exception as err:  # noqa: BLE001 - litert-torch raises RuntimeError/AssertionError/ValueError/...
         raise ExportError(f"LiteRT export: litert-torch cannot convert {type(module).__name__}{_op_of(err)}: "
-                          f"{_first_line(err)}") from err
+                          f"{first_line(err)}") from err
 
 
 _LOWERING_RE = re.compile(r"Lowering not found: (\S+)")
@@ -256,11 +256,6 @@ def _op_of(err: BaseException) -> str:
     if op is None:
         return ""
     return f" at op {op}" + (f" (node %{failing.name})" if failing is not None else "")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:500]
 
 
 @contextlib.contextmanager
@@ -325,7 +320,7 @@ def _model(path, data: bytes | None = None):
     try:
         return _schema().ModelT.InitFromPackedBuf(data, 0), data
     except Exception as err:  # noqa: BLE001 - a malformed flatbuffer fails with IndexError/struct.error/...
-        raise ArtifactError(f"{path}: cannot parse the TFLite flatbuffer: {_first_line(err)}") from err
+        raise ArtifactError(f"{path}: cannot parse the TFLite flatbuffer: {first_line(err)}") from err
 
 
 def _op_name(model, op, builtin_names) -> str:
@@ -397,7 +392,7 @@ def run(path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         interp = Interpreter(model_path=str(path))
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as err:
-        raise ArtifactError(f"{path}: LiteRT cannot load the model: {_first_line(err)}") from err
+        raise ArtifactError(f"{path}: LiteRT cannot load the model: {first_line(err)}") from err
     details = interp.get_input_details()
     arrays = _prepare_inputs(path, details, inputs)
     for detail, array in zip(details, arrays):
@@ -405,7 +400,7 @@ def run(path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     try:
         interp.invoke()
     except RuntimeError as err:
-        raise ArtifactError(f"{path}: LiteRT invoke failed: {_first_line(err)}") from err
+        raise ArtifactError(f"{path}: LiteRT invoke failed: {first_line(err)}") from err
     return [dequantize(interp.get_tensor(d["index"]), *_scale_zp(d)) for d in interp.get_output_details()]
 
 

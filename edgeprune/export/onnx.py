@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ArtifactError
 from ..inputs import normalize
-from .formats import ExportError, StoredTensor, WeightReadback
+from .formats import ExportError, StoredTensor, WeightReadback, first_line
 
 
 def _names(example_inputs: Any) -> tuple[tuple, dict, list[str]]:
@@ -41,18 +41,13 @@ def export(model: torch.nn.Module, example_inputs: Any, path: Path, precision: s
                                         external_data=False, optimize=True, verbose=False)
         program.save(str(float_path))
     except Exception as exc:
-        raise ExportError(f"ONNX export failed: {_first_line(exc)}") from exc
+        raise ExportError(f"ONNX export failed: {first_line(exc, lines=3, with_type=True)}") from exc
     facts: dict = {"exporter": "torch.onnx (dynamo)", "opset": _opset(float_path)}
     if precision == "int8":
         facts.update(_quantize(float_path, path, calibration))
         float_path.unlink()
     facts["ops"] = _op_counts(path)
     return facts
-
-
-def _first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return " ".join(line.strip() for line in text.splitlines()[:3])[:400]
 
 
 def _opset(path: Path) -> int:
@@ -86,7 +81,7 @@ def _quantize(float_path: Path, path: Path, calibration: list) -> dict:
                         weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     except Exception as exc:
-        raise ExportError(f"ONNX int8 quantization failed: {_first_line(exc)}") from exc
+        raise ExportError(f"ONNX int8 quantization failed: {first_line(exc, lines=3, with_type=True)}") from exc
     return {"quantizer": "onnxruntime.quantization.quantize_static (QDQ, per-channel symmetric int8 weights)",
             "calibration_samples": len(calibration)}
 
@@ -101,7 +96,7 @@ def _session(path: Path):
         options.log_severity_level = 3
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ArtifactError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+        raise ArtifactError(f"{path}: not a loadable ONNX model ({first_line(exc, lines=3, with_type=True)})") from None
 
 
 def run(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -128,7 +123,7 @@ def weights(path: Path) -> WeightReadback:
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise ArtifactError(f"{path}: cannot be read as ONNX ({_first_line(exc)})") from None
+        raise ArtifactError(f"{path}: cannot be read as ONNX ({first_line(exc, lines=3, with_type=True)})") from None
     consumers: dict[str, tuple[Any, int]] = {}
     for node in model.graph.node:
         for position, name in enumerate(node.input):
