@@ -265,7 +265,6 @@ def devices_check(
 ) -> None:
     """Is each device reachable, which runtimes does it have, and what state is it in? Exit 1 if one is not."""
     from .devices import load_devices
-    from .remote import check
 
     try:
         inventory = load_devices(devices)
@@ -277,7 +276,7 @@ def devices_check(
     with console.status(f"checking {', '.join(names)}…"):
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            checks = list(pool.map(lambda n: check(inventory[n], trust_new_host_key=trust_new_host_key), names))
+            checks = list(pool.map(lambda n: _check_one(inventory[n], trust_new_host_key), names))
     table = Table(title="device check")
     for col in ("device", "address", "reachable", "python / numpy", "runtimes", "state", "problem"):
         table.add_column(col, overflow="fold")
@@ -290,6 +289,15 @@ def devices_check(
     console.print(table)
     if any(c.error for c in checks):
         raise typer.Exit(code=1)
+
+
+def _check_one(device, trust_new_host_key: bool):
+    from .remote import DeviceCheck, check
+
+    try:
+        return check(device, trust_new_host_key=trust_new_host_key)
+    except Exception as exc:  # reported in its row; the other devices' rows still print
+        return DeviceCheck(device.name, device.address, False, f"unexpected {type(exc).__name__}: {exc}")
 
 
 def describe_state(state: dict) -> str:
@@ -390,6 +398,8 @@ def bench_cmd(
                                  progress=lambda stage, info: on_progress(name, stage, info))
             except EdgepruneError as exc:
                 return exc
+            except Exception as exc:  # one device's surprise must not lose the other devices' results
+                return EdgepruneError(f"device '{name}': unexpected {type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max_workers=len(per_device)) as pool:
             results = list(pool.map(run, per_device))

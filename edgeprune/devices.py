@@ -69,7 +69,7 @@ class Device:
     hostname: Optional[str] = None      # what `host` resolved to through ssh_config
     port: int = 22
     user: Optional[str] = None
-    identity_file: Optional[Path] = None
+    identity_files: tuple[Path, ...] = ()  # identity_file, else every IdentityFile of ssh_config
     known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
     python: str = "python3"
     workdir: str = "/tmp/edgeprune"
@@ -124,6 +124,12 @@ def _resolve(name: str, table: _DeviceTable, source: Path) -> Device:
             load_target(table.target)
         except TargetError as exc:
             raise DeviceError(f"{where}: key 'devices.{name}.target': {exc}") from None
+    if table.workdir is not None and not table.workdir.startswith("/"):
+        raise DeviceError(f"{where}: key 'devices.{name}.workdir': must be an absolute path on the device, "
+                          f"got {table.workdir!r}")
+    if table.lease_s is not None and table.lease_s < table.deadline_s:
+        raise DeviceError(f"{where}: key 'devices.{name}.lease_s': {table.lease_s:g} s is shorter than the run's "
+                          f"deadline_s ({table.deadline_s:g} s); another runner could take the lock of a live run")
     if table.cores is not None and (not table.cores or min(table.cores) < 0):
         raise DeviceError(f"{where}: key 'devices.{name}.cores': expected a non-empty list of CPU numbers >= 0")
     common = dict(
@@ -144,17 +150,17 @@ def _resolve(name: str, table: _DeviceTable, source: Path) -> Device:
         raise DeviceError(f"{where}: key 'devices.{name}.target': missing (the target profile of this device)")
     entry = _ssh_config_entry(_expand(table.ssh_config, base), table.host, where)
     identity = _expand(table.identity_file, base)
-    if identity is None and entry.get("identityfile"):
-        identity = Path(entry["identityfile"][0]).expanduser()
+    identities = (identity,) if identity else tuple(Path(p).expanduser() for p in entry.get("identityfile", ()))
     known = _expand(table.known_hosts, base)
     if known is None and entry.get("userknownhostsfile"):
         known = Path(entry["userknownhostsfile"].split()[0]).expanduser()
     return Device(
         name=name, target=table.target, host=table.host,
-        hostname=entry.get("hostname", table.host),
+        # OpenSSH lowercases host names before matching known_hosts; paramiko does not
+        hostname=entry.get("hostname", table.host).lower(),
         port=table.port or int(entry.get("port", 22)),
         user=table.user or entry.get("user") or getpass.getuser(),
-        identity_file=identity,
+        identity_files=identities,
         known_hosts=known or Path("~/.ssh/known_hosts").expanduser(),
         python=table.python or "python3",
         workdir=table.workdir or "/tmp/edgeprune",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import select
 import shlex
@@ -247,6 +248,10 @@ class _LocalSession(_Session):
             proc.wait()
             raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:.0f} s timeout; "
                                      f"killed (pid {proc.pid})") from None
+        except BaseException:  # Ctrl-C or a raising progress callback: its own session would not see the signal
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         finally:
             for reader in readers:
                 reader.join(timeout=5)
@@ -284,13 +289,19 @@ class _RecordNewKey(paramiko.MissingHostKeyPolicy):
         self.device = device
 
     def missing_host_key(self, client, hostname, key):
-        client.get_host_keys().add(hostname, key.get_name(), key)
         path = self.device.known_hosts
+        if path.exists() and not path.is_file():
+            raise HostKeyError(f"device '{self.device.name}': cannot record the host key in {path}: not a regular "
+                               "file; set known_hosts in devices.toml")
+        client.get_host_keys().add(hostname, key.get_name(), key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
-        with open(path, "a", encoding="utf-8") as fh:  # append: other hosts' lines stay as they are
-            fh.write(entry)
-        os.chmod(path, 0o600)
+        line = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        # O_APPEND keeps other hosts' lines as they are; a new file is created private (0600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            if fh.tell() > 0 and not path.read_bytes().endswith(b"\n"):
+                fh.write("\n")  # a last line without its newline would be glued to ours
+            fh.write(line)
 
 
 def _fingerprint(key) -> str:
@@ -298,58 +309,128 @@ def _fingerprint(key) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
+class _Watchdog:
+    """Closes the SSH connection when a step outlives `limit`: the one way to unblock the paramiko calls
+    that wait without a limit of their own (opening a channel, the SFTP handshake, a write to a dead link)."""
+
+    def __init__(self, session: "_SSHSession", limit: float, step: str):
+        self.session, self.limit, self.step, self.fired = session, limit, step, False
+        self._timer = threading.Timer(limit, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.session.client.close()
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def error(self) -> Optional[RemoteTimeoutError]:
+        if not self.fired:
+            return None
+        return RemoteTimeoutError(f"device '{self.session.device.name}': {self.step} did not finish within "
+                                  f"{self.limit:g} s; the connection was closed")
+
+
+def _load_known_hosts(client: paramiko.SSHClient, device: Device) -> None:
+    """known_hosts, line by line: paramiko rejects a whole file for one line it cannot parse (an
+    `@cert-authority` line, a key type it lacks), which would lock us out of every device."""
+    path = device.known_hosts
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise HostKeyError(f"device '{device.name}': known_hosts {path} is not a regular file; host keys must be "
+                           "pinned in a file (set known_hosts in devices.toml)")
+    keys = client.get_host_keys()
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise HostKeyError(f"device '{device.name}': cannot read known_hosts {path}: {exc.strerror or exc}") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            marker, _, rest = line.partition(" ")
+            if marker == "@revoked":
+                entry = _parse_host_line(rest)
+                if entry and _host_matches(entry, device):
+                    raise HostKeyError(f"device '{device.name}': {path} marks a key of {device.hostname} @revoked; "
+                                       "refusing to connect until the line is resolved")
+            continue  # @cert-authority: host certificates are not supported; ordinary lines still apply
+        entry = _parse_host_line(line)
+        if entry is not None:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+
+
+def _parse_host_line(line: str):
+    try:
+        return paramiko.hostkeys.HostKeyEntry.from_line(line)
+    except Exception:  # paramiko raises InvalidHostKey (a plain Exception) and others for a bad line
+        return None
+
+
+def _host_matches(entry, device: Device) -> bool:
+    host = device.hostname if device.port == 22 else f"[{device.hostname}]:{device.port}"
+    probe = paramiko.HostKeys()
+    for name in entry.hostnames:
+        probe.add(name, entry.key.get_name(), entry.key)
+    return probe.lookup(host) is not None
+
+
 class _SSHSession(_Session):
     def __init__(self, device: Device, timeout: float, trust_new_host_key: bool = False):
         self.device = device
-        if device.identity_file is not None and not device.identity_file.is_file():
-            raise DeviceError(f"{device.source}: device '{device.name}': key 'devices.{device.name}.identity_file': "
-                              f"{device.identity_file} does not exist")
+        missing = [p for p in device.identity_files if not p.is_file()]
+        if device.identity_files and len(missing) == len(device.identity_files):
+            raise DeviceError(f"{device.source}: device '{device.name}': no identity file exists "
+                              f"({', '.join(map(str, missing))}; from identity_file or ssh_config's IdentityFile)")
         self.client = paramiko.SSHClient()
         self._sftp = None
-        if device.known_hosts.exists():
-            try:
-                self.client.load_host_keys(str(device.known_hosts))
-            except Exception as exc:
-                raise HostKeyError(f"device '{device.name}': cannot read known_hosts {device.known_hosts}: {exc}") from None
+        _load_known_hosts(self.client, device)
         self.client.set_missing_host_key_policy(
             _RecordNewKey(device) if trust_new_host_key else _RefuseUnknownKey(device))
         where = f"device '{device.name}' ({device.address})"
         started = time.monotonic()
+        watchdog = _Watchdog(self, timeout, "connecting")
         try:
-            self.client.connect(
-                device.hostname, port=device.port, username=device.user,
-                key_filename=str(device.identity_file) if device.identity_file else None,
-                look_for_keys=device.identity_file is None, allow_agent=True,
-                timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
-                password=None, passphrase=None)
+            with watchdog:
+                self.client.connect(
+                    device.hostname, port=device.port, username=device.user,
+                    key_filename=[str(p) for p in device.identity_files if p.is_file()] or None,
+                    look_for_keys=not device.identity_files, allow_agent=True,
+                    timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+                    password=None, passphrase=None)
         except HostKeyError:
             self.client.close()
             raise
         except paramiko.BadHostKeyException as exc:
             self.client.close()
+            entry = device.hostname if device.port == 22 else f"[{device.hostname}]:{device.port}"
             raise HostKeyError(
                 f"{where}: the host key CHANGED (got {exc.key.get_name()} {_fingerprint(exc.key)}, "
                 f"{device.known_hosts} pins {_fingerprint(exc.expected_key)}); refused before anything ran — "
                 f"this is what a man-in-the-middle looks like. If the device was reinstalled, remove the old "
-                f"entry (`ssh-keygen -R '[{device.hostname}]:{device.port}' -f {device.known_hosts}`) and pin "
-                f"the new key") from None
+                f"entry (`ssh-keygen -R '{entry}' -f {device.known_hosts}`) and pin the new key") from None
         except paramiko.AuthenticationException as exc:
             self.client.close()
-            key = device.identity_file or "ssh-agent / default keys"
-            raise DeviceError(f"{where}: authentication failed with {key}: {exc}") from None
-        except (socket.timeout, TimeoutError):
+            keys = ", ".join(map(str, device.identity_files)) or "ssh-agent / default keys"
+            raise DeviceError(f"{where}: authentication failed with {keys}: {exc}") from None
+        except Exception as exc:  # paramiko raises plain Exceptions too (e.g. for an unsupported key type)
             self.client.close()
-            raise RemoteTimeoutError(f"{where}: no SSH connection within {timeout:g} s (connect_timeout_s)") from None
-        except (OSError, paramiko.SSHException) as exc:
-            self.client.close()
-            # paramiko reports a handshake that timed out in its transport thread as one of several
-            # SSHExceptions ("Error reading SSH protocol banner", "No existing session"): judge by the clock.
-            if "banner" in str(exc).lower() or time.monotonic() - started >= 0.9 * timeout:
-                raise RemoteTimeoutError(f"{where}: connected, but no SSH banner/handshake within {timeout:g} s "
-                                         "(connect_timeout_s)") from None
-            raise DeviceError(f"{where}: cannot connect: {exc}") from None
-        transport = self.client.get_transport()
-        transport.set_keepalive(5)  # a dead link shows up within seconds, not at the next TCP timeout
+            # A handshake that timed out surfaces as one of several SSHExceptions ("Error reading SSH
+            # protocol banner", "No existing session"): judge by the clock, not the message.
+            if watchdog.fired or isinstance(exc, socket.timeout) or time.monotonic() - started >= 0.9 * timeout:
+                raise RemoteTimeoutError(f"{where}: no SSH connection (TCP, banner, key exchange and "
+                                         f"authentication) within {timeout:g} s (connect_timeout_s)") from None
+            raise DeviceError(f"{where}: cannot connect: {type(exc).__name__}: {exc}") from None
+        # Keepalives make sshd's side notice us gone; a dead link is caught by each step's own limit.
+        self.client.get_transport().set_keepalive(5)
 
     def _lost(self, step: str) -> ConnectionLostError:
         return ConnectionLostError(f"device '{self.device.name}' ({self.device.address}): the SSH connection "
@@ -362,76 +443,100 @@ class _SSHSession(_Session):
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise self._lost(step)
-        try:
-            channel = transport.open_session(timeout=timeout)
-            channel.exec_command(command)
-        except (paramiko.SSHException, OSError, EOFError):
-            raise self._lost(step) from None
+        with _Watchdog(self, timeout + _KILL_GRACE_S, step) as watchdog:
+            try:
+                channel = transport.open_session(timeout=timeout)
+                channel.exec_command(command)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise watchdog.error() or self._failed_channel(step, exc) from None
+            try:
+                out, err = self._read_until_done(channel, transport, timeout, on_stderr_line, step)
+            except (OSError, EOFError, paramiko.SSHException):
+                raise watchdog.error() or self._lost(step) from None
+            finally:
+                channel.close()
+        return _Completed(channel.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _read_until_done(self, channel, transport, timeout, on_stderr_line, step) -> tuple[bytearray, bytearray]:
+        """Read both streams while waiting (a full channel window blocks the remote side, and
+        recv_exit_status() would wait forever) until the exit status AND the end of the output have come:
+        OpenSSH may send the status before the last data."""
         out, err = bytearray(), bytearray()
         splitter = _LineSplitter(on_stderr_line)
         end = time.monotonic() + timeout
-        # Read both streams while waiting: a full channel window blocks the remote side, and
-        # recv_exit_status() would wait forever. The loop ends on exit status + both EOFs.
         # The channel's fileno wakes select() for data but not for the exit status, so the wait starts
         # short (a quick command returns in milliseconds) and backs off to 0.2 s while nothing arrives.
         pause = 0.002
-        try:
-            while True:
+        while True:
+            if channel.eof_received or channel.closed:
+                channel.status_event.wait(pause)
+            else:
                 select.select([channel], [], [], pause)
-                pause = min(0.2, pause * 2)
-                while channel.recv_ready():
-                    out += channel.recv(65536)
-                    pause = 0.002
-                while channel.recv_stderr_ready():
-                    chunk = channel.recv_stderr(65536)
-                    err += chunk
-                    splitter.feed(chunk)
-                    pause = 0.002
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    if channel.status_event.is_set() and channel.exit_status != -1:
-                        break
-                if channel.closed or not transport.is_active():
-                    if channel.exit_status_ready() and channel.exit_status != -1:
-                        break
-                    raise self._lost(step)
-                if time.monotonic() > end:
-                    channel.close()
-                    raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:.0f} s "
-                                             "timeout")
-        except (socket.error, EOFError, paramiko.SSHException):
-            raise self._lost(step) from None
-        rc = channel.exit_status
-        channel.close()
-        return _Completed(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+            pause = min(0.2, pause * 2)
+            while channel.recv_ready():
+                out += channel.recv(65536)
+                pause = 0.002
+            while channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(65536)
+                err += chunk
+                splitter.feed(chunk)
+                pause = 0.002
+            drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+            done = drained and (channel.eof_received or channel.closed) and channel.status_event.is_set()
+            if done and channel.exit_status != -1:
+                return out, err
+            if done or (channel.closed and drained):
+                # No exit status: either the link died (the transport notices within moments) or sshd
+                # closed the channel on a command killed by a signal.
+                for _ in range(20):
+                    if not transport.is_active():
+                        raise self._lost(step)
+                    time.sleep(0.05)
+                raise DeviceError(f"device '{self.device.name}': {step} ended without an exit status "
+                                  "(killed by a signal on the device?)")
+            if not transport.is_active():
+                raise self._lost(step)
+            if time.monotonic() > end:
+                raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:g} s timeout")
+
+    def _failed_channel(self, step: str, exc: BaseException) -> DeviceError:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            return self._lost(step)
+        # the link is up but sshd refused a channel (MaxSessions, a ForceCommand, ...)
+        return DeviceError(f"device '{self.device.name}': sshd refused a session for {step}: {exc}")
 
     def put(self, local, remote, timeout, on_bytes=None):
+        name = Path(local).name
+        end = time.monotonic() + timeout
+
+        def callback(done, total):
+            if time.monotonic() > end:
+                raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} ran past its {timeout:g} s "
+                                         "timeout")
+            if on_bytes:
+                on_bytes(done, total)
+
+        watchdog = _Watchdog(self, timeout + _KILL_GRACE_S, f"the upload of {name}")
         try:
-            if self._sftp is None:
-                self._sftp = self.client.open_sftp()
-            # The channel timeout bounds each SFTP request; the callback bounds the whole transfer.
-            self._sftp.get_channel().settimeout(timeout)
-            end = time.monotonic() + timeout
-
-            def callback(done, total):
-                if time.monotonic() > end:
-                    raise RemoteTimeoutError(f"device '{self.device.name}': upload of {Path(local).name} ran past "
-                                             f"its {timeout:.0f} s timeout")
-                if on_bytes:
-                    on_bytes(done, total)
-
-            self._sftp.put(str(local), remote, callback=callback, confirm=True)
+            with watchdog:
+                if self._sftp is None:
+                    self._sftp = self.client.open_sftp()
+                # the channel timeout bounds each SFTP request; the callback and the watchdog the transfer
+                self._sftp.get_channel().settimeout(timeout)
+                self._sftp.put(str(local), remote, callback=callback, confirm=True)
         except RemoteTimeoutError:
             raise
         except socket.timeout:
-            raise RemoteTimeoutError(f"device '{self.device.name}': upload of {Path(local).name} stalled for "
-                                     f"{timeout:.0f} s") from None
-        except IOError as exc:
-            if not self.client.get_transport() or not self.client.get_transport().is_active():
-                raise self._lost(f"the upload of {Path(local).name}") from None
-            raise DeviceError(f"device '{self.device.name}': cannot upload {Path(local).name} to {remote}: "
-                              f"{exc.strerror or exc}") from None
-        except (paramiko.SSHException, EOFError):
-            raise self._lost(f"the upload of {Path(local).name}") from None
+            raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} stalled for {timeout:g} s") from None
+        except Exception as exc:  # IOError from the server, SFTPError (a plain Exception), SSHException, EOFError
+            if watchdog.fired:
+                raise watchdog.error() from None
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise self._lost(f"the upload of {name}") from None
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: {reason}") from None
 
     def close(self):
         try:
@@ -479,6 +584,63 @@ def harness_for(artifact: "str | Path", runtime: Optional[str] = None) -> str:
                         "(expected .pte, .tflite or .onnx)")
 
 
+# A hasher that does not depend on anything we uploaded: nothing uploaded runs before it is checked.
+_HASHER = ("import hashlib, json, sys\n"
+           "out = {}\n"
+           "for path in sys.argv[1:]:\n"
+           "    digest = hashlib.sha256()\n"
+           "    with open(path, 'rb') as fh:\n"
+           "        for block in iter(lambda: fh.read(1 << 20), b''):\n"
+           "            digest.update(block)\n"
+           "    out[path] = digest.hexdigest()\n"
+           "print(json.dumps(out))\n")
+
+
+def _make_dir(session: _Session, device: Device, path: str, timeout: float, timed) -> None:
+    made = timed("setup_s", session.run, ["mkdir", "-p", "--", path], timeout, step="mkdir")
+    if made.rc != 0:
+        raise DeviceError(f"device '{device.name}': remote work dir '{device.workdir}' (workdir) is not "
+                          f"writable: {_error_line(made.stderr)}")
+
+
+def _upload_verified(session: _Session, device: Device, files: dict[str, Path], known: dict[str, str],
+                     cmd_timeout, timed, report: Progress) -> None:
+    """Upload `files` (remote path -> local path) by SFTP, then compare every sha256 on the device with
+    ours (`known` holds digests already computed)."""
+    for remote_path, local in files.items():
+        report("upload", {"file": local.name, "bytes": local.stat().st_size})
+        timed("upload_s", session.put, local, remote_path, cmd_timeout("upload"),
+              lambda done, total: report("upload-progress", {"done": done, "total": total}))
+    report("verify", {})
+    sums = timed("verify_s", session.run, [device.python, "-c", _HASHER, *files], cmd_timeout("sha256"),
+                 step="the sha256 check")
+    if sums.rc == 127:
+        raise DeviceError(f"device '{device.name}': cannot run python '{device.python}' there "
+                          f"({_error_line(sums.stderr)}); set `python` in devices.toml")
+    if sums.rc != 0:
+        raise DeviceError(f"device '{device.name}': cannot checksum the upload: {_error_line(sums.stderr)}")
+    got = _last_json(sums, device, "the sha256 check")
+    for remote_path, local in files.items():
+        digest = known.get(remote_path) or sha256_file(local)
+        if got.get(remote_path) != digest:
+            raise ArtifactError(f"device '{device.name}': {local.name} arrived corrupted: sha256 on the device "
+                                f"{str(got.get(remote_path))[:16]}… != local {digest[:16]}…; nothing was run")
+
+
+def _last_json(done: _Completed, device: Device, step: str) -> dict:
+    """The JSON object on the last non-empty stdout line (a login script may print before it)."""
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        value = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise DeviceError(f"device '{device.name}': {step} printed no result JSON "
+                          f"(stdout ends {done.stdout[-200:]!r}; stderr: {_error_line(done.stderr)})") from None
+    if not isinstance(value, dict):
+        raise DeviceError(f"device '{device.name}': {step} printed {type(value).__name__}, not a JSON object")
+    return value
+
+
+
 def _runtimes_dir() -> Path:
     return builtin_dir("runtimes")
 
@@ -516,53 +678,33 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
 
     report("connect", {"device": device.name, "address": device.address})
     session = timed("connect_s", open_session, device, trust_new_host_key)
-    locked = made_rundir = False
+    lock_started = False
     try:
         cmd_timeout = lambda step: deadline.cap(device.command_timeout_s, step)  # noqa: E731
-        made = timed("setup_s", session.run, ["mkdir", "-p", "--", rundir], cmd_timeout("mkdir"), step="mkdir")
-        if made.rc != 0:
-            raise DeviceError(f"device '{device.name}': remote work dir '{device.workdir}' (workdir) is not "
-                              f"writable: {_error_line(made.stderr)}")
-        made_rundir = True
-        files = [_runtimes_dir() / name for name in (*_SUPPORT_FILES, HARNESSES[kind])]
-        report("upload", {"file": "harness", "bytes": sum(f.stat().st_size for f in files)})
-        for path in files:
-            timed("upload_s", session.put, path, f"{rundir}/{path.name}", cmd_timeout("upload"))
-        py = [device.python, f"{rundir}/device.py"]
-        report("lock", {"wait_s": device.lock_wait_s})
+        _make_dir(session, device, rundir, cmd_timeout("mkdir"), timed)
+        # Everything is uploaded and checked before any of it runs (the lock step runs device.py).
+        files = {f"{rundir}/{p.name}": p for p in (_runtimes_dir() / n for n in (*_SUPPORT_FILES, HARNESSES[kind]))}
+        remote_artifact = f"{rundir}/{artifact.name}"
+        files[remote_artifact] = artifact
+        _upload_verified(session, device, files, {remote_artifact: sha}, cmd_timeout, timed, report)
+        lock_wait = max(0.0, min(device.lock_wait_s, deadline.cap(device.lock_wait_s, "lock") - 5.0))
+        report("lock", {"wait_s": lock_wait})
+        lock_started = True
         lock = timed("lock_s", session.run,
-                     [*py, "lock", lockdir, "--owner", owner, "--lease-s", f"{device.lease_s:g}",
-                      "--wait-s", f"{device.lock_wait_s:g}", "--rundir", rundir],
-                     deadline.cap(device.lock_wait_s + device.command_timeout_s, "lock"), step="lock")
-        if lock.rc == 127:
-            raise DeviceError(f"device '{device.name}': cannot run python '{device.python}' there "
-                              f"({_error_line(lock.stderr)}); set `python` in devices.toml")
+                     [device.python, f"{rundir}/device.py", "lock", lockdir, "--owner", owner,
+                      "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}", "--rundir", rundir],
+                     lock_wait + min(30.0, device.command_timeout_s), step="lock")
         if lock.rc == 6:
             raise DeviceBusyError(f"device '{device.name}': {_error_line(lock.stderr)}")
         if lock.rc != 0:
             raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {_error_line(lock.stderr)}")
-        locked = True
-        lock_info = json.loads(lock.stdout)
-        remote_artifact = f"{rundir}/{artifact.name}"
-        report("upload", {"file": artifact.name, "bytes": artifact.stat().st_size})
-        timed("upload_s", session.put, artifact, remote_artifact, cmd_timeout("upload"),
-              lambda done, total: report("upload-progress", {"done": done, "total": total}))
-        expected = {f"{rundir}/{p.name}": sha256_file(p) for p in files}
-        expected[remote_artifact] = sha
-        report("verify", {})
-        sums = timed("verify_s", session.run, [*py, "sha256", *expected], cmd_timeout("sha256"), step="sha256")
-        if sums.rc != 0:
-            raise DeviceError(f"device '{device.name}': cannot checksum the upload: {_error_line(sums.stderr)}")
-        got = json.loads(sums.stdout)
-        for path, digest in expected.items():
-            if got.get(path) != digest:
-                raise ArtifactError(f"device '{device.name}': {Path(path).name} arrived corrupted: sha256 on the "
-                                    f"device {str(got.get(path))[:16]}… != local {digest[:16]}…; nothing was run")
+        lock_info = _last_json(lock, device, "the lock step")
         result = timed("run_s", _run_harness, session, device, kind, rundir, remote_artifact, settings, deadline,
                        report)
     finally:
         t0 = time.monotonic()
-        _cleanup(session, device, rundir if made_rundir else None, lockdir if locked else None, owner)
+        # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
+        _cleanup(session, device, rundir, lockdir if lock_started else None, owner)
         session.close()
         overhead["cleanup_s"] = time.monotonic() - t0
     overhead["total_s"] = time.monotonic() - started
@@ -580,7 +722,9 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         device=device.name, device_target=device.target, artifact=str(artifact), artifact_sha256=sha,
         artifact_target=artifact_target, runtime=result["runtime"], runtime_version=str(result["runtime_version"]),
         engine=str(result.get("engine", "")), n=int(result["n"]),
-        **{k: float(result[k]) for k in ("p50", "p90", "p99", "mean", "std", "cv", "min", "max")},
+        # std and cv are null for a single run
+        **{k: math.nan if result.get(k) is None else float(result[k])
+           for k in ("p50", "p90", "p99", "mean", "std", "cv", "min", "max")},
         ci95_p50=tuple(float(v) for v in result["ci95_p50"]), samples=tuple(float(v) for v in result["samples"]),
         warmup_runs=int(result.get("warmup_runs", 0)), threads=result.get("threads"),
         cores=tuple(result["cores"]) if result.get("cores") else None,
@@ -620,17 +764,21 @@ def _run_harness(session: _Session, device: Device, kind: str, rundir: str, remo
     except RemoteTimeoutError as exc:
         _kill_remote(session, device, pidfile)
         raise RemoteTimeoutError(f"{exc}; the harness was killed on the device") from None
+    except BaseException:
+        # a lost link, a progress callback that raised, Ctrl-C: never leave a harness running unlocked
+        _kill_remote(session, device, pidfile)
+        raise
     if done.rc == 124:
         raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
                                  f"(command_timeout_s) and was killed on the device: {_error_line(done.stderr)}")
     if done.rc != 0:
         raise DeviceError(f"device '{device.name}': the {kind} harness failed (exit {done.rc}): "
                           f"{_error_line(done.stderr)}")
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise DeviceError(f"device '{device.name}': the {kind} harness printed no result JSON "
-                          f"(stdout: {done.stdout[-200:]!r})") from None
+    result = _last_json(done, device, f"the {kind} harness")
+    missing = [k for k in ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples") if k not in result]
+    if missing:
+        raise DeviceError(f"device '{device.name}': the {kind} harness's result lacks {', '.join(missing)}")
+    return result
 
 
 def _kill_remote(session: _Session, device: Device, pidfile: str) -> None:
@@ -641,18 +789,18 @@ def _kill_remote(session: _Session, device: Device, pidfile: str) -> None:
         pass  # the supervisor's own timeout and the harness's --max-seconds still stop it
 
 
-def _cleanup(session: _Session, device: Device, rundir: Optional[str], lockdir: Optional[str], owner: str) -> None:
-    """Release the lock and remove the run dir. Best effort when the link is gone: the lease then expires
-    and the next run reclaims both."""
+def _cleanup(session: _Session, device: Device, rundir: str, lockdir: Optional[str], owner: str) -> None:
+    """Release the lock, then remove the run dir; each step tried on its own. Best effort when the link
+    is gone: the lease then expires and the next run reclaims both."""
     timeout = min(30.0, device.command_timeout_s)
-    try:
-        if lockdir and rundir:
-            session.run([device.python, f"{rundir}/device.py", "unlock", lockdir, "--owner", owner], timeout,
-                        step="unlock")
-        if rundir:
-            session.run(["rm", "-rf", "--", rundir], timeout, step="clean-up")
-    except DeviceError:
-        pass
+    steps = [["rm", "-rf", "--", rundir]]
+    if lockdir:
+        steps.insert(0, [device.python, f"{rundir}/device.py", "unlock", lockdir, "--owner", owner])
+    for argv in steps:
+        try:
+            session.run(argv, timeout, step="clean-up")
+        except DeviceError:
+            pass
 
 
 def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: "str | Path | None" = None,
@@ -677,6 +825,8 @@ def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: 
                                    trust_new_host_key=trust_new_host_key, progress=report)
             except (DeviceError, ArtifactError) as exc:
                 results[i] = exc
+            except Exception as exc:  # one device's surprise must not take the others' results with it
+                results[i] = DeviceError(f"device '{dev.name}': unexpected {type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(max_workers=max(1, len(by_device))) as pool:
         list(pool.map(worker, by_device.values()))
@@ -695,22 +845,25 @@ def check(device: "str | Device", *, devices: "str | Path | None" = None,
         return DeviceCheck(device.name, device.address, reachable=False, error=str(exc))
     connect_s = time.monotonic() - t0
     probe_dir = f"{device.workdir.rstrip('/')}/check-{uuid.uuid4().hex[:8]}"
+    no_timing = lambda name, fn, *a, **k: fn(*a, **k)  # noqa: E731
+    cmd_timeout = lambda step: device.command_timeout_s  # noqa: E731
     try:
-        made = session.run(["mkdir", "-p", "--", probe_dir], device.command_timeout_s, step="mkdir")
-        if made.rc != 0:
-            return DeviceCheck(device.name, device.address, True, f"work dir {device.workdir} is not writable: "
-                               f"{_error_line(made.stderr)}", workdir_writable=False, connect_s=connect_s)
-        for name in ("device.py", "device_state.py"):
-            session.put(_runtimes_dir() / name, f"{probe_dir}/{name}", device.command_timeout_s)
+        try:
+            _make_dir(session, device, probe_dir, device.command_timeout_s, no_timing)
+        except DeviceError as exc:
+            return DeviceCheck(device.name, device.address, True, str(exc), workdir_writable=False, connect_s=connect_s)
+        files = {f"{probe_dir}/{n}": _runtimes_dir() / n for n in ("device.py", "device_state.py")}
+        _upload_verified(session, device, files, {}, cmd_timeout, no_timing, lambda stage, info: None)
         done = session.run([device.python, f"{probe_dir}/device.py", "probe"], device.command_timeout_s, step="probe")
-        session.run(["rm", "-rf", "--", probe_dir], device.command_timeout_s, step="clean-up")
         if done.rc != 0:
             return DeviceCheck(device.name, device.address, True, f"python '{device.python}': "
                                f"{_error_line(done.stderr)}", workdir_writable=True, connect_s=connect_s)
-        info = json.loads(done.stdout)
-        return DeviceCheck(device.name, device.address, True, None, info["python"], info.get("numpy"),
-                           info["runtimes"], True, info["state"], connect_s)
-    except DeviceError as exc:
-        return DeviceCheck(device.name, device.address, False, str(exc), connect_s=connect_s)
+        info = _last_json(done, device, "the probe")
+        return DeviceCheck(device.name, device.address, True, None, info.get("python"), info.get("numpy"),
+                           info.get("runtimes", {}), True, info.get("state", {}), connect_s)
+    except (DeviceError, ArtifactError) as exc:
+        return DeviceCheck(device.name, device.address, not isinstance(exc, ConnectionLostError), str(exc),
+                           connect_s=connect_s)
     finally:
+        _cleanup(session, device, probe_dir, None, "")
         session.close()

@@ -1,6 +1,7 @@
 """Device-side control for edgeprune's runner: locks, checksums, a probe, and a supervised launch.
 
-Uploaded next to the harnesses into the run's work dir and run with the device's own python3 (3.8+).
+Uploaded next to the harnesses into the run's work dir, checked by sha256 (with an inline hasher) before
+it runs, and run with the device's own python3 (3.8+).
 Standard library only: a device has what its image ships.
 
     python3 device.py lock LOCKDIR --owner ID --lease-s S --wait-s W [--rundir DIR]
@@ -9,8 +10,6 @@ Standard library only: a device has what its image ships.
         run dir removed. Exit 6 when still busy after W seconds.
     python3 device.py unlock LOCKDIR --owner ID
         Releases the lock if ID still holds it.
-    python3 device.py sha256 FILE...
-        Prints {"FILE": "hex", ...}.
     python3 device.py probe
         Prints the python, numpy and runtime versions present, and the device state.
     python3 device.py exec --pidfile F --timeout S -- COMMAND...
@@ -25,7 +24,8 @@ Errors: one line on stderr starting with "error: ", and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -83,57 +83,60 @@ def _reclaim(lockdir, holder):
     return True
 
 
+@contextlib.contextmanager
+def _guard(lockdir):
+    """Serializes the read-check-rename of a lease (reclaim, unlock) between runners: without it, two
+    runners that both saw the same expired lease could each rename away a lock, one of them a fresh one.
+    flock is released by the kernel when a holder dies."""
+    fd = os.open(lockdir + ".guard", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def cmd_lock(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.lockdir)), exist_ok=True)
-    give_up = time.time() + args.wait_s
+    started = time.monotonic()  # waiting is timed on the monotonic clock; leases on the wall clock (shared)
     reclaimed = []
     while True:
         now = time.time()
         lease = {"owner": args.owner, "host": socket.gethostname(), "pid": os.getpid(),
                  "rundir": args.rundir, "since": now, "expires": now + args.lease_s}
         if _try_lock(args.lockdir, lease):
-            print(json.dumps({"acquired": True, "reclaimed": reclaimed, "waited_s": round(now - (give_up - args.wait_s), 3)}))
+            print(json.dumps({"acquired": True, "reclaimed": reclaimed,
+                              "waited_s": round(time.monotonic() - started, 3)}))
             return
-        holder = _read_lease(args.lockdir)
-        if holder is None:
-            # A lock dir without a readable lease was not made by this script (or is being deleted).
-            try:
-                age = now - os.stat(args.lockdir).st_mtime
-            except OSError:
-                continue
-            holder = {"owner": "unknown", "expires": now - age + args.lease_s}
-        if holder.get("expires", 0) < now:
-            if _reclaim(args.lockdir, holder):
+        with _guard(args.lockdir):
+            holder = _read_lease(args.lockdir)
+            if holder is None:
+                # A lock dir without a readable lease was not made by this script, or was just removed.
+                try:
+                    age = now - os.stat(args.lockdir).st_mtime
+                except OSError:
+                    holder = {}
+                else:
+                    holder = {"owner": "unknown", "expires": now - age + args.lease_s}
+            if holder and holder.get("expires", 0) < now and _reclaim(args.lockdir, holder):
                 reclaimed.append({"owner": holder.get("owner"), "expired_s_ago": round(now - holder["expires"], 1)})
-            continue
-        if now >= give_up:
+                continue
+        waited = time.monotonic() - started
+        if holder and waited >= args.wait_s:
             _fail("device busy: benchmark lock %s held by %s (pid %s on %s) until its lease ends in %.0f s; "
                   "waited %.0f s" % (args.lockdir, holder.get("owner"), holder.get("pid"), holder.get("host"),
                                      holder["expires"] - now, args.wait_s), BUSY)
-        time.sleep(min(0.25, max(0.01, give_up - now)))
+        time.sleep(min(0.25, max(0.01, args.wait_s - waited)))
 
 
 def cmd_unlock(args):
-    holder = _read_lease(args.lockdir)
-    if holder is None or holder.get("owner") != args.owner:
-        print(json.dumps({"released": False, "holder": holder and holder.get("owner")}))
-        return
-    _reclaim(args.lockdir, {"owner": args.owner})
+    with _guard(args.lockdir):
+        holder = _read_lease(args.lockdir)
+        if holder is None or holder.get("owner") != args.owner:
+            print(json.dumps({"released": False, "holder": holder and holder.get("owner")}))
+            return
+        _reclaim(args.lockdir, {"owner": args.owner})
     print(json.dumps({"released": True}))
-
-
-def cmd_sha256(args):
-    out = {}
-    for path in args.files:
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            _fail("cannot read %s: %s" % (path, exc.strerror or exc), 2)
-        out[path] = digest.hexdigest()
-    print(json.dumps(out))
 
 
 def _version_of(module_name, attr="__version__"):
@@ -244,8 +247,6 @@ def main(argv=None):
     p = sub.add_parser("unlock")
     p.add_argument("lockdir")
     p.add_argument("--owner", required=True)
-    p = sub.add_parser("sha256")
-    p.add_argument("files", nargs="+")
     sub.add_parser("probe")
     p = sub.add_parser("exec")
     p.add_argument("--pidfile", required=True)
@@ -254,7 +255,7 @@ def main(argv=None):
     p = sub.add_parser("kill")
     p.add_argument("--pidfile", required=True)
     args = parser.parse_args(argv)
-    handlers = {"lock": cmd_lock, "unlock": cmd_unlock, "sha256": cmd_sha256, "probe": cmd_probe,
+    handlers = {"lock": cmd_lock, "unlock": cmd_unlock, "probe": cmd_probe,
                 "exec": cmd_exec, "kill": cmd_kill}
     if args.cmd not in handlers:
         parser.print_usage(sys.stderr)

@@ -1,9 +1,8 @@
 """runtimes/device.py, the control script the runner runs on a device: the benchmark lock with its
-lease, the supervised launch that kills at a timeout, and checksums. Run as real subprocesses."""
+lease, and the supervised launch that kills at a timeout. Run as real subprocesses."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -117,12 +116,11 @@ def test_kill_stops_a_supervised_command(tmp_path):
     assert not alive(child)
 
 
-def test_sha256_matches_hashlib(tmp_path):
-    path = tmp_path / "blob.bin"
-    path.write_bytes(os.urandom(3 << 20))
-    assert json.loads(device("sha256", str(path)).stdout) == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
-
-
-def test_sha256_of_a_missing_file_is_an_error_naming_it(tmp_path):
-    done = device("sha256", str(tmp_path / "gone.pte"))
-    assert done.returncode == 2 and "gone.pte" in done.stderr and done.stderr.startswith("error: ")
+def test_of_many_runners_reclaiming_one_expired_lock_exactly_one_gets_it(tmp_path):
+    lock(tmp_path / "lock", "crashed", lease_s=0.1)
+    time.sleep(0.3)
+    procs = [subprocess.Popen([sys.executable, str(DEVICE_PY), "lock", str(tmp_path / "lock"), "--owner", f"r{i}",
+                               "--lease-s", "60", "--wait-s", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(8)]
+    codes = [p.wait(timeout=30) for p in procs]
+    assert sorted(codes) == [0] + [6] * 7

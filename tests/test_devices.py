@@ -34,7 +34,7 @@ def test_an_ssh_device_takes_hostname_port_user_and_key_from_its_ssh_config_alia
     path = write_toml("devices.toml", '[devices.orin]\nhost = "orin"\ntarget = "jetson-orin-nano-8gb"\n'
                                       f'ssh_config = "{tmp_path / "ssh_config"}"\n')
     orin = get_device("orin", path)
-    assert (orin.hostname, orin.port, orin.user, orin.identity_file) == ("192.0.2.7", 2222, "nvidia", key)
+    assert (orin.hostname, orin.port, orin.user, orin.identity_files) == ("192.0.2.7", 2222, "nvidia", (key,))
     assert orin.address == "nvidia@192.0.2.7:2222"
 
 
@@ -48,7 +48,7 @@ def test_settings_in_devices_toml_win_over_ssh_config(write_toml, tmp_path):
 
 def test_a_relative_identity_file_is_relative_to_the_inventory(write_toml, tmp_path):
     path = write_toml("devices.toml", '[devices.pi]\nhost = "pi"\nidentity_file = "keys/pi"\ntarget = "raspberry-pi-5"\n')
-    assert get_device("pi", path).identity_file == tmp_path / "keys" / "pi"
+    assert get_device("pi", path).identity_files == (tmp_path / "keys" / "pi",)
 
 
 def test_the_lease_defaults_to_the_overall_deadline(write_toml):
@@ -67,6 +67,9 @@ def test_the_lease_defaults_to_the_overall_deadline(write_toml):
     ('[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\ncores = []\n', "devices.pi.cores", "non-empty"),
     ('[devices.local]\nhost = "pi"\n', "devices.local.host", "subprocess"),
     ('[device.pi]\nhost = "pi"\n', "device", "unknown key"),
+    ('[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\nworkdir = "bench"\n', "devices.pi.workdir", "absolute"),
+    ('[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\ndeadline_s = 600\nlease_s = 60\n', "devices.pi.lease_s",
+     "shorter than the run's deadline_s"),
 ])
 def test_a_malformed_inventory_names_the_file_the_device_and_the_key(write_toml, body, key, expected):
     path = write_toml("devices.toml", body)
@@ -93,3 +96,8 @@ def test_an_unknown_device_name_lists_the_known_ones(write_toml):
     path = write_toml("devices.toml", '[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\n')
     with pytest.raises(ep.DeviceError, match=r"no device named 'pie' \(known: local, pi\)"):
         get_device("pie", path)
+
+
+def test_host_names_are_matched_in_lower_case_as_openssh_does(write_toml):
+    path = write_toml("devices.toml", '[devices.pi]\nhost = "Pi5-Lab.Local"\ntarget = "raspberry-pi-5"\n')
+    assert get_device("pi", path).hostname == "pi5-lab.local"

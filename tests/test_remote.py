@@ -96,7 +96,8 @@ def test_a_benchmark_past_the_command_timeout_is_killed_and_reported(bench_artif
     with pytest.raises(ep.RemoteTimeoutError, match=r"past its 2 s timeout .* killed on the device") as info:
         ep.bench(bench_artifacts.onnx, slow, settings=BenchSettings(min_runs=10**9, min_seconds=600))
     pid = int(re.search(r"\(pid (\d+)\)", str(info.value)).group(1))
-    assert not Path(f"/proc/{pid}").exists()
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    assert not cmdline.exists() or b"bench_" not in cmdline.read_bytes()
     assert run_dirs(local) == []
 
 
