@@ -597,7 +597,9 @@ _HASHER = ("import hashlib, json, sys\n"
 
 
 def _make_dir(session: _Session, device: Device, path: str, timeout: float, timed) -> None:
-    made = timed("setup_s", session.run, ["mkdir", "-p", "--", path], timeout, step="mkdir")
+    # private (0700): another user of the device must not swap files between our checksum and their use
+    made = timed("setup_s", session.run, ["sh", "-c", 'umask 077 && mkdir -p -- "$1"', "mkdir", path], timeout,
+                 step="mkdir")
     if made.rc != 0:
         raise DeviceError(f"device '{device.name}': remote work dir '{device.workdir}' (workdir) is not "
                           f"writable: {_error_line(made.stderr)}")
