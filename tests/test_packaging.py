@@ -28,14 +28,19 @@ def test_wheel_contains_every_builtin_profile(wheel):
         assert f"edgeprune/_builtin/targets/{profile.name}" in names
 
 
-def test_unpacked_wheel_loads_profiles_without_the_source_tree(wheel, tmp_path):
+def run_from_unpacked_wheel(wheel: Path, tmp_path: Path, code: str) -> str:
+    """Run `code` with the unpacked wheel first on sys.path and the source tree out of reach."""
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    code = ("import edgeprune as ep, pathlib; t = ep.load_target('stm32h743'); "
-            "print(pathlib.Path(t.source).resolve().is_relative_to(pathlib.Path.cwd().resolve()))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
                             env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    return result.stdout.strip()
+
+
+def test_unpacked_wheel_loads_profiles_without_the_source_tree(wheel, tmp_path):
+    code = ("import edgeprune as ep, pathlib; t = ep.load_target('stm32h743'); "
+            "print(pathlib.Path(t.source).resolve().is_relative_to(pathlib.Path.cwd().resolve()))")
+    assert run_from_unpacked_wheel(wheel, tmp_path, code) == "True"
 
 
 def test_wheel_contains_every_device_harness(wheel):
@@ -45,11 +50,7 @@ def test_wheel_contains_every_device_harness(wheel):
 
 
 def test_an_installed_edgeprune_finds_its_harnesses_without_the_source_tree(wheel, tmp_path):
-    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = ("from edgeprune.remote import _runtimes_dir, HARNESSES; import pathlib; d = _runtimes_dir(); "
             "print(all((d / h).is_file() for h in HARNESSES.values()), "
             "d.resolve().is_relative_to(pathlib.Path.cwd().resolve()))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "site", capture_output=True, text=True,
-                            env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True True"
+    assert run_from_unpacked_wheel(wheel, tmp_path, code) == "True True"
