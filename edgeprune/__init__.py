@@ -8,6 +8,7 @@
 
 from .budget import Budget
 from .costs import ModelCost, measure
+from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune, lottery, recalibrate_bn
 from .export import Artifact, ExportError, export, verify
 from .devices import Device, load_devices
 from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
@@ -23,6 +24,7 @@ from .targets import Target, builtin_targets, load_target
 from ._version import __version__
 
 __all__ = [
+    "FinetuneResult", "GradualSchedule", "finetune", "iterative_prune", "lottery", "recalibrate_bn",
     "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
     "HostKeyError", "RemoteTimeoutError", "bench", "bench_many", "check", "load_devices",
     "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",

@@ -1,0 +1,247 @@
+"""Fine-tuning after pruning: schedules, distillation, masks held in force, BN recalibration, deterministic
+resume, NaN handling, bad inputs, early stopping, lottery rewinding."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn.utils import prune as torch_prune
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import edgeprune as ep
+from edgeprune import zoo
+from edgeprune.distill import kd_loss
+from edgeprune.finetune import accuracy
+from edgeprune.pruning.nm import apply_nm, satisfies_nm
+from edgeprune.schedules import cosine_lr, cubic_sparsity
+
+
+def _loader(x, y, batch_size=64, n=None):
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def data():
+    xtr, ytr = zoo.digits("train")
+    xte, yte = zoo.digits("test")
+    return xtr, ytr, xte, yte
+
+
+@pytest.fixture(scope="module")
+def dense(data):
+    """small_cnn trained briefly on digits (shared: tests must not change it)."""
+    xtr, ytr, _, _ = data
+    return ep.finetune(zoo.small_cnn(), _loader(xtr, ytr), epochs=2, lr=3e-3, quiet=True).model
+
+
+def _unstructured(model, amount=0.5):
+    work = copy.deepcopy(model)
+    for name in ("res.0", "res.3", "expand.0", "branch_a.0", "branch_b.0", "fc1"):
+        torch_prune.l1_unstructured(dict(work.named_modules())[name], "weight", amount=amount)
+    return work
+
+
+# -------------------------------------------------------------------------------------------- schedules
+
+def test_cubic_sparsity_matches_hand_computed_values():
+    kw = dict(initial=0.0, final=0.8, begin=10, end=20)
+    assert cubic_sparsity(0, **kw) == 0.0
+    assert cubic_sparsity(10, **kw) == 0.0
+    assert cubic_sparsity(15, **kw) == pytest.approx(0.8 + (0.0 - 0.8) * 0.5 ** 3)  # 0.7
+    assert cubic_sparsity(20, **kw) == 0.8 and cubic_sparsity(99, **kw) == 0.8
+
+
+def test_cosine_lr_warms_up_linearly_then_decays_to_min():
+    kw = dict(total=12, warmup=2, base_lr=1.0, min_lr=0.1)
+    assert cosine_lr(0, **kw) == pytest.approx(0.5)
+    assert cosine_lr(1, **kw) == pytest.approx(1.0)
+    assert cosine_lr(2, **kw) == pytest.approx(1.0)
+    assert cosine_lr(7, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))  # 0.55
+    assert cosine_lr(12, **kw) == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------------------------- distill
+
+def test_kd_loss_is_ce_at_alpha_zero_and_zero_kl_for_identical_logits():
+    s, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    assert kd_loss(s, s.clone(), y, alpha=0.0, temperature=4) == pytest.approx(float(torch.nn.functional.cross_entropy(s, y)))
+    assert float(kd_loss(s, s.clone(), y, alpha=1.0, temperature=4)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_teacher_shape_mismatch_names_both_shapes():
+    with pytest.raises(ep.ModelError, match=r"\(4, 5\).*\(4, 10\)"):
+        kd_loss(torch.randn(4, 10), torch.randn(4, 5), None, alpha=1.0, temperature=2)
+
+
+# -------------------------------------------------------------------------------------------- finetune
+
+def test_finetuning_a_pruned_model_improves_held_out_accuracy(dense, data):
+    xtr, ytr, xte, yte = data
+    pruned = _unstructured(dense, 0.8)
+    before = accuracy(pruned, _loader(xte, yte))
+    result = ep.finetune(pruned, _loader(xtr, ytr), epochs=2, lr=2e-3, quiet=True)
+    assert accuracy(result.model, _loader(xte, yte)) > before
+    assert torch.equal(pruned.fc1.weight_mask, _unstructured(dense, 0.8).fc1.weight_mask)  # caller's model untouched
+    assert len(result.history) == 2 and result.history[-1]["sparsity"] > 0.3
+
+
+def test_distillation_runs_and_its_loss_decreases(dense, data):
+    xtr, ytr, _, _ = data
+    result = ep.finetune(_unstructured(dense, 0.8), _loader(xtr, ytr, n=512), epochs=3, teacher=dense, quiet=True)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert not dense.training
+
+
+def test_masks_stay_enforced_under_sgd_momentum_and_weight_decay(dense, data):
+    xtr, ytr, _, _ = data
+    pruned = _unstructured(dense, 0.5)
+    apply_nm(pruned.classifier, 2, 4)
+    result = ep.finetune(pruned, _loader(xtr, ytr, n=256), epochs=2, optimizer="sgd", lr=0.05, weight_decay=0.1,
+                         quiet=True)
+    for name in ("fc1", "res.0", "classifier"):
+        m = dict(result.model.named_modules())[name]
+        masked = m.weight_mask == 0
+        assert masked.any()
+        assert torch.all(m.weight[masked] == 0) and torch.all(m.weight_orig[masked] == 0)
+    assert satisfies_nm(ep.finalize(result.model).classifier.weight, 2, 4)
+
+
+def test_gradual_cubic_schedule_reaches_the_final_sparsity(dense, data):
+    xtr, ytr, _, _ = data
+    g = ep.GradualSchedule(final_sparsity=0.7, begin_step=0, end_step=6, every_k_steps=2)
+    result = ep.finetune(dense, _loader(xtr, ytr, batch_size=64, n=256), epochs=2, gradual=g, quiet=True)
+    m = result.model
+    for name in ("res.0", "fc1", "branch_b.0"):
+        w = dict(m.named_modules())[name].weight
+        assert float((w == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+    assert not hasattr(m.stem[0], "weight_mask") and not hasattr(m.classifier, "weight_mask")  # first/last kept
+
+
+def test_gradual_nm_leaves_every_chosen_layer_2_of_4(dense, data):
+    xtr, ytr, _, _ = data
+    g = ep.GradualSchedule(final_sparsity=0.5, begin_step=0, end_step=3, method="n:m", layers=("fc1", "res.0"))
+    result = ep.finetune(dense, _loader(xtr, ytr, n=256), epochs=1, gradual=g, quiet=True)
+    fin = ep.finalize(result.model)
+    assert satisfies_nm(fin.fc1.weight, 2, 4) and satisfies_nm(fin.res[0].weight, 2, 4)
+
+
+def test_bn_recalibration_sets_running_stats_to_the_data(dense, data):
+    xtr, ytr, _, _ = data
+    stale = copy.deepcopy(dense)
+    stale.stem[1].running_mean.fill_(5.0)
+    fixed = ep.recalibrate_bn(stale, _loader(xtr, ytr, batch_size=len(xtr)))
+    with torch.no_grad():
+        pre = fixed.stem[0](xtr)
+    assert torch.allclose(fixed.stem[1].running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.all(stale.stem[1].running_mean == 5.0) and fixed.stem[1].momentum == stale.stem[1].momentum
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_mid_epoch_is_bit_identical(dense, data, tmp_path):
+    xtr, ytr, xte, yte = data
+    pruned = _unstructured(dense)
+    kw = dict(epochs=3, lr=2e-3, weight_decay=1e-4, quiet=True, seed=3, val_data=_loader(xte, yte))
+    train = _loader(xtr, ytr, n=320)
+    whole = ep.finetune(pruned, train, **kw)
+
+    def kill(info):
+        if info["epoch"] == 2 and info["step"] == 3:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        ep.finetune(pruned, train, checkpoint_dir=tmp_path, callback=kill, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.json", "epoch-0001.safetensors"]
+    resumed = ep.finetune(pruned, train, checkpoint_dir=tmp_path, **kw)
+    assert resumed.resumed_from == 1
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole.history == resumed.history
+
+
+class _Poison(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.on = x, y, False
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.x[i] * float("nan") if self.on else self.x[i]), self.y[i]
+
+
+def test_nan_loss_raises_naming_the_step_and_keeps_the_last_good_checkpoint(dense, data, tmp_path):
+    xtr, ytr, _, _ = data
+    ds = _Poison(xtr[:256], ytr[:256])
+
+    def poison(info):
+        if info["epoch"] == 2 and info["step"] == 1:
+            ds.on = True
+
+    with pytest.raises(_Kill):
+        ep.finetune(dense, DataLoader(ds, batch_size=64), epochs=3, checkpoint_dir=tmp_path, quiet=True,
+                    callback=lambda i: (_ for _ in ()).throw(_Kill) if i["epoch"] == 2 else None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ep.ModelError, match=r"loss became nan at epoch 2, step 2") as err:
+        ep.finetune(dense, DataLoader(ds, batch_size=64), epochs=3, checkpoint_dir=tmp_path, quiet=True, callback=poison)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert all(torch.isfinite(v).all() for v in err.value.model.state_dict().values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("case", ["empty", "teacher_shape", "metric_nan", "labels"])
+def test_bad_input_raises_a_clear_error_and_writes_nothing(dense, data, tmp_path, case):
+    xtr, ytr, xte, yte = data
+    train, kw = _loader(xtr, ytr, n=128), {}
+    if case == "empty":
+        train, match = _loader(xtr[:0], ytr[:0]), "train_data is empty"
+    elif case == "teacher_shape":
+        kw["teacher"], match = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), r"teacher output shape \(64, 3\)"
+    elif case == "metric_nan":
+        kw.update(val_data=_loader(xte, yte), metric=lambda m, d: float("nan"))
+        match = "returned nan"
+    else:
+        train, match = _loader(xtr, ytr + 5, n=128), r"labels out of range.*10 outputs"
+    with pytest.raises(ep.ModelError, match=match):
+        ep.finetune(dense, train, epochs=1, checkpoint_dir=tmp_path / "ckpt", quiet=True, **kw)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(dense, data):
+    xtr, ytr, xte, yte = data
+    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    seen = {}
+
+    def metric(model, loader):
+        value = next(scores)
+        if value == 0.9:
+            seen["best"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return value
+
+    result = ep.finetune(dense, _loader(xtr, ytr, n=128), epochs=6, val_data=_loader(xte, yte, n=64), metric=metric,
+                         early_stopping_patience=2, quiet=True)
+    # scores[0] is the pre-flight check; epochs get 0.9, 0.4, 0.3 -> stop after epoch 3
+    assert result.stopped_early and result.best_epoch == 1 and result.best_metric == 0.9
+    assert len(result.history) == 3
+    assert all(torch.equal(v, seen["best"][k]) for k, v in result.model.state_dict().items())
+
+
+def test_lottery_rewinds_survivors_to_their_saved_values(dense, data):
+    xtr, ytr, _, _ = data
+    result = ep.lottery(dense, _loader(xtr, ytr, n=256), rounds=2, sparsity_per_round=0.5, epochs_per_round=1,
+                        retrain_final=False, quiet=True)
+    m = result.model
+    for name in ("res.0", "fc1"):
+        layer, original = dict(m.named_modules())[name], dict(dense.named_modules())[name]
+        mask = layer.weight_mask.bool()
+        assert float(mask.float().mean()) == pytest.approx(0.25, abs=0.01)
+        assert torch.equal(layer.weight_orig[mask], original.weight[mask])
+        assert torch.all(layer.weight_orig[~mask] == 0)
+    assert torch.equal(m.classifier.weight, dense.classifier.weight)
+    assert [h["round"] for h in result.history] == [1, 2]
