@@ -489,7 +489,7 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
                     loss = F.cross_entropy(logits, labels)
                 if not torch.isfinite(loss):
                     work.load_state_dict(good)
-                    err = ModelError(f"loss became {float(loss)} at epoch {epoch}, step {i + 1} (global step {step}); "
+                    err = ModelError(f"loss became {float(loss.detach())} at epoch {epoch}, step {i + 1} (global step {step}); "
                                      f"weights restored to the end of epoch {epoch - 1}"
                                      + (f", the checkpoint in {directory} is left as it was" if directory else "")
                                      + ": lower lr or check the data")
@@ -499,11 +499,12 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
                 loss.backward()
                 opt.step()
                 _enforce_masks(work)
-                losses.append(float(loss.detach()))
+                loss_value = float(loss.detach())
+                losses.append(loss_value)
                 if progress:
-                    progress.update(task, advance=1, description=f"epoch {epoch}/{epochs} loss {float(loss):.4f}")
+                    progress.update(task, advance=1, description=f"epoch {epoch}/{epochs} loss {loss_value:.4f}")
                 if callback is not None:
-                    callback({"epoch": epoch, "step": i + 1, "global_step": step, "loss": float(loss)})
+                    callback({"epoch": epoch, "step": i + 1, "global_step": step, "loss": loss_value})
             value = None
             if val_data is not None:
                 value = metric(work, val_data)

@@ -245,3 +245,30 @@ def test_lottery_rewinds_survivors_to_their_saved_values(dense, data):
         assert torch.all(layer.weight_orig[~mask] == 0)
     assert torch.equal(m.classifier.weight, dense.classifier.weight)
     assert [h["round"] for h in result.history] == [1, 2]
+
+
+def test_iterative_prune_reaches_the_budget_in_steps_and_keeps_accuracy(dense, data):
+    xtr, ytr, xte, yte = data
+    inputs = zoo.small_cnn.example_inputs()
+    result = ep.iterative_prune(dense, inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.6), _loader(xtr, ytr, n=512),
+                                steps=2, epochs_per_step=1, quiet=True)
+    ratios = [h["macs_ratio"] for h in result.history]
+    assert [h["prune_step"] for h in result.history] == [1, 2] and ratios[0] > ratios[1]
+    assert ratios[1] <= 0.6 + 1e-9
+    assert ep.measure(ep.finalize(result.model), inputs).macs <= 0.6 * ep.measure(dense, inputs).macs
+    assert accuracy(result.model, _loader(xte, yte)) > 0.5
+
+
+def test_quiet_prints_nothing_and_otherwise_each_epoch_reports_loss(dense, data, capsys):
+    xtr, ytr, _, _ = data
+    ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, quiet=True)
+    assert capsys.readouterr().out == ""
+    ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1)
+    assert "epoch 1: loss" in capsys.readouterr().out
+
+
+def test_resuming_with_other_settings_is_refused(dense, data, tmp_path):
+    xtr, ytr, _, _ = data
+    ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, checkpoint_dir=tmp_path, quiet=True)
+    with pytest.raises(ep.ModelError, match=r"other settings \(lr: 0.001 there, 0.01 now\)"):
+        ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, lr=0.01, checkpoint_dir=tmp_path, quiet=True)
