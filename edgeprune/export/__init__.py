@@ -119,9 +119,12 @@ def _calibration_list(calibration: Optional[Iterable], precision: str) -> list:
     return items
 
 
-def _held_out(example_inputs: Any, n: int) -> list:
-    """Inputs to verify on: fresh tensors of the example's shapes, seeded apart from the example and from
-    anything used to calibrate, so a quantizer cannot have fitted them."""
+def _held_out(example_inputs: Any, n: int, given: Optional[list] = None) -> list:
+    """Inputs to verify on: the caller's held-out data when given (an int8 model calibrated on real data
+    is only meant to agree on data like it), else fresh tensors of the example's shapes, seeded apart
+    from the example and from anything used to calibrate, so a quantizer cannot have fitted them."""
+    if given:
+        return list(given)
     spec = InputSpec.of(example_inputs)
     return [spec.make(seed=1000 + i) for i in range(n)]
 
@@ -138,12 +141,17 @@ def export(
     plan: Optional[Plan] = None,
     force: bool = False,
     name: Optional[str] = None,
+    verify_inputs: Optional[Iterable] = None,
 ) -> Artifact:
-    """Export `model` for `target` into `out_dir`, verify it in its runtime and write its manifest."""
+    """Export `model` for `target` into `out_dir`, verify it in its runtime and write its manifest.
+
+    `verify_inputs`: held-out examples (each like `example_inputs`) to compare outputs on; pass real data
+    for an int8 export calibrated on real data. Default: seeded random tensors of the example's shapes."""
     target = load_target(target)
     precision, fmt = _choose(target, precision, format)
     module = _format_module(fmt)
     items = _calibration_list(calibration, precision)
+    held_out = list(verify_inputs) if verify_inputs is not None else None
     plan = plan or (record_of(model).plan if record_of(model) else None)
     out_dir = Path(out_dir)
     stem = name or f"{type(model).__name__.lower()}-{target.name}-{precision}"
@@ -167,8 +175,8 @@ def export(
         if not staged.is_file():
             raise ExportError(f"the {fmt} exporter wrote no artifact")
 
-        checks = _verify(module, final_model, example_inputs, staged, precision, items, plan)
-        memory = _memory_fit(target, staged, staging, final_model, example_inputs)
+        checks = _verify(module, final_model, example_inputs, staged, precision, items, plan, held_out)
+        memory = _memory_fit(target, staged, staging, final_model, example_inputs, held_out)
         memory = _relative_paths(memory, staging)
         manifest = {
             "schema": "edgeprune.manifest/1",
@@ -197,8 +205,8 @@ def export(
     return Artifact(final_path, manifest, manifest_path, files)
 
 
-def _verify(module, model, example_inputs, path, precision, calibration, plan) -> dict:
-    inputs = _held_out(example_inputs, VERIFY_INPUTS)
+def _verify(module, model, example_inputs, path, precision, calibration, plan, held_out=None) -> dict:
+    inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
     expected = [_torch_outputs(model, x) for x in inputs]
     got = [module.run(path, _as_numpy(x)) for x in inputs]
     if len(got[0]) < len(expected[0]):
@@ -218,14 +226,15 @@ def _relative_paths(value: Any, staging: Path) -> Any:
     return value
 
 
-def _memory_fit(target: Target, path: Path, staging: Path, model: nn.Module, example_inputs: Any) -> dict:
+def _memory_fit(target: Target, path: Path, staging: Path, model: nn.Module, example_inputs: Any,
+                held_out: Optional[list] = None) -> dict:
     if target.family != "mcu":
         return {"checked": False, "note": f"{target.family} targets have no SRAM/flash budget in the profile"}
     from . import mcu
 
     arena = mcu.tflm_arena_bytes(path)
     # the device runs TFLite-Micro, not LiteRT: the artifact must run there too, and agree with PyTorch
-    inputs = _held_out(example_inputs, VERIFY_INPUTS)
+    inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
     tflm = compare_outputs([_torch_outputs(model, x) for x in inputs],
                            [mcu.tflm_run(path, _as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs],
                            "int8")
