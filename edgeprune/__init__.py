@@ -19,6 +19,8 @@ from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
 from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check
 from .serialization import load, save
+from .sensitivity import LayerSensitivity, Sensitivity, sensitivity
+from .plots import plot_accuracy_vs_latency, plot_layer_sparsity
 from .targets import Target, builtin_targets, load_target
 
 from ._version import __version__
@@ -31,3 +33,4 @@ __all__ = [
     "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "measure", "plan", "prune", "record_of", "save",
 ]
+__all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

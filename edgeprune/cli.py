@@ -435,3 +435,69 @@ def bench_table(results) -> Table:
                       f"{r.mean:.3f} ± {r.std:.3f}", f"{r.cv:.1%}", f"{r.min:.3f}",
                       ("[red]FLAGGED[/]\n" if r.flags else "") + describe_state(r.state_after))
     return table
+
+
+# ------------------------------------------------------------------------------------ sensitivity
+
+def _validation(digits: bool, data: Optional[Path]):
+    """(x, y) for the sensitivity metric: scikit-learn's digits test split, or a .safetensors file
+    holding tensors named `x` (inputs, samples along the first dimension) and `y` (integer labels)."""
+    if digits == (data is not None):
+        raise EdgepruneError("pass exactly one of --digits or --data F.safetensors")
+    if digits:
+        from .zoo import digits as load_digits
+
+        return load_digits("test")
+    import safetensors.torch
+
+    try:
+        tensors = safetensors.torch.load_file(str(data))
+    except FileNotFoundError:
+        raise EdgepruneError(f"--data {data}: file not found") from None
+    except Exception as exc:
+        raise EdgepruneError(f"--data {data}: not a safetensors file ({exc})") from None
+    missing = [k for k in ("x", "y") if k not in tensors]
+    if missing:
+        raise EdgepruneError(f"--data {data}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "
+                             "expected x (inputs) and y (labels)")
+    return tensors["x"], tensors["y"].long()
+
+
+@app.command("sensitivity")
+def sensitivity_cmd(
+    target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
+    input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE,
+    digits: bool = typer.Option(False, "--digits", help="validate on scikit-learn's digits (test split)"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".safetensors with tensors x (inputs) and y (labels)"),
+    amounts: str = typer.Option("0.25,0.5,0.75", "--amounts", help="fractions to prune each layer by"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for sensitivity.json and sensitivity.png"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing files in --out"),
+) -> None:
+    """Prune each layer of MODEL alone as TARGET would, measure top-1 accuracy, write JSON and a plot."""
+    from .sensitivity import sensitivity
+
+    try:
+        try:
+            fractions = tuple(float(a) for a in amounts.split(","))
+        except ValueError:
+            raise EdgepruneError(f"--amounts {amounts!r}: expected fractions separated by commas, e.g. 0.25,0.5") from None
+        json_path, png_path = out / "sensitivity.json", out / "sensitivity.png"
+        for path in (json_path, png_path):
+            if path.exists() and not overwrite:
+                raise EdgepruneError(f"{path}: already exists; pass --overwrite to replace it")
+        val = _validation(digits, data)
+        module = build(model)
+        inputs = _example_inputs(model, input_shape, input_name, input_dtype)
+        result = sensitivity(module, inputs, val, None, target, amounts=fractions)
+        table = Table(title=f"sensitivity for {result.target} (baseline {result.baseline:.4g})")
+        for col in ("layer", "method", *(f"{a:.0%}" for a in fractions)):
+            table.add_column(col)
+        for r in result.rows:
+            cells = {f"{a:.0%}": f"{v:.4g} ({result.points(-d)})" for a, v, d in zip(r.amounts, r.values, r.drops)}
+            table.add_row(r.layer, r.method, *(cells.get(f"{a:.0%}", "") for a in fractions))
+        console.print(table)
+        _atomic.write_text(json_path, result.to_json(), overwrite=overwrite)
+        result.plot(png_path, overwrite=overwrite)
+        console.print(f"wrote {json_path} and {png_path}")
+    except EdgepruneError as exc:
+        _fail(exc)

@@ -22,7 +22,7 @@ pruning a copy for real and measuring it; a group that breaks the model is froze
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -178,7 +178,8 @@ def _keep_count(g: ChannelGroup, fraction: float, align: int, min_channels: int)
     return g.channels if kept >= g.channels else max(kept, floor)
 
 
-def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, within: Callable) -> dict[str, int]:
+def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, within: Callable,
+            priority: Optional[dict[str, float]] = None) -> dict[str, int]:
     """Give channels back, one aligned unit at a time, while the budget still holds.
 
     The knob moves every group at once, and alignment makes its steps coarse; this lands the plan close
@@ -188,7 +189,8 @@ def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, withi
     removal = dict(removal)
     while True:
         candidates = sorted((g for g in free if removal.get(g.root, 0) > 0),
-                            key=lambda g: removal[g.root] / g.channels, reverse=True)
+                            key=(lambda g: removal[g.root] / g.channels) if priority is None else
+                            (lambda g: removal[g.root] / g.channels / priority[g.root]), reverse=True)
         for g in candidates:
             trial = dict(removal)
             trial[g.root] = max(0, removal[g.root] - (g.head_dim or align))
@@ -213,8 +215,13 @@ def plan(
     importance: str = "l2",
     scope: str = "per-layer",
     loss_fn: Optional[Callable] = None,
+    sensitivity: "Any | None" = None,
 ) -> Plan:
-    """Decide, layer by layer, how to prune `model` for `target` within `budget`. `model` is not changed."""
+    """Decide, layer by layer, how to prune `model` for `target` within `budget`. `model` is not changed.
+
+    With `sensitivity` (from `edgeprune.sensitivity` for the same target), each channel group's removal
+    fraction is bent by its layers' measured drop: sensitive groups keep more, insensitive ones give more,
+    and the budget search still meets the budget."""
     target = load_target(target)
     if not isinstance(budget, Budget):
         raise BudgetError(f"budget must be an edgeprune.Budget, got {type(budget).__name__}")
@@ -259,15 +266,17 @@ def plan(
     rule_kept = {n for n, c in choices.items() if c.method == "keep"}
     prunable = [n for n in modules if n not in rule_kept]
     estimator = _Estimator(cost, modules, prunable)
+    if sensitivity is not None:
+        _check_sensitivity(sensitivity, target, modules, scope)
 
     broken: dict[str, str] = {}
     for _attempt in range(4):
         result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
-                        broken, loss_fn, nm_structured=False)
+                        broken, loss_fn, nm_structured=False, sensitivity=sensitivity)
         if result.by_method("n:m") and not _meets(result, budget, cost.macs):
             # 2:4 alone does not reach the budget: let the 2:4 layers lose channels too
             result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
-                            broken, loss_fn, nm_structured=True)
+                            broken, loss_fn, nm_structured=True, sensitivity=sensitivity)
         failures, nm_demoted = _verify(model, example_inputs, result, importance, loss_fn, estimator)
         if not failures and not nm_demoted:
             break
@@ -285,6 +294,57 @@ def plan(
     return result
 
 
+_SENSITIVITY_AMOUNT = 0.5  # where groups are compared: the drop at half their channels removed
+_BEND_RANGE = (0.25, 4.0)
+
+
+def _check_sensitivity(sens, target: Target, modules: dict[str, nn.Module], scope: str) -> None:
+    from .sensitivity import Sensitivity
+
+    if not isinstance(sens, Sensitivity):
+        raise EdgepruneError(f"sensitivity must be an edgeprune Sensitivity, got {type(sens).__name__}")
+    if sens.target != target.name:
+        raise EdgepruneError(f"the sensitivity was measured for target {sens.target!r}, but this plan is for "
+                             f"{target.name!r}: measure it again with target={target.name!r}")
+    unknown = [r.layer for r in sens.rows if r.layer not in modules]
+    if unknown:
+        raise ModelError(f"the sensitivity names layer {unknown[0]!r}, which the model does not have: "
+                         "was it measured on another model?")
+    if scope != "per-layer":
+        raise EdgepruneError(f"sensitivity applies to scope 'per-layer' only, not {scope!r}")
+
+
+def _group_drop(sens, g: ChannelGroup, amount: float) -> Optional[float]:
+    drops = [sens.row(n).drop_at(amount) for n in g.out_layers if n in sens.layers]
+    return max(drops) if drops else None
+
+
+def _sensitivity_exponents(sens, free: list[ChannelGroup]) -> dict[str, float]:
+    """Per group, k in 1 - (1 - x)^k: the mean measured drop over the group's drop, clipped.
+    k < 1 for the more sensitive groups (they keep more channels), > 1 for the less sensitive."""
+    drops = {g.root: _group_drop(sens, g, _SENSITIVITY_AMOUNT) for g in free}
+    known = [max(d, 0.0) for d in drops.values() if d is not None]
+    mean = sum(known) / len(known) if known else 0.0
+    eps = 0.01 * (abs(sens.baseline) or 1.0)
+    lo, hi = _BEND_RANGE
+    return {root: 1.0 if d is None else min(hi, max(lo, (mean + eps) / (max(d, 0.0) + eps)))
+            for root, d in drops.items()}
+
+
+def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup]) -> None:
+    for d in list(result.layers):
+        if d.method != "structured" or d.group is None or d.layer not in sens.layers:
+            continue
+        g = groups[d.group]
+        bend = _sensitivity_exponents(sens, [g2 for g2 in groups if any(n in sens.layers for n in g2.out_layers)])
+        drop = sens.row(d.layer).drop_at(d.amount)
+        at = f"{sens.points(-drop)} at {d.amount:.0%}"
+        k = bend.get(g.root, 1.0)
+        note = (f"sensitive: {at} → pruned less" if k < 1 else
+                f"insensitive ({at}) → pruned more" if k > 1 else f"average sensitivity ({at})")
+        result.replace_layer(replace(d, reason=f"{d.reason}; {note}"))
+
+
 def _meets(result: Plan, budget: Budget, dense_macs: int) -> bool:
     if budget.kind == "macs_ratio":
         return result.macs_after <= budget.macs_ratio * dense_macs
@@ -292,7 +352,7 @@ def _meets(result: Plan, budget: Budget, dense_macs: int) -> bool:
 
 
 def _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance, broken, loss_fn,
-           nm_structured):
+           nm_structured, sensitivity=None):
     shrinkable = ("structured", "n:m") if nm_structured else ("structured",)
     structured = [n for n, c in choices.items() if c.method in shrinkable]
     frozen = [n for n in choices if n not in structured]
@@ -332,6 +392,13 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
                 frac = float((scores[g.root] < threshold).float().mean()) if x < 1 else 1.0
                 out[g.root] = _removal_for(g, frac, align, min_channels)
             return out
+    elif sensitivity is not None:
+        bend = _sensitivity_exponents(sensitivity, free)
+
+        def removal_at(x: float) -> dict[str, int]:
+            # 1 - (1 - x)^k: 0 at x=0 and 1 at x=1 for every group, so the search range is unchanged;
+            # k > 1 (insensitive) removes more at a given x, k < 1 (sensitive) less
+            return {g.root: _removal_for(g, 1 - (1 - x) ** bend[g.root], align, min_channels) for g in free}
     else:
 
         def removal_at(x: float) -> dict[str, int]:
@@ -358,9 +425,15 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
         x = hi
     removal = {**removal_at(x), **fixed}
     if x > 0:
-        removal = _refill(removal, free, align, within)
-    return _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align,
-                     importance, scope, broken)
+        if sensitivity is not None and scope != "global":
+            removal = _refill(removal, free, align, within, priority=bend)
+        else:
+            removal = _refill(removal, free, align, within)
+    result = _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align,
+                       importance, scope, broken)
+    if sensitivity is not None:
+        _explain_sensitivity(result, sensitivity, groups)
+    return result
 
 
 def _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align, importance,

@@ -1,0 +1,241 @@
+"""Per-layer sensitivity: how much a metric drops when one layer alone is pruned the way the target would.
+
+    sens = ep.sensitivity(model, example_inputs, (images, labels), None, "raspberry-pi-5")
+    plan = ep.plan(model, example_inputs, "raspberry-pi-5", budget, sensitivity=sens)
+
+Each eligible layer (one the policy would prune: not the first layer, not the classifier head) is pruned on
+a copy with the method the target uses for it: structured channels (its whole coupled channel group, counts
+rounded to the target's alignment, exactly as the policy removes them), 2:4 on Jetson layers that qualify
+(one point: amounts are moot), or unstructured magnitude sparsity where the target prefers it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .budget import Budget
+from .errors import EdgepruneError, ModelError
+from .targets import Target, load_target
+
+SCHEMA = "edgeprune.sensitivity/1"
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    layer: str
+    method: str  # structured | n:m | unstructured
+    amounts: tuple[float, ...]  # requested fractions (n:m: the one fraction zeroed, 1 - n/m)
+    values: tuple[float, ...]  # metric after pruning only this layer, one per amount
+    drops: tuple[float, ...]  # baseline - value (positive = worse)
+    removed: tuple[float, ...] = ()  # fraction actually removed/zeroed (alignment rounding), one per amount
+    group: str = ""  # structured: the root of the channel group the layer shrinks with
+
+    def drop_at(self, amount: float) -> float:
+        """The drop at `amount`, linearly interpolated (0 at amount 0, flat beyond the last point)."""
+        xs = [0.0, *(self.removed or self.amounts)]
+        ys = [0.0, *self.drops]
+        if amount >= xs[-1]:
+            return ys[-1] if len(xs) > 1 else 0.0
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+            if x0 <= amount <= x1:
+                return y0 if x1 == x0 else y0 + (y1 - y0) * (amount - x0) / (x1 - x0)
+        return 0.0
+
+
+@dataclass
+class Sensitivity:
+    target: str
+    baseline: float
+    rows: list[LayerSensitivity]
+    metric: str = "top1"
+    skipped: dict[str, str] = field(default_factory=dict)  # eligible layers that could not be measured, why
+
+    def row(self, layer: str) -> LayerSensitivity:
+        for r in self.rows:
+            if r.layer == layer:
+                return r
+        raise KeyError(f"the sensitivity has no layer named {layer!r}")
+
+    @property
+    def layers(self) -> list[str]:
+        return [r.layer for r in self.rows]
+
+    def most_sensitive(self, amount: float = 0.5) -> str:
+        return max(self.rows, key=lambda r: r.drop_at(amount)).layer
+
+    def points(self, change: float) -> str:
+        """A signed metric change as text: percentage points for a [0, 1] metric, else the metric's units."""
+        return f"{change * 100:+.1f} pts" if abs(self.baseline) <= 1.0 else f"{change:+.3g}"
+
+    # -- JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "target": self.target, "baseline": self.baseline, "metric": self.metric,
+                "rows": [asdict(r) for r in self.rows], "skipped": dict(self.skipped)}
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Sensitivity":
+        if data.get("schema") != SCHEMA:
+            raise EdgepruneError(f"not an edgeprune sensitivity (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+        rows = [LayerSensitivity(**{**r, **{k: tuple(r[k]) for k in ("amounts", "values", "drops", "removed")}})
+                for r in data["rows"]]
+        return cls(target=data["target"], baseline=data["baseline"], rows=rows, metric=data.get("metric", "top1"),
+                   skipped=dict(data.get("skipped", {})))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Sensitivity":
+        return cls.from_dict(json.loads(text))
+
+    def plot(self, path: "str | Path", *, overwrite: bool = False) -> Path:
+        from .plots import plot_sensitivity
+
+        return plot_sensitivity(self, path, overwrite=overwrite)
+
+
+# -- metric --------------------------------------------------------------------------------------------
+
+def _batches(val_data: Any) -> Iterable:
+    if isinstance(val_data, (tuple, list)) and len(val_data) == 2 and all(isinstance(t, torch.Tensor) for t in val_data):
+        x, y = val_data
+        return [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]
+    return val_data
+
+
+def top1(model: nn.Module, val_data: Any) -> float:
+    """Top-1 accuracy over (x, y) batches: a DataLoader, any iterable of pairs, or one (X, Y) tensor pair."""
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in _batches(val_data):
+            out = model(**x) if isinstance(x, dict) else model(x)
+            logits = getattr(out, "logits", out)
+            correct += int((logits.argmax(-1) == y).sum())
+            total += int(y.numel())
+    if not total:
+        raise EdgepruneError("validation data is empty: no (x, y) batches to measure the metric on")
+    return correct / total
+
+
+# -- measurement ---------------------------------------------------------------------------------------
+
+def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Optional[Sequence[str]]):
+    """{layer: policy choice} for the layers the policy would prune (same rules as `policy.plan`)."""
+    from .costs import measure, prunable_layers
+    from .policy import _family_choice
+
+    cost = measure(work, example_inputs)
+    modules = prunable_layers(work)
+    if not cost.order:
+        raise ModelError(f"{type(work).__name__} has no Conv or Linear layer that runs on the example inputs")
+    first, head = cost.order[0], cost.order[-1]
+    align = target.alignment.multiple(target.precision.default)
+    eligible = {n: _family_choice(target, Budget(macs_ratio=0.5), m, align)
+                for n, m in modules.items() if n in cost.order and n not in (first, head)}
+    if layers is not None:
+        unknown = [n for n in layers if n not in modules]
+        if unknown:
+            raise ModelError(f"layer {unknown[0]!r}: the model has no such Conv/Linear layer "
+                             f"(it has {', '.join(modules)})")
+        kept = [n for n in layers if n not in eligible]
+        if kept:
+            raise ModelError(f"layer {kept[0]!r}: the target's rules always keep it (first layer, classifier head "
+                             "or not reached by the example inputs), so it has no sensitivity to measure")
+        eligible = {n: c for n, c in eligible.items() if n in layers}
+    return eligible, modules, align
+
+
+def sensitivity(
+    model: nn.Module,
+    example_inputs: Any,
+    val_data: Any,
+    metric: Optional[Callable[[nn.Module, Any], float]] = None,
+    target: "Target | str" = "raspberry-pi-5",
+    *,
+    amounts: Sequence[float] = (0.25, 0.5, 0.75),
+    layers: Optional[Sequence[str]] = None,
+    importance: str = "l2",
+) -> Sensitivity:
+    """Prune each eligible layer alone, at each amount, on a copy of `model`, and record the metric's drop.
+
+    `metric(model, val_data) -> float`, higher is better (default: top-1 accuracy over (x, y) batches).
+    `model` is never modified.
+    """
+    from .pruning import finalize
+    from .pruning.nm import apply_nm
+    from .pruning.structured import ChannelGraph, remove_channels
+    from .pruning.unstructured import apply_unstructured
+    from .policy import _removal_for
+    from ._copy import copy_model
+
+    target = load_target(target)
+    amounts = tuple(float(a) for a in amounts)
+    if not amounts or any(not 0.0 < a < 1.0 for a in amounts):
+        raise EdgepruneError(f"amounts {amounts}: each must be in (0, 1), the fraction pruned")
+    amounts = tuple(sorted(set(amounts)))
+    metric_fn = metric or top1
+    base_model = finalize(model).eval()  # a copy: the caller's model is never touched
+    try:
+        baseline = float(metric_fn(copy_model(base_model), val_data))
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the metric failed on the dense {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    eligible, modules, align = _eligible(base_model, example_inputs, target, layers)
+
+    structured = [n for n, c in eligible.items() if c.method == "structured"]
+    frozen = [n for n in modules if n not in structured]
+    graph = ChannelGraph(copy_model(base_model), example_inputs)
+    group_of = {n: g for g in graph.groups(frozen=frozen) for n in g.out_layers}
+
+    rows: list[LayerSensitivity] = []
+    skipped: dict[str, str] = {}
+    measured: dict[tuple[str, float], tuple[float, float]] = {}  # (group root, amount) -> (value, removed)
+    for name, choice in eligible.items():
+        if choice.method == "structured":
+            g = group_of.get(name)
+            if g is None:
+                skipped[name] = "its output channels are tied to a kept layer or to the model's output"
+                continue
+            values, removed = [], []
+            for a in amounts:
+                key = (g.root, a)
+                if key not in measured:
+                    remove = _removal_for(g, a, align, target.alignment.min_channels)
+                    if remove == 0:
+                        measured[key] = (baseline, 0.0)
+                    else:
+                        pruned, _, failures = remove_channels(copy_model(base_model), example_inputs,
+                                                              {g.root: remove}, importance)
+                        if failures:
+                            skipped[name] = f"pruning it breaks the model ({failures[g.root]})"
+                            break
+                        measured[key] = (float(metric_fn(pruned.eval(), val_data)), remove / g.channels)
+                v, r = measured[key]
+                values.append(v)
+                removed.append(r)
+            else:
+                rows.append(LayerSensitivity(name, "structured", amounts, tuple(values),
+                                             tuple(baseline - v for v in values), tuple(removed), g.root))
+        elif choice.method == "n:m":
+            pruned = copy_model(base_model)
+            apply_nm(dict(pruned.named_modules())[name], choice.n, choice.m)
+            v = float(metric_fn(finalize(pruned).eval(), val_data))
+            a = 1 - choice.n / choice.m
+            rows.append(LayerSensitivity(name, "n:m", (a,), (v,), (baseline - v,), (a,)))
+        else:  # unstructured
+            values = []
+            for a in amounts:
+                pruned = copy_model(base_model)
+                apply_unstructured(dict(pruned.named_modules())[name], a)
+                values.append(float(metric_fn(finalize(pruned).eval(), val_data)))
+            rows.append(LayerSensitivity(name, "unstructured", amounts, tuple(values),
+                                         tuple(baseline - v for v in values), amounts))
+    name = getattr(metric, "__name__", "metric") if metric is not None else "top1"
+    return Sensitivity(target=target.name, baseline=baseline, rows=rows, metric=name, skipped=skipped)
