@@ -331,12 +331,11 @@ def _sensitivity_exponents(sens, free: list[ChannelGroup]) -> dict[str, float]:
             for root, d in drops.items()}
 
 
-def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup]) -> None:
+def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup], bend: dict[str, float]) -> None:
     for d in list(result.layers):
         if d.method != "structured" or d.group is None or d.layer not in sens.layers:
             continue
         g = groups[d.group]
-        bend = _sensitivity_exponents(sens, [g2 for g2 in groups if any(n in sens.layers for n in g2.out_layers)])
         drop = sens.row(d.layer).drop_at(d.amount)
         at = f"{sens.points(-drop)} at {d.amount:.0%}"
         k = bend.get(g.root, 1.0)
@@ -432,7 +431,7 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
     result = _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align,
                        importance, scope, broken)
     if sensitivity is not None:
-        _explain_sensitivity(result, sensitivity, groups)
+        _explain_sensitivity(result, sensitivity, groups, bend)
     return result
 
 
