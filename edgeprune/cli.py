@@ -1,4 +1,4 @@
-"""The `edgeprune` command line: targets, plan, prune, export, bench, devices."""
+"""The `edgeprune` command line: targets, plan, prune, export, bench, devices, sensitivity, demo."""
 
 from __future__ import annotations
 
@@ -499,5 +499,23 @@ def sensitivity_cmd(
         _atomic.write_text(json_path, result.to_json(), overwrite=overwrite)
         result.plot(png_path, overwrite=overwrite)
         console.print(f"wrote {json_path} and {png_path}")
+    except EdgepruneError as exc:
+        _fail(exc)
+
+
+@app.command("demo")
+def demo_cmd(
+    device: str = typer.Option("local", "--device", "-d", help="where to time the artifacts (default: a subprocess here)"),
+    devices: Optional[Path] = _DEVICES,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: a new temporary folder)"),
+) -> None:
+    """The whole flow on scikit-learn's digits for a Jetson, a Pi 5 and an Ethos-U55: train, sensitivity,
+    plan, prune, fine-tune with KD, export, verify, measure; a summary table and a report folder."""
+    from . import demo
+
+    if out is not None and out.exists() and any(out.iterdir()):
+        _fail(EdgepruneError(f"{out}: already exists and is not empty; choose a new --out"))
+    try:
+        demo.main(device=device, devices=str(devices) if devices else None, out=out)
     except EdgepruneError as exc:
         _fail(exc)
