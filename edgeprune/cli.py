@@ -166,6 +166,17 @@ def prune_cmd(
         _fail(exc)
 
 
+def _load_tensors(option: str, path) -> dict:
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path))
+    except FileNotFoundError:
+        raise EdgepruneError(f"{option} {path}: file not found") from None
+    except Exception as exc:
+        raise EdgepruneError(f"{option} {path}: not a safetensors file ({exc})") from None
+
+
 def _calibration(spec: Optional[str], example: Any) -> Optional[list]:
     """`random:N` (N random inputs shaped like the example — a smoke test, not real calibration) or a
     .safetensors file whose tensors are named like the inputs, samples along the first dimension."""
@@ -180,15 +191,8 @@ def _calibration(spec: Optional[str], example: Any) -> Optional[list]:
             raise EdgepruneError(f"--calibration {spec!r}: expected random:N, e.g. random:16") from None
         shape_spec = InputSpec.of(example)
         return [shape_spec.make(seed=10_000 + i) for i in range(count)]
-    import safetensors.torch
-
     path = Path(spec)
-    try:
-        tensors = safetensors.torch.load_file(str(path))
-    except FileNotFoundError:
-        raise EdgepruneError(f"--calibration {path}: file not found") from None
-    except Exception as exc:
-        raise EdgepruneError(f"--calibration {path}: not a safetensors file ({exc})") from None
+    tensors = _load_tensors("--calibration", path)
     args, kwargs = normalize(example)
     names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))]
     missing = [n for n in names if n not in tensors]
@@ -448,14 +452,7 @@ def _validation(digits: bool, data: Optional[Path]):
         from .zoo import digits as load_digits
 
         return load_digits("test")
-    import safetensors.torch
-
-    try:
-        tensors = safetensors.torch.load_file(str(data))
-    except FileNotFoundError:
-        raise EdgepruneError(f"--data {data}: file not found") from None
-    except Exception as exc:
-        raise EdgepruneError(f"--data {data}: not a safetensors file ({exc})") from None
+    tensors = _load_tensors("--data", data)
     missing = [k for k in ("x", "y") if k not in tensors]
     if missing:
         raise EdgepruneError(f"--data {data}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "

@@ -6,11 +6,10 @@ directory, then `os.replace`) and an existing file is replaced only with `overwr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ._atomic import write_with
 from .errors import ArtifactError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,24 +28,11 @@ def _pyplot():
 
 def _save(fig, path: "str | Path", overwrite: bool) -> Path:
     plt = _pyplot()
-    path = Path(path)
     try:
-        if path.exists() and not overwrite:
-            raise ArtifactError(f"{path}: already exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=120, bbox_inches="tight"),
+                          overwrite=overwrite)
     finally:
         plt.close(fig)
-    return path
 
 
 def _plot(path: "str | Path", overwrite: bool, draw: Callable, size=(7, 4.5)) -> Path:
