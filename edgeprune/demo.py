@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import edgeprune as ep
 from edgeprune import plots, zoo
+from edgeprune.finetune import accuracy
 
 TARGETS = ("jetson-orin-nano-8gb", "raspberry-pi-5", "corstone-300-ethos-u55-128")
 BUDGET = ep.Budget(macs_ratio=0.5)
@@ -59,16 +60,6 @@ def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
     val = DataLoader(TensorDataset(x[cut:], y[cut:]), batch_size=256)
     tx, ty = zoo.digits("test")
     return train, val, DataLoader(TensorDataset(tx, ty), batch_size=256)
-
-
-def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    right = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return right / total
 
 
 def main(device: str = "local", devices: Optional[str] = None, out: Optional[Path] = None) -> Path:
