@@ -44,7 +44,8 @@ from .budget import Budget
 from .costs import measure, prunable_layers
 from .distill import kd_loss
 from .errors import BudgetError, EdgepruneError, ModelError
-from .inputs import call, main_output
+from .metrics import accuracy  # re-exported: the demo, benchmarks and tests import it from here
+from .metrics import logits as _logits, split_batch as _split
 from .pruning.nm import nm_mask, reduction_size
 from .schedules import cosine_lr, cubic_sparsity
 
@@ -88,33 +89,6 @@ class FinetuneResult:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    if isinstance(batch, dict) and "labels" in batch:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return inputs, batch["labels"]
-    raise ModelError(f"each batch must be (inputs, labels) or a dict with 'labels'; got {type(batch).__name__}")
-
-
-def _logits(model: nn.Module, inputs: Any) -> torch.Tensor:
-    return main_output(call(model, inputs if isinstance(inputs, dict) else (inputs,)))
-
-
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy of `model` (eval mode, no grad) over `loader`."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for batch in loader:
-            inputs, labels = _split(batch)
-            correct += int((_logits(model, inputs).argmax(-1) == labels).sum())
-            total += int(labels.numel())
-    model.train(was)
-    return correct / total if total else float("nan")
-
 
 def _masked(model: nn.Module):
     """(module, tensor name) of every torch.nn.utils.prune mask on `model`."""
@@ -547,10 +521,11 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
 
 def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: Budget, train_data: DataLoader, *,
                     steps: int = 3, epochs_per_step: int = 1, checkpoint_dir: "str | Path | None" = None,
-                    **finetune_kwargs) -> FinetuneResult:
+                    recipe: Any = None, importance: str = "l2", **finetune_kwargs) -> FinetuneResult:
     """Structured pruning in `steps` stages: the MACs kept go from 1.0 to `budget.macs_ratio` linearly; each
-    stage plans (`ep.plan`) and prunes (`ep.prune`) the current model, recalibrates BatchNorm on
-    `train_data`, then fine-tunes for `epochs_per_step`. History entries carry `prune_step`, `macs_ratio`."""
+    stage plans (`ep.plan`, with `recipe` and `importance`) and prunes (`ep.prune`) the current model,
+    recalibrates BatchNorm on `train_data`, then fine-tunes for `epochs_per_step`. History entries carry
+    `prune_step`, `macs_ratio`."""
     from .policy import plan as make_plan
     from .pruning import finalize, prune
 
@@ -564,7 +539,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: 
         goal = 1.0 - (1.0 - budget.macs_ratio) * k / steps
         now = measure(finalize(current).eval(), example_inputs).macs
         relative = min(1.0, goal * dense / now)
-        p = make_plan(current, example_inputs, target, Budget(macs_ratio=relative))
+        p = make_plan(current, example_inputs, target, Budget(macs_ratio=relative), recipe=recipe, importance=importance)
         pruned = prune(current, p)
         _recalibrate_(pruned, train_data)
         result = finetune(pruned, train_data, epochs=epochs_per_step, recalibrate_bn=False,

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import torch
 from torch import nn
 
 from .budget import Budget
 from .errors import EdgepruneError, ModelError
+from .metrics import accuracy
 from .targets import Target, load_target
 
 SCHEMA = "edgeprune.sensitivity/1"
@@ -100,29 +101,6 @@ class Sensitivity:
         return plot_sensitivity(self, path, overwrite=overwrite)
 
 
-# -- metric --------------------------------------------------------------------------------------------
-
-def _batches(val_data: Any) -> Iterable:
-    if isinstance(val_data, (tuple, list)) and len(val_data) == 2 and all(isinstance(t, torch.Tensor) for t in val_data):
-        x, y = val_data
-        return [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]
-    return val_data
-
-
-def top1(model: nn.Module, val_data: Any) -> float:
-    """Top-1 accuracy over (x, y) batches: a DataLoader, any iterable of pairs, or one (X, Y) tensor pair."""
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in _batches(val_data):
-            out = model(**x) if isinstance(x, dict) else model(x)
-            logits = getattr(out, "logits", out)
-            correct += int((logits.argmax(-1) == y).sum())
-            total += int(y.numel())
-    if not total:
-        raise EdgepruneError("validation data is empty: no (x, y) batches to measure the metric on")
-    return correct / total
-
-
 # -- measurement ---------------------------------------------------------------------------------------
 
 def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Optional[Sequence[str]]):
@@ -149,6 +127,17 @@ def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Opti
                              "or not reached by the example inputs), so it has no sensitivity to measure")
         eligible = {n: c for n, c in eligible.items() if n in layers}
     return eligible, modules, align
+
+
+def _why_tied(graph, name: str, eligible: dict) -> str:
+    """Why a structured layer's channels cannot shrink alone: the layers its channel group couples it to."""
+    group = next((g for g in graph.groups() if name in g.out_layers), None)
+    partners = [n for n in (group.out_layers if group else ()) if n != name]
+    methods = {n: eligible[n].method if n in eligible else "keep" for n in partners}
+    tied = [f"{n} ({m} on this target)" for n, m in methods.items() if m != "structured"]
+    if tied:
+        return f"its output channels are coupled to {', '.join(tied)}, so they cannot shrink alone"
+    return "its output channels are tied to the model's output or to a kept layer"
 
 
 def sensitivity(
@@ -179,7 +168,8 @@ def sensitivity(
     if not amounts or any(not 0.0 < a < 1.0 for a in amounts):
         raise EdgepruneError(f"amounts {amounts}: each must be in (0, 1), the fraction pruned")
     amounts = tuple(sorted(set(amounts)))
-    metric_fn = metric or top1
+    # empty val_data must fail loudly: a NaN baseline would make every drop NaN
+    metric_fn = metric or partial(accuracy, raise_if_empty=True)
     base_model = finalize(model).eval()  # a copy: the caller's model is never touched
     try:
         baseline = float(metric_fn(copy_model(base_model), val_data))
@@ -201,7 +191,7 @@ def sensitivity(
         if choice.method == "structured":
             g = group_of.get(name)
             if g is None:
-                skipped[name] = "its output channels are tied to a kept layer or to the model's output"
+                skipped[name] = _why_tied(graph, name, eligible)
                 continue
             values, removed = [], []
             for a in amounts:
