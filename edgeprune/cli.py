@@ -266,6 +266,8 @@ def devices_list(devices: Optional[Path] = _DEVICES) -> None:
 def devices_check(
     name: Optional[str] = typer.Argument(None, help="one device (default: every device in the file)"),
     devices: Optional[Path] = _DEVICES, trust_new_host_key: bool = _TRUST,
+    imports: bool = typer.Option(False, "--imports", help="import each runtime on the device to prove it loads "
+                                 "(slower: seconds per runtime), not only check that it is installed"),
 ) -> None:
     """Is each device reachable, which runtimes does it have, and what state is it in? Exit 1 if one is not."""
     from .devices import load_devices
@@ -280,7 +282,7 @@ def devices_check(
     with console.status(f"checking {', '.join(names)}…"):
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            checks = list(pool.map(lambda n: _check_one(inventory[n], trust_new_host_key), names))
+            checks = list(pool.map(lambda n: _check_one(inventory[n], trust_new_host_key, imports), names))
     table = Table(title="device check")
     for col in ("device", "address", "reachable", "python / numpy", "runtimes", "state", "problem"):
         table.add_column(col, overflow="fold")
@@ -295,11 +297,11 @@ def devices_check(
         raise typer.Exit(code=1)
 
 
-def _check_one(device, trust_new_host_key: bool):
+def _check_one(device, trust_new_host_key: bool, imports: bool):
     from .remote import DeviceCheck, check
 
     try:
-        return check(device, trust_new_host_key=trust_new_host_key)
+        return check(device, trust_new_host_key=trust_new_host_key, imports=imports)
     except Exception as exc:  # reported in its row; the other devices' rows still print
         return DeviceCheck(device.name, device.address, False, f"unexpected {type(exc).__name__}: {exc}")
 
@@ -360,7 +362,7 @@ def bench_cmd(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .devices import load_devices
-    from .remote import BenchSettings
+    from .remote import BenchSettings, bench_many
 
     try:
         inventory = load_devices(devices)
@@ -370,17 +372,14 @@ def bench_cmd(
                                  f"(known: {', '.join(inventory)})")
         if json_out is not None and json_out.exists() and not force:
             raise EdgepruneError(f"{json_out}: already exists; pass --force to replace it")
-        pinned = _cores(cores)
-        per_device = {d: BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds,
-                                       threads if threads is not None else inventory[d].threads,
-                                       pinned if pinned is not None else inventory[d].cores)
-                      for d in dict.fromkeys(device)}
+        # unset threads/cores fall back to each device's own, in remote.bench
+        settings = BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds, threads, _cores(cores))
+        names = list(dict.fromkeys(device))
     except (EdgepruneError, ValueError) as exc:
         _fail(exc)
-    results = []
     with Progress(SpinnerColumn(), TextColumn("{task.fields[device]}", style="bold"), TextColumn("{task.description}"),
                   BarColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        tasks = {d: bar.add_task("waiting", total=None, device=d) for d in per_device}
+        tasks = {d: bar.add_task("waiting", total=None, device=d) for d in names}
 
         def on_progress(name: str, stage: str, info: dict) -> None:
             if stage == "upload-progress":
@@ -392,21 +391,8 @@ def bench_cmd(
             else:
                 bar.update(tasks[name], description=stage, total=None)
 
-        from .remote import bench as bench_one
-        from concurrent.futures import ThreadPoolExecutor
-
-        def run(name: str):
-            try:
-                return bench_one(artifact, inventory[name], settings=per_device[name], runtime=runtime,
-                                 trust_new_host_key=trust_new_host_key,
-                                 progress=lambda stage, info: on_progress(name, stage, info))
-            except EdgepruneError as exc:
-                return exc
-            except Exception as exc:  # one device's surprise must not lose the other devices' results
-                return EdgepruneError(f"device '{name}': unexpected {type(exc).__name__}: {exc}")
-
-        with ThreadPoolExecutor(max_workers=len(per_device)) as pool:
-            results = list(pool.map(run, per_device))
+        results = bench_many([(inventory[d], artifact) for d in names], settings=settings, runtime=runtime,
+                             trust_new_host_key=trust_new_host_key, progress=on_progress)
     ok = [r for r in results if not isinstance(r, Exception)]
     if ok:
         console.print(bench_table(ok))

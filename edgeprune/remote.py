@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -61,8 +61,8 @@ class BenchSettings:
     min_seconds: float = 2.0
     warmup_runs: int = 5
     warmup_seconds: float = 0.5
-    threads: Optional[int] = None
-    cores: Optional[tuple[int, ...]] = None
+    threads: Optional[int] = None  # None: the device's `threads` in devices.toml (else the runtime's default)
+    cores: Optional[tuple[int, ...]] = None  # None: the device's `cores` (else no pinning)
     seed: int = 0
 
     def __post_init__(self):
@@ -605,10 +605,17 @@ def _make_dir(session: _Session, device: Device, path: str, timeout: float, time
                           f"writable: {_error_line(made.stderr)}")
 
 
+def _untimed(name: str, fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 def _upload_verified(session: _Session, device: Device, files: dict[str, Path], known: dict[str, str],
-                     cmd_timeout, timed, report: Progress) -> None:
+                     cmd_timeout: Callable[[str], float], timed=None, report: Optional[Progress] = None) -> None:
     """Upload `files` (remote path -> local path) by SFTP, then compare every sha256 on the device with
-    ours (`known` holds digests already computed)."""
+    ours (`known` holds digests already computed). `timed(name, fn, *args)` and `report` are optional:
+    `bench` accounts for the overhead and shows progress, `check` does neither."""
+    timed = timed or _untimed
+    report = report or (lambda stage, info: None)
     for remote_path, local in files.items():
         report("upload", {"file": local.name, "bytes": local.stat().st_size})
         timed("upload_s", session.put, local, remote_path, cmd_timeout("upload"),
@@ -647,6 +654,13 @@ def _runtimes_dir() -> Path:
     return builtin_dir("runtimes")
 
 
+def _device_defaults(settings: BenchSettings, device: Device) -> BenchSettings:
+    """`settings` with unset threads/cores taken from devices.toml: here rather than in each caller, so that
+    `bench_many` gives every device its own defaults from one shared BenchSettings."""
+    return replace(settings, threads=device.threads if settings.threads is None else settings.threads,
+                   cores=device.cores if settings.cores is None else settings.cores)
+
+
 def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: "str | Path | None" = None,
           settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
           trust_new_host_key: bool = False, progress: Optional[Progress] = None) -> BenchResult:
@@ -657,7 +671,7 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         raise ArtifactError(f"{artifact}: not found")
     if isinstance(device, str):
         device = get_device(device, devices)
-    settings = settings or BenchSettings(threads=device.threads, cores=device.cores)
+    settings = _device_defaults(settings or BenchSettings(), device)
     kind = harness_for(artifact, runtime)
     manifest = _manifest(artifact)
     sha = sha256_file(artifact)
@@ -836,8 +850,9 @@ def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: 
 
 
 def check(device: "str | Device", *, devices: "str | Path | None" = None,
-          trust_new_host_key: bool = False) -> DeviceCheck:
-    """Is the device reachable, is its work dir writable, which runtimes does it have, what state is it in."""
+          trust_new_host_key: bool = False, imports: bool = False) -> DeviceCheck:
+    """Is the device reachable, is its work dir writable, which runtimes does it have, what state is it in.
+    A runtime counts as present when it is installed; with `imports`, only when it also imports (slower)."""
     if isinstance(device, str):
         device = get_device(device, devices)
     t0 = time.monotonic()
@@ -847,16 +862,16 @@ def check(device: "str | Device", *, devices: "str | Path | None" = None,
         return DeviceCheck(device.name, device.address, reachable=False, error=str(exc))
     connect_s = time.monotonic() - t0
     probe_dir = f"{device.workdir.rstrip('/')}/check-{uuid.uuid4().hex[:8]}"
-    no_timing = lambda name, fn, *a, **k: fn(*a, **k)  # noqa: E731
     cmd_timeout = lambda step: device.command_timeout_s  # noqa: E731
     try:
         try:
-            _make_dir(session, device, probe_dir, device.command_timeout_s, no_timing)
+            _make_dir(session, device, probe_dir, device.command_timeout_s, _untimed)
         except DeviceError as exc:
             return DeviceCheck(device.name, device.address, True, str(exc), workdir_writable=False, connect_s=connect_s)
         files = {f"{probe_dir}/{n}": _runtimes_dir() / n for n in ("device.py", "device_state.py")}
-        _upload_verified(session, device, files, {}, cmd_timeout, no_timing, lambda stage, info: None)
-        done = session.run([device.python, f"{probe_dir}/device.py", "probe"], device.command_timeout_s, step="probe")
+        _upload_verified(session, device, files, {}, cmd_timeout)
+        done = session.run([device.python, f"{probe_dir}/device.py", "probe", *(["--imports"] if imports else [])],
+                           device.command_timeout_s, step="probe")
         if done.rc != 0:
             return DeviceCheck(device.name, device.address, True, f"python '{device.python}': "
                                f"{_error_line(done.stderr)}", workdir_writable=True, connect_s=connect_s)

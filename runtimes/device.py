@@ -10,8 +10,9 @@ Standard library only: a device has what its image ships.
         run dir removed. Exit 6 when still busy after W seconds.
     python3 device.py unlock LOCKDIR --owner ID
         Releases the lock if ID still holds it.
-    python3 device.py probe
-        Prints the python, numpy and runtime versions present, and the device state.
+    python3 device.py probe [--imports]
+        Prints the python, numpy and runtime versions present, and the device state. A runtime counts as
+        present when its module is installed; with --imports, only when it also imports.
     python3 device.py exec --pidfile F --timeout S -- COMMAND...
         Runs COMMAND in its own process group, kills the group after S seconds (exit 124) or when this
         process is told to stop (SIGTERM/SIGHUP: the runner's kill, or sshd closing the session).
@@ -155,6 +156,32 @@ def _package_version(dist):
         return None
 
 
+def _find(module_name):
+    """None when `module_name` is installed, else why not; none of its code runs. importlib.util.find_spec
+    of a dotted name would import (run the __init__ of) its parent packages, so only the top level goes
+    through it (that also sees editable installs) and each submodule is looked for in its parent's dirs."""
+    import importlib.machinery
+    import importlib.util
+
+    parts = module_name.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except Exception as exc:  # a broken finder or half-removed package: as good as a failed import
+        return "%s: %s" % (type(exc).__name__, exc)
+    if spec is None:
+        return "ModuleNotFoundError: No module named '%s'" % parts[0]
+    dirs = list(spec.submodule_search_locations or [])
+    for depth, part in enumerate(parts[1:], 2):
+        hits = [os.path.join(d, part) for d in dirs]
+        if any(os.path.isdir(h) for h in hits):  # a package, or a namespace package without __init__.py
+            dirs = [h for h in hits if os.path.isdir(h)]
+        elif any(os.path.isfile(h + suffix) for h in hits for suffix in importlib.machinery.all_suffixes()):
+            dirs = []  # a plain module: nothing lies below it
+        else:
+            return "ModuleNotFoundError: No module named '%s'" % ".".join(parts[:depth])
+    return None
+
+
 def cmd_probe(args):
     runtimes = {}
     for name, module, dist in (("executorch", "executorch.runtime", "executorch"),
@@ -162,7 +189,13 @@ def cmd_probe(args):
                                ("tflite_runtime", "tflite_runtime.interpreter", "tflite-runtime"),
                                ("onnxruntime", "onnxruntime", "onnxruntime"),
                                ("tflm", "tflite_micro.python.tflite_micro.runtime", "tflite-micro")):
-        version, error = _version_of(module)
+        # Importing proves a runtime loads but costs seconds (executorch pulls in torch), so `devices check`
+        # only looks for the files unless asked; a harness that cannot import its runtime fails clearly anyway.
+        if args.imports:
+            version, error = _version_of(module)
+        else:
+            error = _find(module)
+            version = None if error else "unknown"
         if version is not None:
             version = _package_version(dist) or version
         runtimes[name] = {"version": version, "error": error}
@@ -172,7 +205,7 @@ def cmd_probe(args):
     numpy_version, numpy_error = _version_of("numpy")
     import device_state  # next to this file in the run dir
     print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable,
-                      "numpy": numpy_version, "numpy_error": numpy_error,
+                      "numpy": numpy_version, "numpy_error": numpy_error, "imported": args.imports,
                       "runtimes": runtimes, "state": device_state.sample_state()}))
 
 
@@ -247,7 +280,9 @@ def main(argv=None):
     p = sub.add_parser("unlock")
     p.add_argument("lockdir")
     p.add_argument("--owner", required=True)
-    sub.add_parser("probe")
+    p = sub.add_parser("probe")
+    p.add_argument("--imports", action="store_true",
+                   help="import each runtime to prove it loads (slow), not only check it is installed")
     p = sub.add_parser("exec")
     p.add_argument("--pidfile", required=True)
     p.add_argument("--timeout", type=float, required=True)

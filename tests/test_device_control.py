@@ -124,3 +124,21 @@ def test_of_many_runners_reclaiming_one_expired_lock_exactly_one_gets_it(tmp_pat
              for i in range(8)]
     codes = [p.wait(timeout=30) for p in procs]
     assert sorted(codes) == [0] + [6] * 7
+
+
+def test_probe_finds_runtimes_without_importing_them_unless_asked(tmp_path):
+    """A plain probe only looks for the runtime's files (importing executorch takes seconds); --imports runs them."""
+    (tmp_path / "onnxruntime").mkdir()
+    (tmp_path / "onnxruntime" / "__init__.py").write_text("raise RuntimeError('onnxruntime was imported')\n")
+    (tmp_path / "tflite_runtime").mkdir()  # the package without its interpreter module
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    probe = [sys.executable, str(DEVICE_PY), "probe"]
+    quick = json.loads(subprocess.run(probe, capture_output=True, text=True, env=env, timeout=60).stdout)
+    assert quick["imported"] is False
+    assert quick["runtimes"]["onnxruntime"]["error"] is None and quick["runtimes"]["onnxruntime"]["version"]
+    assert quick["runtimes"]["tflite_runtime"] == {
+        "version": None, "error": "ModuleNotFoundError: No module named 'tflite_runtime.interpreter'"}
+    full = json.loads(subprocess.run([*probe, "--imports"], capture_output=True, text=True, env=env,
+                                     timeout=120).stdout)
+    assert full["imported"] is True
+    assert full["runtimes"]["onnxruntime"] == {"version": None, "error": "RuntimeError: onnxruntime was imported"}
