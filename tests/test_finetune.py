@@ -272,3 +272,15 @@ def test_resuming_with_other_settings_is_refused(dense, data, tmp_path):
     ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, checkpoint_dir=tmp_path, quiet=True)
     with pytest.raises(ep.ModelError, match=r"other settings \(lr: 0.001 there, 0.01 now\)"):
         ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, lr=0.01, checkpoint_dir=tmp_path, quiet=True)
+
+
+def test_iterative_prune_applies_the_recipe_at_every_step(dense, data):
+    """A recipe forcing 2:4 on one layer holds through each re-plan, and the budget counts it at the sparse rate."""
+    xtr, ytr, _, _ = data
+    inputs = zoo.small_cnn.example_inputs()
+    recipe = {"layers": {"res.0": {"method": "n:m"}}}
+    result = ep.iterative_prune(dense, inputs, "jetson-orin-nano-8gb", ep.Budget(macs_ratio=0.6),
+                                _loader(xtr, ytr, n=256), steps=2, epochs_per_step=1, recipe=recipe, quiet=True)
+    weight = dict(ep.finalize(result.model).named_modules())["res.0"].weight
+    assert satisfies_nm(weight, 2, 4)
+    assert result.history[-1]["macs_ratio"] <= 0.6 + 1e-9

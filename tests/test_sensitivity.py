@@ -175,3 +175,20 @@ def test_cli_without_validation_data_fails_clearly(tmp_path):
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "--digits" in result.output
+
+
+def test_on_a_2_4_target_the_wide_layers_get_one_n_m_point(trained, inputs, jetson_small):
+    """2:4 has one amount (half the weights), so each 2:4 layer is measured once, at 0.5."""
+    sens = ep.sensitivity(trained, inputs, zoo.digits("test"), None, jetson_small)
+    nm_rows = [r for r in sens.rows if r.method == "n:m"]
+    assert {r.layer for r in nm_rows} >= {"res.0", "res.3", "branch_b.0"}
+    assert all(r.amounts == (0.5,) and len(r.drops) == 1 for r in nm_rows)
+    # depthwise: no dense GEMM for 2:4, and its channels are expand.0's, which is 2:4 here
+    assert "coupled to expand.0 (n:m on this target)" in sens.skipped["depthwise.0"]
+
+
+def test_plan_with_2_4_sensitivity_meets_the_budget(trained, inputs, jetson_small, budget):
+    sens = ep.sensitivity(trained, inputs, zoo.digits("test"), None, jetson_small)
+    plan = ep.plan(trained, inputs, jetson_small, budget, sensitivity=sens)
+    assert plan.macs_ratio <= budget.macs_ratio + 1e-9
+    assert plan.by_method("n:m")
