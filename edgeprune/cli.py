@@ -446,6 +446,22 @@ def _validation(digits: bool, data: Optional[Path]):
     return tensors["x"], tensors["y"].long()
 
 
+def _bn_data(source: Optional[str]):
+    """(x, y) whose x recomputes BatchNorm statistics: 'digits' (the training split) or a .safetensors with x."""
+    if source is None:
+        return None
+    if source == "digits":
+        from .zoo import digits as load_digits
+
+        return load_digits("train")
+    import torch
+
+    tensors = _load_tensors("--bn-data", Path(source))
+    if "x" not in tensors:
+        raise EdgepruneError(f"--bn-data {source}: no tensor named 'x' (has: {', '.join(tensors)})")
+    return tensors["x"], torch.zeros(len(tensors["x"]), dtype=torch.long)  # labels unused: statistics only
+
+
 @app.command("sensitivity")
 def sensitivity_cmd(
     target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
@@ -455,6 +471,8 @@ def sensitivity_cmd(
     amounts: str = typer.Option("0.25,0.5,0.75", "--amounts", help="fractions to prune each layer by"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for sensitivity.json and sensitivity.png"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing files in --out"),
+    bn_data: Optional[str] = typer.Option(None, "--bn-data", help="recompute each pruned copy's BatchNorm statistics "
+                                          "first: 'digits' (training split) or a .safetensors with tensor x"),
 ) -> None:
     """Prune each layer of MODEL alone as TARGET would, measure top-1 accuracy, write JSON and a plot."""
     from .sensitivity import sensitivity
@@ -471,7 +489,7 @@ def sensitivity_cmd(
         val = _validation(digits, data)
         module = build(model)
         inputs = _example_inputs(model, input_shape, input_name, input_dtype)
-        result = sensitivity(module, inputs, val, None, target, amounts=fractions)
+        result = sensitivity(module, inputs, val, None, target, amounts=fractions, calibration_data=_bn_data(bn_data))
         table = Table(title=f"sensitivity for {result.target} (baseline {result.baseline:.4g})")
         for col in ("layer", "method", *(f"{a:.0%}" for a in fractions)):
             table.add_column(col)

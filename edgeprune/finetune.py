@@ -44,6 +44,7 @@ from .budget import Budget
 from .costs import measure, prunable_layers
 from .distill import kd_loss
 from .errors import BudgetError, EdgepruneError, ModelError
+from .batchnorm import recalibrate_ as _recalibrate_, recalibrate_bn
 from .metrics import accuracy  # re-exported: the demo, benchmarks and tests import it from here
 from .metrics import logits as _logits, split_batch as _split
 from .pruning.nm import nm_mask, reduction_size
@@ -170,35 +171,6 @@ def _apply_gradual(model: nn.Module, schedule: GradualSchedule, layers: list[str
                 module.weight_mask.mul_(mask.to(module.weight_mask.dtype))
                 _refresh_weight(module)
     _enforce_masks(model)
-
-
-def _recalibrate_(model: nn.Module, loader: Any, batches: Optional[int] = None) -> None:
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    was = model.training
-    momenta = [bn.momentum for bn in bns]
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches seen
-        bn.train()
-    with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if batches is not None and i >= batches:
-                break
-            _logits(model, _split(batch)[0])
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    model.train(was)
-
-
-def recalibrate_bn(model: nn.Module, loader: DataLoader, batches: Optional[int] = None) -> nn.Module:
-    """A copy of `model` whose BatchNorm running statistics are recomputed from `loader` (reset, then a
-    cumulative average over `batches` batches, or all; only BN layers in train mode, no grad)."""
-    work = copy_model(model)
-    _recalibrate_(work, loader, batches)
-    return work
 
 
 def _epoch_loader(loader: DataLoader, seed: int, epoch: int) -> DataLoader:

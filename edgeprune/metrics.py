@@ -13,7 +13,7 @@ from torch import nn
 from .errors import EdgepruneError, ModelError
 from .inputs import call, main_output
 
-__all__ = ["accuracy", "split_batch", "logits"]
+__all__ = ["accuracy", "batches", "split_batch", "logits"]
 
 _CHUNK = 256  # an (X, Y) pair is scored in slices so a large validation set never runs as one batch
 
@@ -32,7 +32,8 @@ def logits(model: nn.Module, inputs: Any) -> torch.Tensor:
     return main_output(call(model, inputs if isinstance(inputs, dict) else (inputs,)))
 
 
-def _batches(data: Any) -> Iterable:
+def batches(data: Any) -> Iterable:
+    """Batches of `data`: a DataLoader or iterable as it is; one (X, Y) tensor pair in slices."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
         return [(x[i:i + _CHUNK], y[i:i + _CHUNK]) for i in range(0, len(y), _CHUNK)]
@@ -50,7 +51,7 @@ def accuracy(model: nn.Module, data: Any, *, raise_if_empty: bool = False) -> fl
     correct = total = 0
     try:
         with torch.no_grad():
-            for batch in _batches(data):
+            for batch in batches(data):
                 inputs, labels = split_batch(batch)
                 correct += int((logits(model, inputs).argmax(-1) == labels).sum())
                 total += int(labels.numel())

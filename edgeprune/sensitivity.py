@@ -21,6 +21,7 @@ from torch import nn
 
 from .budget import Budget
 from .errors import EdgepruneError, ModelError
+from .batchnorm import recalibrate_
 from .metrics import accuracy
 from .targets import Target, load_target
 
@@ -56,6 +57,7 @@ class Sensitivity:
     rows: list[LayerSensitivity]
     metric: str = "top1"
     skipped: dict[str, str] = field(default_factory=dict)  # eligible layers that could not be measured, why
+    bn_recalibrated: bool = False  # each pruned copy's BatchNorm statistics recomputed before measuring
 
     def row(self, layer: str) -> LayerSensitivity:
         for r in self.rows:
@@ -77,7 +79,8 @@ class Sensitivity:
     # -- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "target": self.target, "baseline": self.baseline, "metric": self.metric,
-                "rows": [asdict(r) for r in self.rows], "skipped": dict(self.skipped)}
+                "rows": [asdict(r) for r in self.rows], "skipped": dict(self.skipped),
+                "bn_recalibrated": self.bn_recalibrated}
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -89,7 +92,7 @@ class Sensitivity:
         rows = [LayerSensitivity(**{**r, **{k: tuple(r[k]) for k in ("amounts", "values", "drops", "removed")}})
                 for r in data["rows"]]
         return cls(target=data["target"], baseline=data["baseline"], rows=rows, metric=data.get("metric", "top1"),
-                   skipped=dict(data.get("skipped", {})))
+                   skipped=dict(data.get("skipped", {})), bn_recalibrated=bool(data.get("bn_recalibrated", False)))
 
     @classmethod
     def from_json(cls, text: str) -> "Sensitivity":
@@ -150,11 +153,15 @@ def sensitivity(
     amounts: Sequence[float] = (0.25, 0.5, 0.75),
     layers: Optional[Sequence[str]] = None,
     importance: str = "l2",
+    calibration_data: Any = None,
+    calibration_batches: Optional[int] = None,
 ) -> Sensitivity:
     """Prune each eligible layer alone, at each amount, on a copy of `model`, and record the metric's drop.
 
     `metric(model, val_data) -> float`, higher is better (default: top-1 accuracy over (x, y) batches).
-    `model` is never modified.
+    With `calibration_data` (training batches), each pruned copy's BatchNorm statistics are recomputed
+    before it is measured, so a drop shows what the layer carries rather than stale statistics, which
+    `ep.finetune` would repair anyway. `model` is never modified.
     """
     from .pruning import finalize
     from .pruning.nm import apply_nm
@@ -178,6 +185,11 @@ def sensitivity(
     except Exception as exc:
         raise ModelError(f"the metric failed on the dense {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
     eligible, modules, align = _eligible(base_model, example_inputs, target, layers)
+
+    def score(pruned: nn.Module) -> float:
+        if calibration_data is not None:
+            recalibrate_(pruned, calibration_data, calibration_batches)
+        return float(metric_fn(pruned.eval(), val_data))
 
     structured = [n for n, c in eligible.items() if c.method == "structured"]
     frozen = [n for n in modules if n not in structured]
@@ -206,7 +218,7 @@ def sensitivity(
                         if failures:
                             skipped[name] = f"pruning it breaks the model ({failures[g.root]})"
                             break
-                        measured[key] = (float(metric_fn(pruned.eval(), val_data)), remove / g.channels)
+                        measured[key] = (score(pruned), remove / g.channels)
                 v, r = measured[key]
                 values.append(v)
                 removed.append(r)
@@ -216,7 +228,7 @@ def sensitivity(
         elif choice.method == "n:m":
             pruned = copy_model(base_model)
             apply_nm(dict(pruned.named_modules())[name], choice.n, choice.m)
-            v = float(metric_fn(finalize(pruned).eval(), val_data))
+            v = score(finalize(pruned))
             a = 1 - choice.n / choice.m
             rows.append(LayerSensitivity(name, "n:m", (a,), (v,), (baseline - v,), (a,)))
         else:  # unstructured
@@ -224,8 +236,9 @@ def sensitivity(
             for a in amounts:
                 pruned = copy_model(base_model)
                 apply_unstructured(dict(pruned.named_modules())[name], a)
-                values.append(float(metric_fn(finalize(pruned).eval(), val_data)))
+                values.append(score(finalize(pruned)))
             rows.append(LayerSensitivity(name, "unstructured", amounts, tuple(values),
                                          tuple(baseline - v for v in values), amounts))
     name = getattr(metric, "__name__", "metric") if metric is not None else "top1"
-    return Sensitivity(target=target.name, baseline=baseline, rows=rows, metric=name, skipped=skipped)
+    return Sensitivity(target=target.name, baseline=baseline, rows=rows, metric=name, skipped=skipped,
+                       bn_recalibrated=calibration_data is not None)
