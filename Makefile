@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/export_speed.py --out bench/out/export_speed.md
 	$(BIN)/python bench/export_time.py --out bench/out/export_time.md
 	$(BIN)/python bench/runner_overhead.py --out bench/out/runner_overhead.md
+	$(BIN)/python bench/quality.py --out bench/out/quality.md --json bench/out/quality.json
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

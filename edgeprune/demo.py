@@ -76,6 +76,7 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
     # int8: calibrated on training digits, verified on held-out test digits (real data both)
     calib = [(x[i : i + 1],) for x, _ in [next(iter(train))] for i in range(len(x))]
     held_out = [(x[i : i + 1],) for x, _ in [next(iter(test))] for i in range(32)]
+    in_order = DataLoader(train.dataset, batch_size=256)
     rows, plans, points = [], {}, []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as bar:
@@ -87,7 +88,8 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
                 bar.update(task, description=f"{target_name}: {name}")
 
             stage("sensitivity")
-            sens = ep.sensitivity(dense, inputs, val, None, target)
+            # BN recalibrated per pruned copy: the drop then shows the layer, not stale statistics (BENCHMARKS.md)
+            sens = ep.sensitivity(dense, inputs, val, None, target, calibration_data=in_order)
             sens.plot(out / f"sensitivity-{target_name}.png")
             bar.advance(task)
             stage("plan + prune")
