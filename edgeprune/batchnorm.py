@@ -28,6 +28,8 @@ def recalibrate_(model: nn.Module, data: Any, batches: Optional[int] = None) -> 
         return
     was = model.training
     momenta = [bn.momentum for bn in bns]
+    # kept so that a failure (empty data, a batch the model rejects) leaves the statistics as they were
+    saved = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
     model.eval()
     for bn in bns:
         bn.reset_running_stats()
@@ -41,12 +43,16 @@ def recalibrate_(model: nn.Module, data: Any, batches: Optional[int] = None) -> 
                     break
                 logits(model, split_batch(batch)[0])
                 seen += 1
+        if not seen:
+            raise ModelError("BatchNorm recalibration data is empty: it yields no batches")
+    except BaseException:
+        for bn, state in zip(bns, saved):
+            bn.load_state_dict(state)
+        raise
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         model.train(was)
-    if not seen:
-        raise ModelError("BatchNorm recalibration data is empty: it yields no batches")
 
 
 def recalibrate_bn(model: nn.Module, data: Any, batches: Optional[int] = None) -> nn.Module:

@@ -42,7 +42,7 @@ import paramiko
 from ._atomic import sha256_file
 from ._resources import builtin_dir
 from .devices import Device, get_device, load_devices
-from .errors import (ArtifactError, ConnectionLostError, DeviceBusyError, DeviceError, HostKeyError,
+from .errors import (ArtifactError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError, HostKeyError,
                      RemoteTimeoutError)
 
 # artifact suffix -> harness; a .tflite whose manifest names TFLite-Micro runs in bench_tflm.py
@@ -822,7 +822,7 @@ def _cleanup(session: _Session, device: Device, rundir: str, lockdir: Optional[s
 def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: "str | Path | None" = None,
                settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
                trust_new_host_key: bool = False, progress: Optional[Callable[[str, str, dict], None]] = None,
-               ) -> list["BenchResult | DeviceError"]:
+               ) -> list["BenchResult | EdgepruneError"]:
     """Run (device, artifact) jobs, one thread per device, jobs on one device one after another.
     Returns a result or the error for each job, in order; one device failing does not stop the others."""
     inventory = load_devices(devices) if any(isinstance(d, str) for d, _ in jobs) else {}
@@ -839,7 +839,7 @@ def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: 
             try:
                 results[i] = bench(art, dev, settings=settings, runtime=runtime,
                                    trust_new_host_key=trust_new_host_key, progress=report)
-            except (DeviceError, ArtifactError) as exc:
+            except EdgepruneError as exc:
                 results[i] = exc
             except Exception as exc:  # one device's surprise must not take the others' results with it
                 results[i] = DeviceError(f"device '{dev.name}': unexpected {type(exc).__name__}: {exc}")

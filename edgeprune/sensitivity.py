@@ -159,9 +159,9 @@ def sensitivity(
     """Prune each eligible layer alone, at each amount, on a copy of `model`, and record the metric's drop.
 
     `metric(model, val_data) -> float`, higher is better (default: top-1 accuracy over (x, y) batches).
-    With `calibration_data` (training batches), each pruned copy's BatchNorm statistics are recomputed
-    before it is measured, so a drop shows what the layer carries rather than stale statistics, which
-    `ep.finetune` would repair anyway. `model` is never modified.
+    With `calibration_data` (training batches), the BatchNorm statistics of the dense copy that gives the
+    baseline and of each pruned copy are recomputed before it is measured, so a drop shows what the layer
+    carries rather than stale statistics, which `ep.finetune` would repair anyway. `model` is never modified.
     """
     from .pruning import finalize
     from .pruning.nm import apply_nm
@@ -178,6 +178,15 @@ def sensitivity(
     # empty val_data must fail loudly: a NaN baseline would make every drop NaN
     metric_fn = metric or partial(accuracy, raise_if_empty=True)
     base_model = finalize(model).eval()  # a copy: the caller's model is never touched
+    if calibration_data is not None:
+        # the baseline gets the same treatment as every pruned copy, so a drop is the pruning's alone
+        try:
+            recalibrate_(base_model, calibration_data, calibration_batches)
+        except EdgepruneError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"calibration_data does not run through the dense {type(model).__name__}: "
+                             f"{type(exc).__name__}: {exc}") from exc
     try:
         baseline = float(metric_fn(copy_model(base_model), val_data))
     except EdgepruneError:

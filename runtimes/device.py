@@ -182,6 +182,20 @@ def _find(module_name):
     return None
 
 
+def _listable(module_name):
+    """Whether `_find` can look for the module as files: not when its top package lives in a zip/egg or
+    behind a finder without directories (some editable installs); those are imported instead."""
+    import importlib.util
+
+    if "." not in module_name:
+        return True
+    try:
+        spec = importlib.util.find_spec(module_name.split(".")[0])
+    except Exception:
+        return True  # _find reports the error
+    return spec is None or any(os.path.isdir(d) for d in (spec.submodule_search_locations or []))
+
+
 def cmd_probe(args):
     runtimes = {}
     for name, module, dist in (("executorch", "executorch.runtime", "executorch"),
@@ -191,7 +205,7 @@ def cmd_probe(args):
                                ("tflm", "tflite_micro.python.tflite_micro.runtime", "tflite-micro")):
         # Importing proves a runtime loads but costs seconds (executorch pulls in torch), so `devices check`
         # only looks for the files unless asked; a harness that cannot import its runtime fails clearly anyway.
-        if args.imports:
+        if args.imports or not _listable(module):
             version, error = _version_of(module)
         else:
             error = _find(module)

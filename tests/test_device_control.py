@@ -130,7 +130,8 @@ def test_probe_finds_runtimes_without_importing_them_unless_asked(tmp_path):
     """A plain probe only looks for the runtime's files (importing executorch takes seconds); --imports runs them."""
     (tmp_path / "onnxruntime").mkdir()
     (tmp_path / "onnxruntime" / "__init__.py").write_text("raise RuntimeError('onnxruntime was imported')\n")
-    (tmp_path / "tflite_runtime").mkdir()  # the package without its interpreter module
+    (tmp_path / "tflite_runtime").mkdir()  # the package without its interpreter module; a regular package
+    (tmp_path / "tflite_runtime" / "__init__.py").write_text("")  # so it wins over an installed tflite_runtime
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     probe = [sys.executable, str(DEVICE_PY), "probe"]
     quick = json.loads(subprocess.run(probe, capture_output=True, text=True, env=env, timeout=60).stdout)

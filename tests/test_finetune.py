@@ -274,13 +274,33 @@ def test_resuming_with_other_settings_is_refused(dense, data, tmp_path):
         ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, lr=0.01, checkpoint_dir=tmp_path, quiet=True)
 
 
-def test_iterative_prune_applies_the_recipe_at_every_step(dense, data):
+def test_iterative_prune_applies_the_recipe_at_every_step(dense, data, tmp_path):
     """A recipe forcing 2:4 on one layer holds through each re-plan, and the budget counts it at the sparse rate."""
+    from safetensors.torch import load_file
+
     xtr, ytr, _, _ = data
     inputs = zoo.small_cnn.example_inputs()
     recipe = {"layers": {"res.0": {"method": "n:m"}}}
     result = ep.iterative_prune(dense, inputs, "jetson-orin-nano-8gb", ep.Budget(macs_ratio=0.6),
-                                _loader(xtr, ytr, n=256), steps=2, epochs_per_step=1, recipe=recipe, quiet=True)
-    weight = dict(ep.finalize(result.model).named_modules())["res.0"].weight
-    assert satisfies_nm(weight, 2, 4)
+                                _loader(xtr, ytr, n=256), steps=2, epochs_per_step=1, recipe=recipe,
+                                checkpoint_dir=tmp_path, quiet=True)
+    for step in (1, 2):  # each step's fine-tuned weights, as checkpointed
+        [saved] = (tmp_path / f"step-{step}").glob("epoch-*.safetensors")
+        tensors = load_file(str(saved))
+        assert satisfies_nm(tensors["model.res.0.weight_orig"] * tensors["model.res.0.weight_mask"], 2, 4)
     assert result.history[-1]["macs_ratio"] <= 0.6 + 1e-9
+    # counted at the dense rate, res.0 could not stay this wide within 0.6 of the MACs
+    dense_macs = ep.measure(dense, inputs).macs
+    assert ep.measure(ep.finalize(result.model), inputs).macs > 0.6 * dense_macs
+
+
+def test_a_failed_bn_recalibration_leaves_the_statistics_as_they_were(dense):
+    from edgeprune.batchnorm import recalibrate_
+
+    model = copy.deepcopy(dense)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    bad = [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), (torch.zeros(4, 3, 8, 8), torch.zeros(4))]
+    with pytest.raises(RuntimeError):
+        recalibrate_(model, bad)  # the second batch has 3 channels: the model rejects it after one good batch
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())

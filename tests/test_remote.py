@@ -124,3 +124,19 @@ def test_check_reports_the_runtimes_present_on_the_local_device(local):
     assert found.reachable and found.error is None and found.workdir_writable
     assert found.runtimes["onnxruntime"]["version"] and found.runtimes["executorch"]["version"]
     assert found.state.get("hostname")
+
+
+def test_bench_many_gives_each_device_its_own_threads_unless_the_settings_set_them(bench_artifacts, tmp_path):
+    one = local_device(name="one-thread", workdir=str(tmp_path / "a"), threads=1)
+    two = local_device(name="two-threads", workdir=str(tmp_path / "b"), threads=2)
+    jobs = [(one, bench_artifacts.onnx), (two, bench_artifacts.onnx)]
+    results = ep.bench_many(jobs, settings=QUICK)
+    assert [r.threads for r in results] == [1, 2]
+    forced = ep.bench_many(jobs, settings=dataclasses.replace(QUICK, threads=2))
+    assert [r.threads for r in forced] == [2, 2]
+
+
+def test_bench_many_returns_any_edgeprune_error_as_it_is(tmp_path, local):
+    missing = tmp_path / "nowhere.onnx"
+    [result] = ep.bench_many([(local, missing)], settings=QUICK)
+    assert isinstance(result, ep.ArtifactError) and "unexpected" not in str(result)

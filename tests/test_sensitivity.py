@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune.cli import app
+from edgeprune.metrics import accuracy
 from edgeprune.plots import plot_accuracy_vs_latency, plot_layer_sparsity
 
 PI5 = "raspberry-pi-5"
@@ -200,10 +201,16 @@ def test_bn_recalibrated_sensitivity_recomputes_statistics_of_each_pruned_copy(t
     plain = ep.sensitivity(trained, inputs, val, None, PI5, amounts=(0.5,))
     recal = ep.sensitivity(trained, inputs, val, None, PI5, amounts=(0.5,), calibration_data=train)
     assert recal.bn_recalibrated and not plain.bn_recalibrated
-    assert recal.baseline == plain.baseline  # the dense model is measured as given
+    assert recal.baseline == pytest.approx(accuracy(ep.recalibrate_bn(trained, train), val))
     mean = lambda s: sum(r.drops[0] for r in s.rows) / len(s.rows)  # noqa: E731
     assert mean(recal) < mean(plain)
     assert ep.Sensitivity.from_json(recal.to_json()).bn_recalibrated
+
+
+def test_calibration_data_the_model_cannot_take_is_a_clear_error(trained, inputs):
+    wrong = (torch.zeros(8, 3, 8, 8), torch.zeros(8, dtype=torch.long))  # 3 channels for a 1-channel model
+    with pytest.raises(ep.ModelError, match="calibration_data does not run through the dense SmallCNN"):
+        ep.sensitivity(trained, inputs, zoo.digits("test"), None, PI5, amounts=(0.5,), calibration_data=wrong)
 
 
 def test_empty_calibration_data_is_a_clear_error(trained, inputs):
