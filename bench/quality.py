@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 import edgeprune as ep
 from _report import emit
 from edgeprune import demo, zoo
-from edgeprune.finetune import accuracy
+from edgeprune.metrics import accuracy
 
 RATIOS = (0.5, 0.25)
 EPOCHS = 8
@@ -107,9 +107,8 @@ def families(dense, inputs, train, seed: int):
                                       rewind_epoch=1, layers=MIDDLE, **kd).model)
 
 
-def recover(pruned, dense, train, test, seed: int) -> dict[str, float]:
+def recover(pruned, dense, train, in_order, test, seed: int) -> dict[str, float]:
     ft = dict(epochs=EPOCHS, lr=LR, seed=seed, quiet=True)
-    in_order = DataLoader(train.dataset, batch_size=train.batch_size)  # same batches for every plan: comparable
     return {"none": accuracy(pruned, test), "bn_recal": accuracy(ep.recalibrate_bn(pruned, in_order), test),
             "ft": accuracy(ep.finetune(pruned, train, **ft).model, test),
             "ft_kd": accuracy(ep.finetune(pruned, train, teacher=dense, **ft).model, test)}
@@ -123,19 +122,19 @@ def run_seed(seed: int) -> dict:
     torch.manual_seed(seed)
     dense = ep.finetune(zoo.SmallCNN(), train, epochs=15, lr=3e-3, val_data=val, seed=seed, quiet=True).model.eval()
     dense_macs = nonzero_macs(dense, inputs)
+    in_order = DataLoader(train.dataset, batch_size=train.batch_size)  # same BN-recal batches for every plan
     out = {"seed": seed, "dense": accuracy(dense, test), "families": [], "sensitivity": []}
     for family, ratio, plan, gradual, lottery in families(dense, inputs, train, seed):
         pruned = ep.prune(dense, plan)
         row = {"family": family, "ratio": ratio, "macs_kept": nonzero_macs(pruned, inputs) / dense_macs,
                "params_kept": ep.measure(ep.finalize(pruned), inputs).params / ep.measure(dense, inputs).params,
-               **recover(pruned, dense, train, test, seed)}
+               **recover(pruned, dense, train, in_order, test, seed)}
         for key, make in (("gradual_kd", gradual), ("imp_kd", lottery)):
             if make is not None:
                 model = make()
                 row[key], row[f"macs_kept_{key}"] = accuracy(model, test), nonzero_macs(model, inputs) / dense_macs
         out["families"].append(row)
         print(f"seed {seed}: {family} at {ratio}: {time.perf_counter() - start:.0f} s", flush=True)
-    in_order = DataLoader(train.dataset, batch_size=train.batch_size)
     for target, ratios in SENSITIVITY_CASES:
         sens = ep.sensitivity(dense, inputs, val, None, target)
         sens_bn = ep.sensitivity(dense, inputs, val, None, target, calibration_data=in_order)
@@ -146,7 +145,7 @@ def run_seed(seed: int) -> dict:
                 pruned = ep.prune(dense, plan)
                 row = {"target": target, "ratio": ratio, "policy": policy,
                        "macs_kept": nonzero_macs(pruned, inputs) / dense_macs,
-                       **recover(pruned, dense, train, test, seed)}
+                       **recover(pruned, dense, train, in_order, test, seed)}
                 out["sensitivity"].append(row)
     out["seconds"] = time.perf_counter() - start
     print(f"seed {seed}: done in {out['seconds']:.0f} s", flush=True)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import edgeprune as ep
 from edgeprune import plots, zoo
-from edgeprune.finetune import accuracy
+from edgeprune.metrics import accuracy
 
 TARGETS = ("jetson-orin-nano-8gb", "raspberry-pi-5", "corstone-300-ethos-u55-128")
 BUDGET = ep.Budget(macs_ratio=0.5)

@@ -45,13 +45,12 @@ from .costs import measure, prunable_layers
 from .distill import kd_loss
 from .errors import BudgetError, EdgepruneError, ModelError
 from .batchnorm import recalibrate_ as _recalibrate_, recalibrate_bn
-from .metrics import accuracy  # re-exported: the demo, benchmarks and tests import it from here
+from .metrics import accuracy  # the default metric
 from .metrics import logits as _logits, split_batch as _split
 from .pruning.nm import nm_mask, reduction_size
 from .schedules import cosine_lr, cubic_sparsity
 
-__all__ = ["FinetuneResult", "GradualSchedule", "finetune", "recalibrate_bn", "iterative_prune", "lottery",
-           "accuracy"]
+__all__ = ["FinetuneResult", "GradualSchedule", "finetune", "recalibrate_bn", "iterative_prune", "lottery"]
 
 CHECKPOINT_SCHEMA = "edgeprune.finetune-checkpoint/1"
 

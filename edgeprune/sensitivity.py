@@ -143,6 +143,16 @@ def _why_tied(graph, name: str, eligible: dict) -> str:
     return "its output channels are tied to the model's output or to a kept layer"
 
 
+def _on_dense(failure: str, step: Callable[[], Any]) -> Any:
+    """Run a step on the dense model; a user-side failure (their data, their metric) becomes a ModelError."""
+    try:
+        return step()
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"{failure}: {type(exc).__name__}: {exc}") from exc
+
+
 def sensitivity(
     model: nn.Module,
     example_inputs: Any,
@@ -178,21 +188,13 @@ def sensitivity(
     # empty val_data must fail loudly: a NaN baseline would make every drop NaN
     metric_fn = metric or partial(accuracy, raise_if_empty=True)
     base_model = finalize(model).eval()  # a copy: the caller's model is never touched
+    dense = type(model).__name__
     if calibration_data is not None:
         # the baseline gets the same treatment as every pruned copy, so a drop is the pruning's alone
-        try:
-            recalibrate_(base_model, calibration_data, calibration_batches)
-        except EdgepruneError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"calibration_data does not run through the dense {type(model).__name__}: "
-                             f"{type(exc).__name__}: {exc}") from exc
-    try:
-        baseline = float(metric_fn(copy_model(base_model), val_data))
-    except EdgepruneError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the metric failed on the dense {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+        _on_dense(f"calibration_data does not run through the dense {dense}",
+                  lambda: recalibrate_(base_model, calibration_data, calibration_batches))
+    baseline = float(_on_dense(f"the metric failed on the dense {dense}",
+                               lambda: metric_fn(copy_model(base_model), val_data)))
     eligible, modules, align = _eligible(base_model, example_inputs, target, layers)
 
     def score(pruned: nn.Module) -> float:

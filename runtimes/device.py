@@ -159,7 +159,8 @@ def _package_version(dist):
 def _find(module_name):
     """None when `module_name` is installed, else why not; none of its code runs. importlib.util.find_spec
     of a dotted name would import (run the __init__ of) its parent packages, so only the top level goes
-    through it (that also sees editable installs) and each submodule is looked for in its parent's dirs."""
+    through it (that also sees editable installs) and each submodule is looked for in its parent's dirs.
+    A package whose files cannot be listed (a zip/egg, a finder without directories) is imported instead."""
     import importlib.machinery
     import importlib.util
 
@@ -170,7 +171,9 @@ def _find(module_name):
         return "%s: %s" % (type(exc).__name__, exc)
     if spec is None:
         return "ModuleNotFoundError: No module named '%s'" % parts[0]
-    dirs = list(spec.submodule_search_locations or [])
+    dirs = [d for d in (spec.submodule_search_locations or []) if os.path.isdir(d)]
+    if len(parts) > 1 and not dirs:
+        return _version_of(module_name)[1]
     for depth, part in enumerate(parts[1:], 2):
         hits = [os.path.join(d, part) for d in dirs]
         if any(os.path.isdir(h) for h in hits):  # a package, or a namespace package without __init__.py
@@ -182,20 +185,6 @@ def _find(module_name):
     return None
 
 
-def _listable(module_name):
-    """Whether `_find` can look for the module as files: not when its top package lives in a zip/egg or
-    behind a finder without directories (some editable installs); those are imported instead."""
-    import importlib.util
-
-    if "." not in module_name:
-        return True
-    try:
-        spec = importlib.util.find_spec(module_name.split(".")[0])
-    except Exception:
-        return True  # _find reports the error
-    return spec is None or any(os.path.isdir(d) for d in (spec.submodule_search_locations or []))
-
-
 def cmd_probe(args):
     runtimes = {}
     for name, module, dist in (("executorch", "executorch.runtime", "executorch"),
@@ -205,7 +194,7 @@ def cmd_probe(args):
                                ("tflm", "tflite_micro.python.tflite_micro.runtime", "tflite-micro")):
         # Importing proves a runtime loads but costs seconds (executorch pulls in torch), so `devices check`
         # only looks for the files unless asked; a harness that cannot import its runtime fails clearly anyway.
-        if args.imports or not _listable(module):
+        if args.imports:
             version, error = _version_of(module)
         else:
             error = _find(module)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune.distill import kd_loss
-from edgeprune.finetune import accuracy
+from edgeprune.metrics import accuracy
 from edgeprune.pruning.nm import apply_nm, satisfies_nm
 from edgeprune.schedules import cosine_lr, cubic_sparsity
 

@@ -136,7 +136,7 @@ def test_bench_many_gives_each_device_its_own_threads_unless_the_settings_set_th
     assert [r.threads for r in forced] == [2, 2]
 
 
-def test_bench_many_returns_any_edgeprune_error_as_it_is(tmp_path, local):
+def test_bench_many_returns_a_missing_artifact_as_an_artifact_error(tmp_path, local):
     missing = tmp_path / "nowhere.onnx"
     [result] = ep.bench_many([(local, missing)], settings=QUICK)
     assert isinstance(result, ep.ArtifactError) and "unexpected" not in str(result)
