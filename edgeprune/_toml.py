@@ -6,8 +6,10 @@ Target profiles and recipes (and later the device inventory) share this one path
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,16 +34,49 @@ def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
         raise error(f"{path}: not valid TOML: {exc}") from None
 
 
+def _step(annotation: Any, part: Any) -> Any:
+    """The type found one step down `annotation` at `part` of an error's location: a model's field, a
+    dict's value type (the part is a key), a list's item type (the part is an index); None when unknown."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        members = [a for a in args if a is not type(None)]
+        named = [a for a in members if getattr(a, "__name__", None) == part]
+        if named:  # pydantic names the union member it tried in the location
+            return named[0]
+        if len(members) == 1:
+            return _step(members[0], part)
+        steps = [s for s in (_step(m, part) for m in members) if s is not None]
+        return steps[0] if len(steps) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field else None
+    if origin in (dict, Mapping) and len(args) == 2:
+        return args[1]
+    if origin in (list, tuple, set, frozenset, Sequence) and args and isinstance(part, int):
+        return args[0]
+    return None
+
+
+def _as_model(annotation: Any) -> "type[BaseModel] | None":
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _as_model(members[0])
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys a table at `loc` may hold, for telling the user what was expected instead."""
+    """The keys the table at `loc` may hold, for telling the user what was expected instead: the walk
+    descends through models' fields, Optional fields and the values of dict[str, Model] tables."""
+    annotation: Any = model
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        sub = getattr(field, "annotation", None) if field else None
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            model = sub
-        else:
-            break
-    return sorted(model.model_fields)
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return []
+    table = _as_model(annotation)
+    return sorted(table.model_fields) if table else []
 
 
 def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
@@ -50,8 +85,9 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> s
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "<top level>"
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(model, err["loc"][:-1]))
-            lines.append(f"key '{key}': unknown key (expected one of: {allowed})")
+            allowed = _allowed_keys(model, err["loc"][:-1])
+            expected = f" (expected one of: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"key '{key}': unknown key{expected}")
         elif err["type"] == "missing":
             lines.append(f"key '{key}': missing (required)")
         else:

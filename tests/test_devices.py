@@ -101,3 +101,12 @@ def test_an_unknown_device_name_lists_the_known_ones(write_toml):
 def test_host_names_are_matched_in_lower_case_as_openssh_does(write_toml):
     path = write_toml("devices.toml", '[devices.pi]\nhost = "Pi5-Lab.Local"\ntarget = "raspberry-pi-5"\n')
     assert get_device("pi", path).hostname == "pi5-lab.local"
+
+
+def test_an_unknown_key_in_a_device_entry_lists_the_keys_a_device_takes(write_toml):
+    path = write_toml("devices.toml", '[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\nhots = "x"\n')
+    with pytest.raises(ep.DeviceError) as info:
+        load_devices(path)
+    expected = str(info.value).split("devices.pi.hots", 1)[1]
+    assert "expected one of: command_timeout_s, connect_timeout_s, cores," in expected and "host," in expected
+    assert "one of: devices" not in expected

@@ -135,3 +135,13 @@ def test_nm_section_required_exactly_when_nm_is_accelerated(write_toml):
     text = set_key(builtin_profile_text("raspberry-pi-5"), "accelerated", '["structured", "n:m"]')
     with pytest.raises(ep.TargetError, match="sparsity.nm must be given"):
         ep.load_target(write_toml("nm-without-table.toml", text))
+
+
+def test_unknown_key_in_an_optional_subtable_lists_that_subtables_keys(write_toml):
+    text = builtin_profile_text("jetson-orin-nano-8gb").replace("\nmin_in_channels", "\nmin_in_chanels", 1)
+    path = write_toml("typo-nm.toml", text)
+    with pytest.raises(ep.TargetError) as info:
+        ep.load_target(path)
+    message = str(info.value)
+    assert "sparsity.nm.min_in_chanels" in message
+    assert "expected one of: axis, m, max_gemm_speedup, min_in_channels, min_out_channels, n)" in message
