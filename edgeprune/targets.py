@@ -8,10 +8,11 @@ export format it uses. The policy (`policy.py`) reads nothing else about the har
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from . import host
 from ._resources import builtin_dir
 from ._toml import read_toml, validate
 from .errors import TargetError
@@ -37,6 +38,15 @@ class Hardware(_Section):
     # the name Vela takes as --accelerator-config (Ethos-U only)
     accelerator_config: str = ""
     accelerator_macs_per_cycle: int = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detect_host(cls, data: Any) -> Any:
+        # "host": read from the machine loading the profile, so x86-64-host describes the user's machine
+        if isinstance(data, dict) and host.HOST in data.values():
+            found = host.detect()
+            data = {k: found[k] if v == host.HOST and k in found else v for k, v in data.items()}
+        return data
 
 
 class Memory(_Section):
