@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._quiet import TORCHAO_IMPORT, quiet
+
 
 def _with_inputs(make_inputs: Callable[[], object]):
     def attach(factory):
@@ -57,6 +59,7 @@ def small_cnn() -> nn.Module:
     return SmallCNN().eval()
 
 
+@quiet(TORCHAO_IMPORT)  # transformers imports torchao, if installed, when it first builds a model
 def _hf(config_cls: str, model_cls: str, **config):
     import transformers
 

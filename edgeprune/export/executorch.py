@@ -49,7 +49,11 @@ import numpy as np
 import torch
 
 from ..errors import ArtifactError, ModelError
+from .._quiet import TORCH_EXPORT, TORCHAO_IMPORT, XNNPACK_CPUINFO, quiet
 from .formats import ExportError, StoredTensor, WeightReadback, first_line
+
+# what torch.export, torchao's import and the runtime's cpuinfo print (edgeprune/_quiet.py)
+NOISE = TORCH_EXPORT + TORCHAO_IMPORT + XNNPACK_CPUINFO
 
 BACKEND_ID = "XnnpackBackend"
 QUANTIZER_NAME = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer.XNNPACKQuantizer"
@@ -86,6 +90,7 @@ _FILTER_LAYOUTS = {"XNNConv2d": "ohwi", "XNNConvTranspose2d": "ohwi", "XNNDepthw
 # ----------------------------------------------------------------------------------------------- export
 
 
+@quiet(NOISE)
 def export(model: torch.nn.Module, example_inputs: Any, path: str | os.PathLike, precision: str = "fp32",
            calibration: Sequence[Any] | None = None) -> dict:
     """Write `model` as an ExecuTorch .pte (XNNPACK delegate) to `path`; return facts for the manifest."""
@@ -385,6 +390,7 @@ def _require_executorch(error: type[Exception]) -> None:
 # ------------------------------------------------------------------------------------------------ run
 
 
+@quiet(NOISE)
 def run(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run the .pte once in the ExecuTorch runtime on `inputs`; outputs as float32 numpy arrays."""
     path = Path(path)

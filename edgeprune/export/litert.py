@@ -38,7 +38,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ArtifactError
+from .._quiet import TFLITE, TORCH_EXPORT, TORCHAO_IMPORT, quiet
 from .formats import ExportError, StoredTensor, WeightReadback, first_line
+
+# what torch.export, torchao's import, TensorFlow's converter and LiteRT print (edgeprune/_quiet.py)
+NOISE = TORCH_EXPORT + TORCHAO_IMPORT + TFLITE
 
 FILE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 
@@ -49,6 +53,7 @@ _LEAF_CLASS = {"CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "FULLY_CONNECTED"
 
 # ----------------------------------------------------------------------------------------------- export
 
+@quiet(NOISE)
 def export(model, example_inputs, path, precision: str = "fp32", calibration: Sequence[Any] | None = None,
            *, require_full_int8: bool = False) -> dict:
     """Convert `model` to a .tflite at `path` and return manifest facts (see the module docstring).
@@ -380,6 +385,7 @@ def inspect(path) -> dict:
 
 # ------------------------------------------------------------------------------------------------- run
 
+@quiet(NOISE)
 def run(path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run the .tflite once in ai-edge-litert's interpreter (default op resolver, with XNNPACK) and return
     the outputs as float32. `inputs` are in the model's flattened positional-then-keyword order. Float

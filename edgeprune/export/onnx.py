@@ -18,7 +18,11 @@ import torch
 
 from ..errors import ArtifactError
 from ..inputs import normalize
+from .._quiet import TORCH_EXPORT, TORCH_ONNX, quiet
 from .formats import ExportError, StoredTensor, WeightReadback, first_line
+
+# what torch.export and torch.onnx's op registration print (edgeprune/_quiet.py)
+NOISE = TORCH_EXPORT + TORCH_ONNX
 
 
 def _names(example_inputs: Any) -> tuple[tuple, dict, list[str]]:
@@ -32,6 +36,7 @@ def _to_numpy(example_inputs: Any) -> dict[str, np.ndarray]:
     return {n: t.detach().cpu().numpy() for n, t in zip(names, list(args) + list(kwargs.values()))}
 
 
+@quiet(NOISE)
 def export(model: torch.nn.Module, example_inputs: Any, path: Path, precision: str, calibration: list) -> dict:
     args, kwargs, names = _names(example_inputs)
     float_path = path if precision == "fp32" else path.with_name(path.stem + ".fp32.onnx")
