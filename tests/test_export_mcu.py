@@ -112,3 +112,89 @@ def test_truncated_artifact_raises_artifact_error(cnn_int8, tmp_path, call):
             mcu.tflm_arena_bytes(truncated)
         else:
             mcu.vela_compile(truncated, "ethos-u55-128", tmp_path / "vela")
+
+
+# ------------------------------------------------------- an MLP, and what TFLite-Micro cannot take (issue 10)
+
+def _digits_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def digits_images():
+    from edgeprune import zoo
+
+    images, _ = zoo.digits("train")
+    return images  # (N, 1, 8, 8) real digits in [0, 1]
+
+
+@pytest.fixture(scope="module")
+def mlp_int8(digits_images, out_dir):
+    """The MLP of issue 10 as the full-int8 .tflite an MCU target gets, calibrated on real digits."""
+    path = out_dir / "mlp_int8.tflite"
+    calibration = [(digits_images[i:i + 1],) for i in range(64)]
+    litert.export(_digits_mlp(), (digits_images[:1],), path, "int8", calibration, require_full_int8=True)
+    return path
+
+
+def test_arena_of_an_mlp_is_measured_although_tflm_crashes_on_arenas_a_few_bytes_short(mlp_int8, digits_images):
+    # Searching for the smallest arena probes arenas a few bytes short of what the MLP needs, and TFLM's
+    # memory planner crashes (SIGSEGV) on some of them instead of failing: the measurement must survive that.
+    arena = mcu.tflm_arena_bytes(mlp_int8)
+    x = digits_images[200:201].numpy()
+    (micro,) = mcu.tflm_run(mlp_int8, [x], arena_size=arena)
+    (lite,) = litert.run(mlp_int8, [x])
+    step = litert.inspect(mlp_int8)["outputs"][0]["scale"]
+    assert np.abs(micro - lite).max() <= 2 * step + 1e-9 and micro.argmax() == lite.argmax()
+
+
+@pytest.mark.parametrize("target", ["stm32h743", "corstone-300-ethos-u55-128"])
+def test_mlp_exports_for_mcu_targets_and_agrees_with_pytorch_in_tflite_micro(digits_images, target, tmp_path):
+    import edgeprune as ep
+
+    calibration = [(digits_images[i:i + 1],) for i in range(64)]
+    held_out = [(digits_images[i:i + 1],) for i in range(300, 304)]
+    art = ep.export(_digits_mlp(), (digits_images[:1],), target, tmp_path, calibration=calibration,
+                    verify_inputs=held_out)
+    memory = art.manifest["memory"]
+    assert memory["tflm_outputs"] and all(o["passed"] for o in memory["tflm_outputs"])
+    assert 0 < memory["tflm_arena_bytes"] <= memory["sram_bytes"] and memory["fits_flash"]
+
+
+def test_tflm_names_the_op_it_cannot_prepare(mlp_int8, tmp_path):
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    # The first FULLY_CONNECTED made to write int16 from int8 inputs: TFLM's kernel refuses it in Prepare,
+    # whatever the arena; the error must name the op, not blame the arena.
+    model = schema.ModelT.InitFromPackedBuf(mlp_int8.read_bytes(), 0)
+    graph = model.subgraphs[0]
+    ops = [model.operatorCodes[op.opcodeIndex].builtinCode for op in graph.operators]
+    fc = graph.operators[ops.index(schema.BuiltinOperator.FULLY_CONNECTED)]
+    graph.tensors[fc.outputs[0]].type = schema.TensorType.INT16
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=litert.FILE_IDENTIFIER)
+    broken = tmp_path / "int16_fc.tflite"
+    broken.write_bytes(bytes(builder.Output()))
+    with pytest.raises(ExportError, match=r"at op FULLY_CONNECTED \(node \d+, prepare\)") as raised:
+        mcu.tflm_run(broken, [np.zeros((1, 1, 8, 8), np.float32)])
+    assert not isinstance(raised.value, mcu.ArenaTooSmallError)
+
+
+def test_model_over_flash_fails_with_how_many_kib_over(digits_images, tmp_path):
+    import re
+
+    import edgeprune as ep
+
+    # The MLP's int8 file is ~100 KiB: about twice the flash of this copy of stm32h743.
+    text = ep.builtin_targets()["stm32h743"].read_text()
+    small = tmp_path / "small-flash-mcu.toml"
+    small.write_text(re.sub(r"(?m)^flash_bytes = [0-9_]+", "flash_bytes = 49_152", text))
+    calibration = [(digits_images[i:i + 1],) for i in range(16)]
+    with pytest.raises(ExportError, match=r"does not fit flash: needs [0-9.]+ KiB, the target has 48\.0 KiB "
+                                          r"\([0-9.]+ KiB over\)"):
+        ep.export(_digits_mlp(), (digits_images[:1],), small, tmp_path / "out", calibration=calibration,
+                  verify_inputs=calibration[:4])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -228,34 +228,46 @@ def _relative_paths(value: Any, staging: Path) -> Any:
 
 def _memory_fit(target: Target, path: Path, staging: Path, model: nn.Module, example_inputs: Any,
                 held_out: Optional[list] = None) -> dict:
+    """SRAM and flash against the profile's budgets, then the artifact run in TFLite-Micro. Flash is checked
+    first, from the file alone (Vela's compiled file for Ethos-U), and SRAM from the measured arena before
+    the model is run: a model that cannot fit fails with the budget and how many KiB over, and TFLite-Micro
+    never has to run a model the device could not hold."""
     if target.family != "mcu":
         return {"checked": False, "note": f"{target.family} targets have no SRAM/flash budget in the profile"}
     from . import mcu
 
-    arena = mcu.tflm_arena_bytes(path)
-    # the device runs TFLite-Micro, not LiteRT: the artifact must run there too, and agree with PyTorch
-    inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
-    tflm = compare_outputs([_torch_outputs(model, x) for x in inputs],
-                           [mcu.tflm_run(path, _as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs],
-                           "int8")
-    flash = path.stat().st_size
-    memory = {
-        "checked": True,
-        "tflm_outputs": tflm,
-        "tflm_arena_bytes": arena,
-        "sram_bytes": target.memory.sram_bytes,
-        "flash_bytes": target.memory.flash_bytes,
-        "artifact_bytes": flash,
-        "fits_sram": arena <= target.memory.sram_bytes,
-        "fits_flash": flash <= target.memory.flash_bytes,
-    }
+    size = path.stat().st_size
+    memory: dict[str, Any] = {"checked": True, "sram_bytes": target.memory.sram_bytes,
+                              "flash_bytes": target.memory.flash_bytes, "artifact_bytes": size}
+    stored = size
     if target.hardware.accelerator.startswith("ethos-u"):
         vela = mcu.vela_compile(path, target.hardware.accelerator_config, staging / "vela")
         memory["vela"] = vela
-        memory["fits_sram"] = memory["fits_sram"] and vela.get("sram_bytes", 0) <= target.memory.sram_bytes
         # the compiled file is what the firmware stores (Vela's own flash figure omits CPU-only graphs)
-        memory["fits_flash"] = vela.get("vela_tflite_bytes", flash) <= target.memory.flash_bytes
+        stored = vela.get("vela_tflite_bytes", size)
+    memory["fits_flash"] = stored <= target.memory.flash_bytes
+    if not memory["fits_flash"]:
+        raise ExportError(f"{path.name} for {target.name} " + _over_budget("flash", stored, target.memory.flash_bytes))
+
+    arena = mcu.tflm_arena_bytes(path)
+    sram = max(arena, memory.get("vela", {}).get("sram_bytes", 0))
+    memory["tflm_arena_bytes"] = arena
+    memory["fits_sram"] = sram <= target.memory.sram_bytes
+    if not memory["fits_sram"]:
+        raise ExportError(f"{path.name} for {target.name} " + _over_budget("SRAM", sram, target.memory.sram_bytes))
+
+    # the device runs TFLite-Micro, not LiteRT: the artifact must run there too, and agree with PyTorch
+    inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
+    memory["tflm_outputs"] = compare_outputs(
+        [_torch_outputs(model, x) for x in inputs],
+        [mcu.tflm_run(path, _as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs], "int8")
     return memory
+
+
+def _over_budget(budget: str, need: int, have: int) -> str:
+    kib = 1024
+    return (f"does not fit {budget}: needs {need / kib:.1f} KiB, the target has {have / kib:.1f} KiB "
+            f"({(need - have) / kib:.1f} KiB over)")
 
 
 def _failures(checks: dict, memory: dict) -> list[str]:
@@ -269,16 +281,6 @@ def _failures(checks: dict, memory: dict) -> list[str]:
             failures.append(f"layer {layer}: {result['error']}")
     failures += [f"TFLite-Micro output {o['output']}: {o['tolerance']} does not hold (cosine {o['cosine']:.4f})"
                  for o in memory.get("tflm_outputs", []) if not o["passed"]]
-    if memory.get("checked"):
-        kib = 1024
-        if not memory["fits_sram"]:
-            need = max(memory["tflm_arena_bytes"], memory.get("vela", {}).get("sram_bytes", 0))
-            failures.append(f"does not fit SRAM: needs {need / kib:.1f} KiB, the target has "
-                            f"{memory['sram_bytes'] / kib:.1f} KiB ({(need - memory['sram_bytes']) / kib:.1f} KiB over)")
-        if not memory["fits_flash"]:
-            need = memory.get("vela", {}).get("vela_tflite_bytes", memory["artifact_bytes"])
-            failures.append(f"does not fit flash: needs {need / kib:.1f} KiB, the target has "
-                            f"{memory['flash_bytes'] / kib:.1f} KiB ({(need - memory['flash_bytes']) / kib:.1f} KiB over)")
     return failures
 
 

@@ -11,8 +11,9 @@ TFLite-Micro runs through its Python interpreter (`tflite_micro.python.tflite_mi
 uses CMSIS-NN; the arena a model needs is the same memory plan, kernel scratch aside).
 
 Every TFLM call runs in a child Python process: TFLM does not check everything a bad call can get wrong
-(an arena of a few hundred bytes or less makes it write outside the arena and the process dies with
-SIGSEGV), and a crash must not take the caller down. The child imports only numpy and tflite_micro
+(an arena of a few hundred bytes or less makes it write outside the arena, and one a few bytes short of
+what a model needs can crash its memory planner: the process dies with SIGSEGV), and a crash must not
+take the caller down; it becomes an `ExportError` naming the op TFLM's log names. The child imports only numpy and tflite_micro
 (~0.3 s). Inputs and outputs travel as .npy files, loaded with `allow_pickle=False`.
 
 Vela runs as `python -m ethosu.vela` (the same interpreter that runs edgeprune) with a timeout.
@@ -45,7 +46,7 @@ VELA_TIMEOUT_S = 600
 # 0.dev20261023, every model); nothing real fits there anyway. Smaller requests are refused before TFLM
 # sees them. (Larger arenas that are still too small can crash it too: see tflm_run.)
 MIN_ARENA_BYTES = 1024
-MAX_ARENA_BYTES = 1 << 30  # the default arena grows 4x at a time up to this when a model needs more
+MAX_ARENA_BYTES = 1 << 30  # the arena tried when the default is not enough
 
 # The child process. argv[1]: request JSON path. Writes result.json (+ out_<i>.npy) next to it.
 _WORKER = r'''
@@ -125,13 +126,37 @@ try:
             raise RuntimeError("print_allocations() reported no arena total: " + text[:500])
         recorded = int(m.group(1))
         result = {"ok": True, "recorded": recorded, "allocations": text}
-        # 2. check that an arena of exactly that size allocates and runs; if not, search upward
-        def runs(n):
+        # 2. check that an arena of exactly that size allocates and runs; if not, search upward.
+        # The recorded total leaves out temporary allocations (the memory planner's scratch, the
+        # kernels' temp tensors while they prepare), so the search probes arenas that are slightly too
+        # small, and TFLM does not survive all of them: when the planner's scratch does not fit it
+        # carries on and crashes in GreedyMemoryPlanner::CalculateOffsetsIfNeeded (SIGSEGV; an MLP
+        # 64-256-256-10 fails cleanly at 8064 bytes, crashes at 8096, runs at 8104). Each probe therefore
+        # runs in a forked copy of this process, and a crash counts as "does not run in n bytes".
+        def runs_here(n):
             try:
                 invoke(interpreter(n), zeros)
                 return True
             except Exception:
                 return False
+
+        def runs(n):
+            if not hasattr(os, "fork"):
+                return runs_here(n)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    quiet = os.open(os.devnull, os.O_WRONLY)  # a failed probe's log is not the model's
+                    os.dup2(quiet, 1)
+                    os.dup2(quiet, 2)
+                    code = 0 if runs_here(n) else 1
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         lo, hi = recorded, recorded
         if not runs(hi):
             step = 16
@@ -153,10 +178,6 @@ json.dump(result, open(os.path.join(work, "result.json"), "w"))
 '''
 
 
-class _ChildDied(ExportError):
-    """The TFLM child process crashed or exited without a result."""
-
-
 def _child(request: dict, work: Path, arrays: Sequence[np.ndarray] = (), timeout: float = TFLM_TIMEOUT_S) -> dict:
     for i, array in enumerate(arrays):
         np.save(work / f"in_{i}.npy", array, allow_pickle=False)
@@ -170,9 +191,9 @@ def _child(request: dict, work: Path, arrays: Sequence[np.ndarray] = (), timeout
     except subprocess.TimeoutExpired as err:
         raise ExportError(f"{request['model']}: TFLite-Micro did not finish in {timeout:.0f} s") from err
     if proc.returncode != 0 or not result_path.exists():
+        # A crash is a result like any other failure: `_tflm_failure` turns it into an error naming the op.
         how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}")
-        raise _ChildDied(f"{request['model']}: the TFLite-Micro process died ({how}) with an arena of "
-                         f"{request['arena']} bytes: {_tail(proc.stderr)}")
+        return {"ok": False, "crashed": how, "error": f"the TFLite-Micro process died ({how})", "stderr": proc.stderr}
     result = json.loads(result_path.read_text())
     result["stderr"] = proc.stderr
     return result
@@ -183,25 +204,44 @@ def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(kept[-lines:])[:1200]
 
 
-_ARENA_MESSAGES = re.compile(r"Failed to allocate|Failed to resize buffer|missing: \d+|Too many buffers|arena",
-                             re.I)
+# TFLM's MicroInterpreter names the node whose kernel failed: "Node FULLY_CONNECTED (number 2) failed to prepare"
+_NODE_RE = re.compile(r"Node (\S+) \(number (\d+)\) failed to (prepare|invoke)")
+_NO_KERNEL_RE = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'|Failed to get registration from op code (\S+)")
 
 
 def _tflm_failure(path, result: dict, arena: int, facts: dict) -> ExportError:
+    """The error for a failed (or crashed) TFLM run, naming the op when TFLM's log does. Whether the arena
+    was too small is decided by the callers, by trying a larger one: TFLM's messages do not say."""
     error = result.get("error", "")
     log = _tail(result.get("stderr", ""), 12)
-    m = re.search(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'", log) or re.search(
-        r"Failed to get registration from op code (\S+)", log)
-    if m:
-        op = m.group(1)
+    op = _missing_kernel(result)
+    if op:
         if op == "CUSTOM":
             customs = sorted(name.split(":", 1)[1] for name in facts["ops"] if name.startswith("CUSTOM:"))
             op = f"CUSTOM ({', '.join(customs)})" if customs else op
         return ExportError(f"{path}: TFLite-Micro has no kernel for op {op} ({log})")
-    if _ARENA_MESSAGES.search(log):
-        return ArenaTooSmallError(f"{path}: TFLite-Micro cannot allocate the model's tensors in an arena of "
-                                  f"{arena} bytes: {log}")
-    return ExportError(f"{path}: TFLite-Micro failed: {error} {log}".strip())
+    if result.get("crashed"):
+        return ExportError(f"{path}: TFLite-Micro crashed ({result['crashed']}){_failed_op(log)} with an arena of "
+                           f"{arena} bytes: {log or 'it printed nothing'}")
+    return ExportError(f"{path}: TFLite-Micro failed{_failed_op(log)} with an arena of {arena} bytes: "
+                       f"{error} {log}".strip())
+
+
+def _missing_kernel(result: dict) -> str | None:
+    m = _NO_KERNEL_RE.search(result.get("stderr", "") or "")
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def _failed_op(log: str) -> str:
+    node = _NODE_RE.search(log)
+    return f" at op {node.group(1)} (node {node.group(2)}, {node.group(3)})" if node else ""
+
+
+def _too_small(path, arena: int, result: dict, runs_with: int) -> ArenaTooSmallError:
+    log = _tail(result.get("stderr", ""), 12)
+    how = f"crashed ({result['crashed']})" if result.get("crashed") else "failed"
+    return ArenaTooSmallError(f"{path}: TFLite-Micro {how}{_failed_op(log)} with an arena of {arena} bytes and "
+                              f"runs with {runs_with}: the arena is too small ({log})")
 
 
 def _default_arena(path) -> int:
@@ -212,11 +252,12 @@ def _default_arena(path) -> int:
 def tflm_run(path, inputs: Sequence[Any], arena_size: int | None = None) -> list[np.ndarray]:
     """Run the .tflite once in TFLite-Micro and return its outputs as float32 (int8 outputs dequantized
     with the output tensor's scale/zero point). Float inputs to an int8 input are quantized with that
-    input's scale/zero point. `arena_size` defaults to 10x the file size (at least 1 MiB), grown 4x at a
-    time when the model needs more.
+    input's scale/zero point. `arena_size` defaults to 10x the file size (at least 1 MiB), or
+    `MAX_ARENA_BYTES` when the model needs more.
 
     Raises `ArtifactError` for a missing/corrupt file, `ArenaTooSmallError` (an `ExportError`) when the
-    arena is too small, `ExportError` naming the op when TFLM has no kernel for it.
+    given arena is too small (a larger one runs), and `ExportError` naming the op when TFLM has no kernel
+    for it or fails or crashes in it (a crash is reported, never raised as anything but `ExportError`).
     """
     facts = litert.inspect(path)  # checks the file first: ArtifactError, and TFLM never sees a bad one
     arena = _default_arena(path) if arena_size is None else int(arena_size)
@@ -236,28 +277,25 @@ def tflm_run(path, inputs: Sequence[Any], arena_size: int | None = None) -> list
     with tempfile.TemporaryDirectory(prefix="edgeprune-tflm-") as tmp:
         work = Path(tmp)
         while True:
-            try:
-                result = _child({**request, "arena": arena}, work, arrays)
-            except _ChildDied as died:
-                # TFLM can also crash, rather than fail, on an arena that is too small (seen at 4 KiB for
-                # zoo.small_cnn, which needs 14.4 KiB): tell that apart from a broken model by a second try.
-                big = _default_arena(path)
-                if arena_size is None or arena >= big:
-                    raise
-                try:
-                    probe = _child({**request, "arena": big}, work, arrays)
-                except ExportError:
-                    raise died from None
-                if not probe.get("ok"):
-                    raise died from None
-                raise ArenaTooSmallError(f"{path}: TFLite-Micro crashed with an arena of {arena} bytes (it runs "
-                                         f"with {big}): the arena is too small") from died
+            result = _child({**request, "arena": arena}, work, arrays)
             if result.get("ok"):
                 break
-            failure = _tflm_failure(path, result, arena, facts)
-            if arena_size is not None or not isinstance(failure, ArenaTooSmallError) or arena >= MAX_ARENA_BYTES:
-                raise failure
-            arena *= 4  # the default was too small for this model's activations: grow it
+            if _missing_kernel(result):
+                raise _tflm_failure(path, result, arena, facts)
+            if arena_size is None:
+                # the default may be too small for this model's activations: one run with the largest
+                # arena tells that apart from a model TFLM cannot run (whose failure it then reports)
+                if arena >= MAX_ARENA_BYTES:
+                    raise _tflm_failure(path, result, arena, facts)
+                arena = MAX_ARENA_BYTES
+                continue
+            # the caller's arena: too small if a larger one runs, else the model is at fault and the
+            # larger run's failure says where
+            big = max(_default_arena(path), 4 * arena)
+            probe = _child({**request, "arena": big}, work, arrays)
+            if probe.get("ok"):
+                raise _too_small(path, arena, result, big)
+            raise _tflm_failure(path, probe, big, facts)
         return [np.load(work / f"out_{i}.npy", allow_pickle=False) for i in range(result["n_outputs"])]
 
 
@@ -281,10 +319,9 @@ def tflm_arena_bytes(path) -> int:
                              "n_inputs": len(facts["inputs"])}, Path(tmp))
             if result.get("ok"):
                 return int(result["verified"])
-            failure = _tflm_failure(path, result, arena, facts)
-            if not isinstance(failure, ArenaTooSmallError) or arena >= MAX_ARENA_BYTES:
-                raise failure
-            arena *= 4
+            if _missing_kernel(result) or arena >= MAX_ARENA_BYTES:
+                raise _tflm_failure(path, result, arena, facts)
+            arena = MAX_ARENA_BYTES  # too small for this model's activations, or the model is at fault: this says
 
 
 # ----------------------------------------------------------------------------------------------- Vela
