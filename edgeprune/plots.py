@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sensitivity import Sensitivity
 
 
+# distinct per curve or runtime, so series stay apart where they overlap and in greyscale
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
 def _pyplot():
     import matplotlib
 
@@ -45,17 +50,39 @@ def _plot(path: "str | Path", overwrite: bool, draw: Callable, size=(7, 4.5)) ->
     return _save(fig, path, overwrite)
 
 
-def plot_sensitivity(sens: "Sensitivity", path: "str | Path", *, overwrite: bool = False) -> Path:
-    """One line per layer: the metric against the amount pruned; the dense baseline dashed."""
+def _sensitivity_curves(sens: "Sensitivity") -> "list[tuple[list[str], object]]":
+    """(layers, row) per curve: a channel group's layers shrink together, so they share one measurement
+    and get one curve; n:m and unstructured layers are measured (and drawn) one by one."""
+    curves: dict[str, tuple[list[str], object]] = {}
+    for row in sens.rows:
+        key = f"group {row.group}" if row.method == "structured" and row.group else f"layer {row.layer}"
+        curves.setdefault(key, ([], row))[0].append(row.layer)
+    return list(curves.values())
+
+
+def _layers_label(layers: list[str], most: int = 4) -> str:
+    shown = ", ".join(layers[:most])
+    return shown + (f" +{len(layers) - most} more" if len(layers) > most else "")
+
+
+def plot_sensitivity(sens: "Sensitivity", path: "str | Path", *, overwrite: bool = False,
+                     measured_on: str = "") -> Path:
+    """The metric against the amount pruned: one curve per channel group (labelled with its layers) or
+    per n:m / unstructured layer; the dense baseline dashed. `measured_on` names the data the metric was
+    measured on ("validation split"), so the plot is not read against numbers taken on other data."""
+    curves = _sensitivity_curves(sens)
 
     def draw(ax):
-        for row in sens.rows:
-            style = "o" if len(row.amounts) == 1 else "o-"
-            ax.plot([0.0, *row.amounts], [sens.baseline, *row.values], style, label=f"{row.layer} ({row.method})")
-        ax.axhline(sens.baseline, linestyle="--", color="grey", label=f"dense baseline {sens.baseline:.3g}")
-        ax.set_xlabel("fraction pruned (this layer only)")
+        for i, (layers, row) in enumerate(curves):
+            kind = "channel group" if row.method == "structured" and len(layers) > 1 else row.method
+            ax.plot([0.0, *row.amounts], [sens.baseline, *row.values], marker=_MARKERS[i % len(_MARKERS)],
+                    linestyle="none" if len(row.amounts) == 1 else _LINESTYLES[i % len(_LINESTYLES)],
+                    color=f"C{i % 10}", label=f"{_layers_label(layers)} ({kind})")
+        on = f", {measured_on}" if measured_on else ""
+        ax.axhline(sens.baseline, linestyle="--", color="grey", label=f"dense baseline {sens.baseline:.3g}{on}")
+        ax.set_xlabel("fraction pruned (this channel group or layer only)")
         ax.set_ylabel(sens.metric)
-        ax.set_title(f"per-layer sensitivity, {sens.target}")
+        ax.set_title(f"per-layer sensitivity, {sens.target}" + (f"\nmeasured on the {measured_on}" if measured_on else ""))
         ax.legend(fontsize=7, loc="lower left")
 
     return _plot(path, overwrite, draw)
@@ -92,9 +119,72 @@ def plot_layer_sparsity(plan_by_target: "dict[str, Plan]", path: "str | Path", *
     return _plot(path, overwrite, draw, size=(max(7, 0.45 * len(layers) + 3), 4.5))
 
 
+def _accuracy_limits(accuracies: list[float], least_span: float = 0.05) -> tuple[float, float]:
+    """A y range at least `least_span` wide around the points, inside [0, 1]: points a few tenths of a
+    point apart are not stretched over the whole axis as if they differed a lot."""
+    lo, hi = min(accuracies), max(accuracies)
+    pad = max((least_span - (hi - lo)) / 2, 0.1 * (hi - lo), 0.005)
+    lo, hi = lo - pad, hi + pad
+    if hi > 1.0:
+        lo, hi = max(0.0, lo - (hi - 1.0)), 1.0
+    if lo < 0.0:
+        lo, hi = 0.0, min(1.0, hi - lo)
+    return lo, hi
+
+
+# label offsets (points) tried in turn until a label overlaps no other label, marker or the axes' edge
+_LABEL_OFFSETS = [(dx, dy) for dy in (6, -14, 20, -28, 34, -42, 48, -56) for dx in (8, -8)]
+
+
+def _place_labels(ax, xy_labels: list[tuple[float, float, str]]) -> list:
+    """Annotate each point with its label where it overlaps no other label, no marker and stays inside the
+    axes; a label that had to move away from its point gets a thin leader line."""
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    radius = 7 * fig.dpi / 72  # about a marker's radius (s=60 points squared)
+    taken = []
+    for x, y, _ in xy_labels:
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - radius, py - radius, px + radius, py + radius))
+    texts = []
+    for x, y, label in xy_labels:
+        for dx, dy in _LABEL_OFFSETS:
+            far = abs(dy) > 14
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               ha="left" if dx > 0 else "right", va="bottom",
+                               arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5, "shrinkA": 0,
+                                           "shrinkB": 5} if far else None)
+            text.update_positions(renderer)  # an annotation's offset is resolved only when drawn
+            box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
+            rect = (box.x0 - 2, box.y0 - 2, box.x1 + 2, box.y1 + 2)
+            inside = frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
+            if inside and not any(_overlap(rect, t) for t in taken):
+                break
+            text.remove()
+        else:  # no free place: the first one, overlapping rather than missing
+            dx, dy = _LABEL_OFFSETS[0]
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)
+            rect = (box.x0, box.y0, box.x1, box.y1)
+        taken.append(rect)
+        texts.append(text)
+    return texts
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def plot_accuracy_vs_latency(points: list[dict], path: "str | Path", *, overwrite: bool = False) -> Path:
-    """Accuracy against latency; points are dicts {label, accuracy, latency_ms, device, runtime, proxy}.
-    Proxy latencies (estimated, not measured on the device) are drawn hollow and labelled "proxy"."""
+    """Accuracy against latency; points are dicts {label, accuracy, latency_ms, device, runtime, proxy,
+    group}. Each device/runtime pair has its own marker and colour; proxy latencies (timed on a machine
+    that is not the artifact's target) are drawn hollow and say "proxy" in the legend; points sharing a
+    `group` (one target's dense and pruned artifacts, say) are joined by an arrow in the order given.
+    Labels are placed where they overlap no other label or marker."""
     required = ("label", "accuracy", "latency_ms")
     for p in points:
         missing = [k for k in required if k not in p]
@@ -102,23 +192,41 @@ def plot_accuracy_vs_latency(points: list[dict], path: "str | Path", *, overwrit
             raise ValueError(f"point {p!r}: missing {', '.join(missing)}")
 
     def draw(ax):
-        devices = list(dict.fromkeys(p.get("device", "") for p in points))
-        colors = {d: f"C{i % 10}" for i, d in enumerate(devices)}
+        from matplotlib.ticker import PercentFormatter
+
+        kinds = list(dict.fromkeys((p.get("device", ""), p.get("runtime", "")) for p in points))
+        style = {k: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, k in enumerate(kinds)}
+        top = max((p["latency_ms"] for p in points), default=0.0)
+        # sub-millisecond latencies read better in µs than as 0.0125 ms
+        scale, unit = (1000.0, "µs") if 0 < top < 1.0 else (1.0, "ms")
+        if points:
+            ax.set_xlim(0, top * scale * 1.35 if top > 0 else 1)
+            ax.set_ylim(*_accuracy_limits([p["accuracy"] for p in points]))
+        groups: dict = {}
+        for p in points:
+            if p.get("group") is not None:
+                groups.setdefault(p["group"], []).append(p)
+        for members in groups.values():
+            for a, b in zip(members, members[1:]):
+                ax.annotate("", (b["latency_ms"] * scale, b["accuracy"]), (a["latency_ms"] * scale, a["accuracy"]),
+                            arrowprops={"arrowstyle": "->", "color": "lightgrey", "lw": 1, "shrinkA": 6, "shrinkB": 6})
         seen = set()
         for p in points:
             proxy = bool(p.get("proxy", False))
-            c = colors[p.get("device", "")]
-            key = (p.get("device", ""), p.get("runtime", ""), proxy)
-            legend = f"{p.get('device', '')} / {p.get('runtime', '')}" + (" (proxy)" if proxy else "")
-            ax.scatter([p["latency_ms"]], [p["accuracy"]], s=60, edgecolors=c,
-                       facecolors="none" if proxy else c, label=None if key in seen else legend)
-            seen.add(key)
-            ax.annotate(p["label"] + (" (proxy)" if proxy else ""), (p["latency_ms"], p["accuracy"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("latency (ms)")
+            kind = (p.get("device", ""), p.get("runtime", ""))
+            color, marker = style[kind]
+            legend = f"{kind[0]} / {kind[1]}" + (" (proxy)" if proxy else "")
+            ax.scatter([p["latency_ms"] * scale], [p["accuracy"]], s=60, marker=marker, edgecolors=color,
+                       linewidths=1.5, facecolors="none" if proxy else color,
+                       label=None if (kind, proxy) in seen else legend, zorder=3)
+            seen.add((kind, proxy))
+        ax.set_xlabel(f"latency, p50 ({unit})")
         ax.set_ylabel("accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_title("accuracy vs latency")
         if points:
-            ax.legend(fontsize=7)
+            # below the axes: a legend inside would cover points or labels
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(seen)))
+            _place_labels(ax, [(p["latency_ms"] * scale, p["accuracy"], p["label"]) for p in points])
 
     return _plot(path, overwrite, draw)

@@ -1,0 +1,98 @@
+"""The report's charts, read as a user reads them: what is drawn, how it is told apart, what it says it shows.
+
+Each test draws through the public plot function and inspects the figure it saved (kept open by
+`drawn`, which holds back matplotlib's close)."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg", force=True)
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.text import Annotation, Text  # noqa: E402
+
+from edgeprune.plots import plot_accuracy_vs_latency, plot_sensitivity  # noqa: E402
+from edgeprune.sensitivity import LayerSensitivity, Sensitivity  # noqa: E402
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions saved, left open for inspection."""
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    yield kept
+    monkeypatch.undo()
+    for fig in kept:
+        plt.close(fig)
+
+
+# the demo's report: three runtimes timed on one machine, accuracies within half a point of each other
+RUNTIMES = {"jetson-orin-nano-8gb": "onnxruntime", "raspberry-pi-5": "executorch",
+            "corstone-300-ethos-u55-128": "tflite-micro"}
+POINTS = [{"label": f"{target} {model}", "accuracy": acc, "latency_ms": ms, "device": "local", "runtime": runtime,
+           "proxy": True, "group": target}
+          for (target, runtime), (model, acc, ms) in itertools.product(
+              RUNTIMES.items(), [("dense", 0.9722, 0.0121), ("pruned+KD", 0.9750, 0.0104)])]
+POINTS[3] = {**POINTS[3], "accuracy": 0.9733, "latency_ms": 0.0110}
+
+
+def _runtime_series(ax) -> dict[str, PathCollection]:
+    return {c.get_label(): c for c in ax.collections if isinstance(c, PathCollection) and not c.get_label().startswith("_")}
+
+
+def test_each_runtime_gets_its_own_marker_and_colour(drawn, tmp_path):
+    plot_accuracy_vs_latency(POINTS, tmp_path / "acc.png")
+    series = _runtime_series(drawn[-1].axes[0])
+    assert len(series) == 3, list(series)
+    shapes = {tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in series.values()}
+    colours = {tuple(c.get_edgecolor()[0].round(3)) for c in series.values()}
+    assert len(shapes) == 3 and len(colours) == 3
+
+
+def test_point_labels_do_not_overlap(drawn, tmp_path):
+    plot_accuracy_vs_latency(POINTS, tmp_path / "acc.png")
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts if isinstance(t, Annotation) and t.get_text()]
+    assert len(labels) == len(POINTS)
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    overlapping = [(a.get_text(), b.get_text()) for (a, p), (b, q) in itertools.combinations(zip(labels, boxes), 2)
+                   if p.overlaps(q)]
+    assert not overlapping
+
+
+def test_accuracy_axis_spans_at_least_five_points_around_close_accuracies(drawn, tmp_path):
+    plot_accuracy_vs_latency(POINTS, tmp_path / "acc.png")
+    low, high = drawn[-1].axes[0].get_ylim()
+    assert high - low >= 0.05 - 1e-9 and low <= 0.9722 and 0.975 <= high <= 1.0
+
+
+def _sensitivity() -> Sensitivity:
+    """Two layers of one channel group (measured once: identical values) and a layer of its own."""
+    grouped = dict(method="structured", amounts=(0.25, 0.5), values=(0.95, 0.80), drops=(0.02, 0.17),
+                   removed=(0.25, 0.5), group="features.0")
+    return Sensitivity("raspberry-pi-5", 0.97, [LayerSensitivity("features.0", **grouped),
+                                                LayerSensitivity("features.3", **grouped),
+                                                LayerSensitivity("fc1", "structured", (0.25, 0.5), (0.96, 0.93),
+                                                                 (0.01, 0.04), (0.25, 0.5), "fc1")])
+
+
+def test_coupled_layers_are_one_curve_named_for_every_layer_in_it(drawn, tmp_path):
+    plot_sensitivity(_sensitivity(), tmp_path / "sens.png")
+    curves = [line for line in drawn[-1].axes[0].get_lines() if not line.get_label().startswith("dense baseline")]
+    labels = [line.get_label() for line in curves]
+    assert len(curves) == 2, labels
+    assert any("features.0" in label and "features.3" in label for label in labels)
+
+
+def test_sensitivity_plot_names_the_data_its_baseline_was_measured_on(drawn, tmp_path):
+    plot_sensitivity(_sensitivity(), tmp_path / "sens.png", measured_on="validation split (270 digits)")
+    ax = drawn[-1].axes[0]
+    baseline = next(line for line in ax.get_lines() if line.get_label().startswith("dense baseline"))
+    assert "validation split (270 digits)" in baseline.get_label()
+    assert "validation split" in ax.get_title()
