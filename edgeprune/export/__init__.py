@@ -31,20 +31,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import sha256_file, write_text
+from .._atomic import make_dir, sha256_file, write_text
 from ..errors import ArtifactError
 from ..inputs import InputSpec, call, normalize, output_shapes
 from ..plan import Plan
 from ..pruning import finalize, record_of
 from ..targets import Target, load_target
 from .formats import ExportError
-from .verify import check_weights, compare_outputs
+from . import holdout
+from .verify import check_weights, compare_outputs, execution_order
 
 __all__ = ["Artifact", "ExportError", "export", "verify", "FORMATS"]
 
 # format -> (module implementing formats.py's contract, file extension)
 FORMATS = {"pte": ("executorch", ".pte"), "tflite": ("litert", ".tflite"), "onnx": ("onnx", ".onnx")}
-VERIFY_INPUTS = 4
+VERIFY_INPUTS = holdout.RANDOM_INPUTS
 _PACKAGES = ("torch", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxruntime", "tflite-micro",
              "ethos-u-vela", "torch-pruning", "edgeprune")
 
@@ -120,9 +121,8 @@ def _calibration_list(calibration: Optional[Iterable], precision: str) -> list:
 
 
 def _held_out(example_inputs: Any, n: int, given: Optional[list] = None) -> list:
-    """Inputs to verify on: the caller's held-out data when given (an int8 model calibrated on real data
-    is only meant to agree on data like it), else fresh tensors of the example's shapes, seeded apart
-    from the example and from anything used to calibrate, so a quantizer cannot have fitted them."""
+    """Inputs to verify on: `given` (export passes the ones `holdout.split` chose), else `n` seeded random
+    tensors of the example's shapes."""
     if given:
         return list(given)
     spec = InputSpec.of(example_inputs)
@@ -142,27 +142,37 @@ def export(
     force: bool = False,
     name: Optional[str] = None,
     verify_inputs: Optional[Iterable] = None,
+    verify_split: float = holdout.VERIFY_SPLIT,
+    allow_other_target: bool = False,
 ) -> Artifact:
     """Export `model` for `target` into `out_dir`, verify it in its runtime and write its manifest.
 
-    `verify_inputs`: held-out examples (each like `example_inputs`) to compare outputs on; pass real data
-    for an int8 export calibrated on real data. Default: seeded random tensors of the example's shapes."""
+    `verify_inputs`: examples (each like `example_inputs`) to compare the artifact's outputs with PyTorch's
+    on. Default: for int8, `verify_split` of the calibration samples (at most 16), held out of calibration;
+    for fp32, seeded random tensors of the example's shapes. The manifest's "verification" says which.
+    `allow_other_target`: export a model pruned for another target (its plan follows that target's rules)."""
     target = load_target(target)
     precision, fmt = _choose(target, precision, format)
-    module = _format_module(fmt)
-    items = _calibration_list(calibration, precision)
-    held_out = list(verify_inputs) if verify_inputs is not None else None
     plan = plan or (record_of(model).plan if record_of(model) else None)
+    if plan is not None and plan.target != target.name and not allow_other_target:
+        raise ExportError(f"{type(model).__name__} was pruned for {plan.target}, not {target.name}: its plan "
+                          f"follows {plan.target}'s rules (channel alignment, N:M support, memory). Plan and prune "
+                          f"for {target.name}, or pass allow_other_target=True (CLI: --allow-other-target) to "
+                          f"export it for {target.name} anyway")
+    module = _format_module(fmt)
+    data = holdout.split(_calibration_list(calibration, precision),
+                         list(verify_inputs) if verify_inputs is not None else None, example_inputs, verify_split)
+    items, held_out = data.calibration, data.verification
     out_dir = Path(out_dir)
     stem = name or f"{type(model).__name__.lower()}-{target.name}-{precision}"
     final_path = out_dir / f"{stem}{FORMATS[fmt][1]}"
     manifest_path = out_dir / f"{stem}.manifest.json"
     for existing in (final_path, manifest_path):
         if existing.exists() and not force:
-            raise ArtifactError(f"{existing}: already exists; pass force=True (CLI: --force) to replace it")
+            raise ArtifactError(f"{existing}: already exists; pass force=True (CLI: --overwrite) to replace it")
 
     final_model = finalize(model).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)  # a file in the way is an ArtifactError naming it
     staging = out_dir / f".{stem}.stage-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
@@ -175,7 +185,8 @@ def export(
         if not staged.is_file():
             raise ExportError(f"the {fmt} exporter wrote no artifact")
 
-        checks = _verify(module, final_model, example_inputs, staged, precision, items, plan, held_out)
+        checks = _verify(module, final_model, example_inputs, staged, precision, plan, held_out, facts)
+        checks["source"] = data.source.value
         memory = _memory_fit(target, staged, staging, final_model, example_inputs, held_out)
         memory = _relative_paths(memory, staging)
         manifest = {
@@ -184,7 +195,9 @@ def export(
             "format": fmt,
             "runtime": target.runtime.preferred if fmt == target.runtime.export_format else FORMATS[fmt][0],
             "target": target.name,
+            "plan_target": plan.target if plan else None,
             "precision": precision,
+            "calibration_samples": len(items),
             "sha256": sha256_file(staged),
             "size_bytes": staged.stat().st_size,
             "source_model": {"class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -198,21 +211,23 @@ def export(
         }
         failures = _failures(checks, memory)
         if failures:
-            raise ExportError(f"{final_path.name} failed verification: " + "; ".join(failures))
+            raise ExportError(f"{final_path.name} failed verification on {data.describe()}: " + "; ".join(failures))
         files = _publish(staging, out_dir, manifest, manifest_path, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Artifact(final_path, manifest, manifest_path, files)
 
 
-def _verify(module, model, example_inputs, path, precision, calibration, plan, held_out=None) -> dict:
-    inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
+def _verify(module, model, example_inputs, path, precision, plan, inputs: list, facts: dict) -> dict:
     expected = [_torch_outputs(model, x) for x in inputs]
     got = [module.run(path, _as_numpy(x)) for x in inputs]
     if len(got[0]) < len(expected[0]):
         expected = [e[: len(got[0])] for e in expected]
     outputs = compare_outputs(expected, got, precision)
-    weights = check_weights(plan, model, module.weights(path))
+    # layer paths as the artifact records them -> the model's (litert-torch drops iterated containers)
+    aliases = {k.removesuffix(".weight"): v.removesuffix(".weight")
+               for k, v in (facts.get("weight_names") or {}).items()}
+    weights = check_weights(plan, model, module.weights(path), execution_order(model, example_inputs), aliases)
     return {"inputs": len(inputs), "outputs": outputs, "weights": weights,
             "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
 
@@ -292,7 +307,7 @@ def _publish(staging: Path, out_dir: Path, manifest: dict, manifest_path: Path, 
         if item.is_file():
             dest = out_dir / item.relative_to(staging)
             if dest.exists() and not force:
-                raise ArtifactError(f"{dest}: already exists; pass force=True to replace it")
+                raise ArtifactError(f"{dest}: already exists; pass force=True (CLI: --overwrite) to replace it")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(item, dest)
             files.append(dest)
@@ -301,12 +316,14 @@ def _publish(staging: Path, out_dir: Path, manifest: dict, manifest_path: Path, 
     return files
 
 
-def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Path", plan: Optional[Plan] = None) -> dict:
+def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Path", plan: Optional[Plan] = None,
+           *, verify_inputs: Optional[Iterable] = None) -> dict:
     """Check an exported artifact again against `model` (e.g. after copying it to a device's image).
 
     Reads the manifest beside the artifact for its format and precision, checks the sha256, runs it in
     its runtime and reads its weights back. Returns the checks; raises `ExportError` naming each output or
-    layer that fails.
+    layer that fails. `verify_inputs`: examples to compare outputs on; an int8 artifact needs them (data like
+    its calibration data), an fp32 one is compared on seeded random inputs without them.
     """
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
     manifest_path = path.with_name(path.name[: -len(path.suffix)] + ".manifest.json")
@@ -321,10 +338,16 @@ def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Pa
     module = _format_module(manifest["format"])
     plan = plan or (Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None)
     final_model = finalize(model).eval()
-    checks = _verify(module, final_model, example_inputs, path, manifest["precision"], [], plan)
+    if manifest["precision"] == "int8" and verify_inputs is None:
+        raise ExportError(f"{path.name} is int8: it is only meant to agree with PyTorch on data like its calibration "
+                          f"data, so pass verify_inputs= (examples like that data) to verify it")
+    data = holdout.split([], list(verify_inputs) if verify_inputs is not None else None, example_inputs)
+    checks = _verify(module, final_model, example_inputs, path, manifest["precision"], plan, data.verification,
+                     manifest.get("export") or {})
+    checks["source"] = data.source.value
     failures = _failures(checks, {})
     if sha256_file(path) != manifest["sha256"]:
         failures.append(f"sha256 differs from the manifest's: {path.name} changed after export")
     if failures:
-        raise ExportError(f"{path.name} failed verification: " + "; ".join(failures))
+        raise ExportError(f"{path.name} failed verification on {data.describe()}: " + "; ".join(failures))
     return checks

@@ -458,7 +458,8 @@ def weights(path: str | os.PathLike) -> WeightReadback:
                 layout = "io" if node.flags & _XNN_FLAG_TRANSPOSE_WEIGHTS else "oihw"
             else:
                 continue
-            label = names.get(xnode.debug_handle) or f"xnnpack{d}.{kind[3:].lower()}{n}"
+            recorded = names.get(xnode.debug_handle)
+            label = recorded or f"xnnpack{d}.{kind[3:].lower()}{n}"
             value = values[node.filter_id] if node.filter_id < len(values) else None
             tensor_value = getattr(value, "tensor_value", value)
             if tensor_value is None or tensor_value.constant_buffer_idx == 0:
@@ -468,7 +469,8 @@ def weights(path: str | os.PathLike) -> WeightReadback:
             if array is None:
                 skipped.append(f"{label} ({why})")
                 continue
-            tensors.append(StoredTensor(name=label, array=array, layout=layout))
+            layer = recorded.removesuffix(".weight") if recorded and recorded.endswith(".weight") else None
+            tensors.append(StoredTensor(name=label, array=array, layout=layout, layer=layer))
     note = ""
     if skipped:
         note = "not read back: " + "; ".join(skipped)

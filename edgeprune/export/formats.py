@@ -16,8 +16,13 @@
 
     weights(path) -> WeightReadback
         The constant weight tensors as stored in the artifact, with the layout each is stored in, so the
-        verifier can check N:M patterns, zero fractions and channel counts inside the artifact. When the
-        format keeps weights where they cannot be read back, return an empty list and say why in `note`.
+        verifier can check N:M patterns, zero fractions and channel counts inside the artifact. In graph
+        order (the order the runtime executes them), each with the PyTorch layer it belongs to where the
+        artifact records that. When the format keeps weights where they cannot be read back, return an
+        empty list and say why in `note`.
+
+    `export`'s facts may hold "weight_names": {parameter name as the artifact records it: the model's
+    parameter name}, for formats whose recorded names leave out parts of the module path.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class StoredTensor:
     name: str
     array: np.ndarray  # as stored: float32, float16 or int8
     layout: str  # one of LAYOUTS; "oihw" for 2-D (out, in) matrices
+    # The PyTorch module path this is the weight of, where the artifact records it ("res.0"); None where
+    # only its position in the graph can tell. The verifier matches layers to tensors by it: shapes alone
+    # cannot tell two layers of equal shape apart.
+    layer: str | None = None
 
 
 @dataclass

@@ -100,10 +100,23 @@ def export(model, example_inputs, path, precision: str = "fp32", calibration: Se
     facts["weight_names"] = recorded_weight_names(model, example_inputs)
     if require_full_int8 and not facts["full_int8"]:
         raise ExportError(
-            f"LiteRT int8 export of {type(model).__name__} is not full-integer (TFLite-Micro/Vela need int8 "
-            f"everywhere): float ops {facts['float_ops']}, inputs {[t['dtype'] for t in facts['inputs']]}, "
-            f"outputs {[t['dtype'] for t in facts['outputs']]}")
+            f"LiteRT int8 export of {type(model).__name__} is not full-integer, and TFLite-Micro and Vela run "
+            f"int8 only: {_describe_layers(facts['float_layers'])} stay float (the int8 quantizer has no "
+            f"integer form for them): float ops {facts['float_ops']}, inputs "
+            f"{[t['dtype'] for t in facts['inputs']]}, outputs {[t['dtype'] for t in facts['outputs']]}")
     return facts
+
+
+def _describe_layers(layers: dict[str, str], examples: int = 3) -> str:
+    """{'stem.1': 'LayerNorm', ...} -> 'LayerNorm layers (2: stem.1, head.0)'."""
+    if not layers:
+        return "some ops"
+    parts = []
+    for cls, n in Counter(layers.values()).most_common():
+        paths = sorted(p for p, c in layers.items() if c == cls)
+        shown = ", ".join(paths[:examples]) + (", ..." if n > examples else "")
+        parts.append(f"{cls} layers ({n}: {shown})")
+    return "; ".join(parts)
 
 
 def _split_inputs(example_inputs) -> tuple[tuple, dict | None]:
@@ -357,7 +370,8 @@ def _tensor_facts(tensor, type_names) -> dict:
 def inspect(path) -> dict:
     """Facts about a .tflite: op counts by builtin op name (as stored, before any delegate), the inputs
     and outputs (name, shape, dtype, scale, zero_point), `full_int8` (int8 inputs and outputs and no op
-    touching a float tensor) and `float_ops` (the ops that do), and the file size."""
+    touching a float tensor), `float_ops` (the ops that do) and `float_layers` ({PyTorch module path: class}
+    of the modules those ops came from, as litert-torch recorded them in tensor names), and the file size."""
     schema = _schema()
     model, data = _model(path)
     builtin_names = _enum_names(schema.BuiltinOperator)
@@ -366,21 +380,27 @@ def inspect(path) -> dict:
                    getattr(schema.TensorType, "BFLOAT16", -1)}
     ops: Counter = Counter()
     float_ops: list[str] = []
+    float_layers: dict[str, str] = {}
     for sg in model.subgraphs or []:
         for op in sg.operators or []:
             name = _op_name(model, op, builtin_names)
             ops[name] += 1
-            touched = [i for i in [*(op.inputs if op.inputs is not None else []),
-                                   *(op.outputs if op.outputs is not None else [])] if i >= 0]
+            outs = [i for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+            touched = [i for i in (op.inputs if op.inputs is not None else []) if i >= 0] + outs
             if any(sg.tensors[i].type in float_types for i in touched):
                 float_ops.append(name)
+                if name not in ("QUANTIZE", "DEQUANTIZE"):  # the boundaries, named after their neighbours
+                    for i in outs:
+                        found = _torch_module(_decode(sg.tensors[i].name))
+                        if found:
+                            float_layers.setdefault(*found)
     sg = model.subgraphs[0]
     inputs = [_tensor_facts(sg.tensors[i], type_names) for i in sg.inputs]
     outputs = [_tensor_facts(sg.tensors[i], type_names) for i in sg.outputs]
     int_io = all(t["dtype"] == "int8" for t in inputs + outputs)
     return {"ops": dict(sorted(ops.items())), "inputs": inputs, "outputs": outputs,
             "full_int8": int_io and not float_ops, "float_ops": sorted(set(float_ops)),
-            "size_bytes": len(data)}
+            "float_layers": dict(sorted(float_layers.items())), "size_bytes": len(data)}
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -510,7 +530,7 @@ def weights(path) -> WeightReadback:
             used_names[stored_name] += 1
             if used_names[stored_name] > 1:
                 stored_name = f"{stored_name}#{used_names[stored_name] - 1}"
-            tensors.append(StoredTensor(stored_name, array, layout))
+            tensors.append(StoredTensor(stored_name, array, layout, layer=layer))
     note = ""
     if skipped:
         note = "not read back: " + "; ".join(skipped)
@@ -577,6 +597,22 @@ def recorded_weight_names(model, example_inputs) -> dict[str, str]:
 
 
 _SEGMENT_RE = re.compile(r"^(?:[\w.]+\.)?([A-Za-z0-9]+)_([\w]+)$")
+
+
+def _torch_module(name: str) -> tuple[str, str] | None:
+    """'pkg.Net/torch.nn.modules.container.Sequential_stem/torch.nn.modules.normalization.LayerNorm_1;3' ->
+    ('stem.1', 'LayerNorm'): the innermost PyTorch module litert-torch recorded in a tensor's name."""
+    for part in name.split(";"):
+        attrs = []
+        for seg in [s for s in part.split("/") if s][1:]:  # the first segment is the root module's class
+            m = _SEGMENT_RE.match(seg)
+            if not m:
+                attrs = []
+                break
+            attrs.append((m.group(1), m.group(2)))
+        if attrs:
+            return ".".join(a for _, a in attrs), attrs[-1][0]
+    return None
 
 
 def _torch_layer(name: str, leaf_class: str) -> str | None:

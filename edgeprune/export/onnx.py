@@ -129,27 +129,38 @@ def weights(path: Path) -> WeightReadback:
         model = onnx.load(str(path))
     except Exception as exc:
         raise ArtifactError(f"{path}: cannot be read as ONNX ({first_line(exc, lines=3, with_type=True)})") from None
-    consumers: dict[str, tuple[Any, int]] = {}
-    for node in model.graph.node:
+    consumers: dict[str, tuple[Any, int, int]] = {}
+    for index, node in enumerate(model.graph.node):  # ONNX keeps nodes in topological order
         for position, name in enumerate(node.input):
-            consumers.setdefault(name, (node, position))
+            consumers.setdefault(name, (node, position, index))
 
     def final_consumer(name: str):
-        node, position = consumers.get(name, (None, 0))
+        node, position, index = consumers.get(name, (None, 0, -1))
         # QDQ: weight -> DequantizeLinear -> Conv/Gemm/MatMul; look through the DequantizeLinear
         while node is not None and node.op_type in ("DequantizeLinear", "Transpose", "Identity"):
-            node, position = consumers.get(node.output[0], (None, 0))
-        return node, position
+            node, position, index = consumers.get(node.output[0], (None, 0, -1))
+        return node, position, index
 
-    tensors = []
+    found = []
     for init in model.graph.initializer:
         if len(init.dims) < 2:
             continue  # biases, scales, zero points, shapes
-        node, position = final_consumer(init.name)
+        node, position, index = final_consumer(init.name)
         if node is None or node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
             continue
-        tensors.append(StoredTensor(init.name, numpy_helper.to_array(init), _layout_of(node, position)))
-    return WeightReadback(tensors)
+        found.append((index, StoredTensor(init.name, numpy_helper.to_array(init), _layout_of(node, position),
+                                          layer=_layer_of(init.name))))
+    # initializers are listed in the model's parameter order; the verifier's positions are graph order
+    return WeightReadback([tensor for _, tensor in sorted(found, key=lambda item: item[0])])
+
+
+def _layer_of(initializer: str) -> str | None:
+    """'res.0' for 'res.0.weight' (torch.onnx keeps parameter names) or its quantized copy 'res.0.weight' +
+    onnxruntime's suffix; None for a constant the exporter made (folded or renamed: 'val_12')."""
+    from onnxruntime.quantization.quant_utils import TENSOR_NAME_QUANT_SUFFIX
+
+    name = initializer.removesuffix(TENSOR_NAME_QUANT_SUFFIX)
+    return name.removesuffix(".weight") if name.endswith(".weight") else None
 
 
 def file_size(path: Path) -> int:

@@ -10,8 +10,9 @@ def manifest_table(manifest: dict) -> Table:
     table = Table(title=f"{manifest['artifact']} ({manifest['format']}, {manifest['precision']}) — verified")
     table.add_column("check")
     table.add_column("result")
+    source = manifest["verification"].get("source", "held-out")
     for o in manifest["verification"]["outputs"]:
-        table.add_row(f"output {o['output']} on {o['inputs']} held-out inputs",
+        table.add_row(f"output {o['output']} on {o['inputs']} {source} inputs",
                       f"max abs err {o['max_abs_err']:.2e}, cosine {o['cosine']:.5f}, top-1 {o['top1_agreement']:.2f}")
     weights = manifest["verification"]["weights"]
     if weights.get("checked"):

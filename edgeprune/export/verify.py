@@ -3,24 +3,30 @@
 Outputs: fp32 must agree element-wise within |a - b| <= ATOL + RTOL * |b|; int8 must keep the cosine
 similarity of every output at COSINE_MIN or above and the top-1 class of at least TOP1_MIN of the inputs.
 
-Weights: each pruned layer's weight is looked for *inside the artifact* — a stored tensor of the same shape
-(after undoing the format's layout) whose zeros include the PyTorch weight's zeros. Exporters fold
-BatchNorm into convolutions and quantize, which changes values but keeps zeros zero, so the zero pattern
-is what identifies a layer. Then: the N:M pattern must hold on it exactly, the unstructured zero fraction
-must be at least the plan's, and a structurally pruned layer's channel counts must be the plan's.
+Weights: each pruned layer's weight is read *inside the artifact*, from the tensor that is that layer's:
+the one the artifact names after it (ONNX keeps PyTorch's parameter names, the .pte's sidecar and
+litert-torch's tensor names record the module), else the one at the same place in the graph (the k-th
+stored tensor of a shape, in graph order, is the k-th layer of that shape in the model's execution order).
+Never by shape alone: layers of equal shape are common (a kept stem and a pruned depthwise conv), and a
+check run on another layer's tensor proves nothing. A layer no name or position singles out fails as
+ambiguous. Then, on its tensor (after undoing the format's layout; exporters fold BatchNorm and quantize,
+which changes values but keeps zeros zero): its shape must be the pruned model's, the N:M pattern must
+hold exactly, the unstructured zero fraction must be at least the plan's, and a structurally pruned
+layer's channel counts must be the plan's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..costs import prunable_layers
-from ..plan import Plan
+from ..inputs import call
+from ..plan import LayerDecision, Plan
 from ..pruning.nm import satisfies_nm
 from .formats import StoredTensor, WeightReadback
 
@@ -62,63 +68,106 @@ def as_oihw(t: StoredTensor) -> np.ndarray:
     return a
 
 
+def execution_order(model: nn.Module, example_inputs: Any) -> list[str]:
+    """The model's Conv/Linear layers in the order its forward pass first calls them (one pass, no grad);
+    layers it never calls come last, in definition order."""
+    modules = prunable_layers(model)
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: order.append(name) if name not in order else None)
+               for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            call(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order + [name for name in modules if name not in order]
+
+
 @dataclass
-class _Candidate:
-    name: str
-    array: np.ndarray  # in PyTorch's (out, in, *kernel) layout
-    used: bool = False
+class _Match:
+    tensors: list[StoredTensor]  # the layer's weight as stored (more than one if the artifact repeats it)
+    by: str  # "name" | "position"
 
 
-def _match(weight: np.ndarray, candidates: list[_Candidate]) -> Optional[_Candidate]:
-    zeros = weight == 0
-    best = None
-    for c in candidates:
-        if c.used or c.array.shape != weight.shape:
-            continue
-        stored_zeros = c.array == 0
-        if not np.all(stored_zeros[zeros]):
-            continue
-        if np.array_equal(stored_zeros, zeros):
-            return c
-        best = best or c  # quantization may zero a few more tiny weights
-    if best is None:  # zeros lost (or never there): still check the same-shaped tensor, to say what broke
-        best = next((c for c in candidates if not c.used and c.array.shape == weight.shape), None)
-    return best
+def _identify(modules: dict[str, nn.Module], readback: WeightReadback, order: list[str],
+              aliases: dict[str, str]) -> tuple[dict[str, _Match], dict[str, str]]:
+    """Which stored tensor is each layer's weight: the tensors the artifact names after a layer are that
+    layer's; the rest are matched by position, the k-th unnamed tensor of a shape in graph order to the
+    k-th layer of that shape (among layers without a named tensor) in execution order. Where the two
+    counts differ nothing tells the tensors apart, and those layers are ambiguous, never guessed.
+    Returns (matches, {layer: why it has no match})."""
+    named: dict[str, list[StoredTensor]] = {}
+    unnamed: dict[tuple, list[StoredTensor]] = {}
+    for t in readback.tensors:
+        layer = t.layer if t.layer in modules else aliases.get(t.layer or "")
+        if layer in modules:
+            named.setdefault(layer, []).append(t)
+        else:
+            unnamed.setdefault(as_oihw(t).shape, []).append(t)
+    by_shape: dict[tuple, list[str]] = {}
+    for name in order:
+        if name not in named:
+            by_shape.setdefault(tuple(modules[name].weight.shape), []).append(name)
+    matches = {name: _Match(tensors, "name") for name, tensors in named.items()}
+    missing = {}
+    for shape, layers in by_shape.items():
+        stored = unnamed.get(shape, [])
+        if len(stored) == len(layers):
+            matches.update((layer, _Match([t], "position")) for layer, t in zip(layers, stored))
+        elif not stored:
+            missing.update((layer, f"no weight of shape {list(shape)} in the artifact") for layer in layers)
+        else:
+            why = (f"ambiguous: {len(stored)} unnamed tensor(s) of shape {list(shape)} in the artifact "
+                   f"({', '.join(t.name for t in stored)}) for {len(layers)} layer(s) of that shape "
+                   f"({', '.join(layers)}): nothing tells which is which")
+            missing.update((layer, why) for layer in layers)
+    return matches, missing
 
 
-def check_weights(plan: Optional[Plan], model: nn.Module, readback: WeightReadback) -> dict:
-    """Per-layer results of checking the plan's sparsity and channel counts inside the artifact."""
+def check_weights(plan: Optional[Plan], model: nn.Module, readback: WeightReadback, order: Optional[list[str]] = None,
+                  aliases: Optional[dict[str, str]] = None) -> dict:
+    """Per-layer results of checking the plan's sparsity and channel counts inside the artifact.
+
+    `order`: the model's layers in execution order (`execution_order`), for the tensors the artifact does
+    not name; `aliases`: {layer path as the artifact records it: the model's layer path}."""
     if plan is None:
         return {"checked": False, "note": "no plan: the model was not pruned by edgeprune.prune"}
     if not readback.tensors:
         return {"checked": False, "note": readback.note or "the artifact's weights could not be read back"}
-    candidates = [_Candidate(t.name, as_oihw(t)) for t in readback.tensors]
     modules = prunable_layers(model)
+    matches, missing = _identify(modules, readback, list(order) if order is not None else list(modules), aliases or {})
     layers = {}
-    # layers with zeros first: their patterns identify them; plain structured layers match on shape after
-    order = sorted(plan.layers, key=lambda d: d.method not in ("n:m", "unstructured"))
-    for d in order:
+    for d in plan.layers:
         if d.method == "keep" or d.layer not in modules:
             continue
-        weight = modules[d.layer].weight.detach().cpu().numpy()
-        match = _match(weight, candidates)
-        if match is None:
-            layers[d.layer] = {"passed": False, "error": f"no weight of shape {list(weight.shape)} in the artifact "
-                                                         "whose zeros match the model's"}
+        if d.layer not in matches:
+            layers[d.layer] = {"passed": False, "error": missing.get(d.layer, "no weight in the artifact")}
             continue
-        match.used = True
-        result = {"stored_as": match.name, "shape": list(match.array.shape)}
-        if d.method == "n:m":
-            ok = satisfies_nm(torch.from_numpy(match.array.copy()), d.n, d.m)
-            result.update(check=f"{d.n}:{d.m} along the input dimension", passed=bool(ok))
-        elif d.method == "unstructured":
-            fraction = float(np.mean(match.array == 0))
-            result.update(check=f"zero fraction >= {d.amount:.4f}", zero_fraction=fraction,
-                          passed=fraction + 1e-9 >= d.amount)
-        else:
-            out_c = match.array.shape[0]
-            result.update(check=f"{d.out_channels[1]} output channels", passed=out_c == d.out_channels[1])
-        if not result["passed"]:
-            result["error"] = f"{result['check']} does not hold in the artifact"
-        layers[d.layer] = result
+        weight_shape = tuple(modules[d.layer].weight.shape)
+        results = [_check(d, t, weight_shape, matches[d.layer].by) for t in matches[d.layer].tensors]
+        layers[d.layer] = next((r for r in results if not r["passed"]), results[0])
     return {"checked": True, "layers": layers, "passed": all(r["passed"] for r in layers.values())}
+
+
+def _check(d: LayerDecision, tensor: StoredTensor, weight_shape: tuple, by: str) -> dict:
+    array = as_oihw(tensor)
+    result = {"stored_as": tensor.name, "matched_by": by, "shape": list(array.shape)}
+    if array.shape != weight_shape:
+        # the layer's own tensor in another shape: the pruning did not survive the export
+        return {**result, "check": f"shape {list(weight_shape)}", "passed": False,
+                "error": f"stored as {tensor.name} with shape {list(array.shape)}, the model's weight is "
+                         f"{list(weight_shape)}"}
+    if d.method == "n:m":
+        ok = satisfies_nm(torch.from_numpy(array.copy()), d.n, d.m)
+        result.update(check=f"{d.n}:{d.m} along the input dimension", passed=bool(ok))
+    elif d.method == "unstructured":
+        fraction = float(np.mean(array == 0))
+        result.update(check=f"zero fraction >= {d.amount:.4f}", zero_fraction=fraction,
+                      passed=fraction + 1e-9 >= d.amount)
+    else:
+        out_c = array.shape[0]
+        result.update(check=f"{d.out_channels[1]} output channels", passed=out_c == d.out_channels[1])
+    if not result["passed"]:
+        result["error"] = f"{result['check']} does not hold in {tensor.name}"
+    return result
