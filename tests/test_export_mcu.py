@@ -198,3 +198,13 @@ def test_model_over_flash_fails_with_how_many_kib_over(digits_images, tmp_path):
         ep.export(_digits_mlp(), (digits_images[:1],), small, tmp_path / "out", calibration=calibration,
                   verify_inputs=calibration[:4])
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_mcu_export_names_the_layers_that_stay_float(out_dir):
+    # TFLite-Micro and Vela run int8 only; the quantizer has no integer LayerNorm: say which layer and why.
+    model = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 4)).eval()
+    calibration = [(torch.from_numpy(_randn((1, 16), seed)),) for seed in range(8)]
+    with pytest.raises(ExportError, match=r"LayerNorm layers \(1: 1\) stay float \(the int8 quantizer has no "
+                                          r"integer form for them\)"):
+        litert.export(model, calibration[0], out_dir / "layernorm.tflite", "int8", calibration,
+                      require_full_int8=True)
