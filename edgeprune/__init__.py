@@ -18,7 +18,7 @@ from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
 from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check
-from .serialization import load, save
+from .serialization import load, load_weights, save
 from .sensitivity import LayerSensitivity, Sensitivity, sensitivity
 from .plots import plot_accuracy_vs_latency, plot_layer_sparsity
 from .targets import Target, builtin_targets, load_target
@@ -31,6 +31,6 @@ __all__ = [
     "HostKeyError", "RemoteTimeoutError", "bench", "bench_many", "check", "load_devices",
     "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
-    "finalize", "load", "load_target", "measure", "plan", "prune", "record_of", "save",
+    "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

@@ -27,7 +27,7 @@ def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
     except OSError as exc:
-        raise error(f"{path}: cannot read: {exc}") from None
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

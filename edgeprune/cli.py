@@ -1,20 +1,24 @@
-"""The `edgeprune` command line: targets, plan, prune, export, bench, devices, sensitivity, demo."""
+"""The `edgeprune` command line: targets, plan, prune, finetune, export, bench, devices, sensitivity, demo."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
 from . import _atomic
+from ._version import __version__
 from .budget import Budget
-from .errors import EdgepruneError, ModelError
+from .errors import ArtifactError, EdgepruneError, ModelError
 from .factory import build, default_inputs
 from .targets import builtin_targets, load_target
 
@@ -23,6 +27,28 @@ targets_app = typer.Typer(help="List the built-in target profiles, or show one."
 app.add_typer(targets_app, name="targets")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgeprune {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    # `--model mymodels:net` names a module beside the user, as `python -m` finds one: the current directory
+    # goes first on the import path (an installed console script would otherwise only see site-packages)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _print_notes(plan) -> None:
+    """What the plan's rows cannot show (rollbacks, recipe entries, flash), where the user reads the table."""
+    for note in plan.notes:
+        console.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _fail(exc: Exception) -> None:
@@ -98,40 +124,88 @@ def _example_inputs(model_spec: str, shape: Optional[str], name: Optional[str], 
     return {name: tensor} if name else (tensor,)
 
 
-def _make_plan(target, model, budget, recipe, input_shape, input_name, input_dtype, importance, scope):
+def _dense(model_spec: str, weights: Optional[Path]):
+    """The factory's dense model, with trained weights from `--weights F.safetensors` when given."""
+    from .serialization import load_weights
+
+    return build(model_spec) if weights is None else load_weights(model_spec, weights)
+
+
+def _read_sensitivity(path: Optional[Path]):
+    """The `--sensitivity` file `edgeprune sensitivity` wrote (sensitivity.json), or None."""
+    if path is None:
+        return None
+    from .sensitivity import Sensitivity
+
+    try:
+        return Sensitivity.from_json(_read_text(path))
+    except EdgepruneError as exc:
+        if str(path) in str(exc):
+            raise
+        raise EdgepruneError(f"--sensitivity {path}: {exc}") from None
+
+
+def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory; name a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name, input_dtype,
+               importance, scope):
     from .policy import plan as make_plan
 
-    module = build(model)
+    sens = _read_sensitivity(sensitivity)
+    module = _dense(model, weights)
     inputs = _example_inputs(model, input_shape, input_name, input_dtype)
     return module, make_plan(module, inputs, target, Budget.parse(budget), recipe=recipe, importance=importance,
-                             scope=scope)
+                             scope=scope, sensitivity=sens)
 
 
 _TARGET = typer.Option(..., "--target", "-t", help="built-in target name or path to a .toml profile")
-_MODEL = typer.Option(..., "--model", "-m", help="model factory, package.module:function")
+_MODEL = typer.Option(..., "--model", "-m", help="model factory, package.module:function (the current directory "
+                      "is on the import path)")
+_WEIGHTS = typer.Option(None, "--weights", "-w", help="trained weights of the dense model: a .safetensors file "
+                        "(safetensors.torch.save_model(model, path)); default: the factory's own")
 _SHAPE = typer.Option(None, "--input-shape", help="e.g. 1,3,224,224 (default: the factory's example_inputs)")
 _NAME = typer.Option(None, "--input-name", help="pass the input as this keyword (pixel_values, input_ids)")
 _DTYPE = typer.Option("float32", "--input-dtype")
 _BUDGET = typer.Option("macs=0.5", "--budget", "-b", help="macs=R (keep at most R of the MACs) or sparsity=S")
 _RECIPE = typer.Option(None, "--recipe", "-r", help="TOML file of per-layer overrides")
+_SENSITIVITY = typer.Option(None, "--sensitivity", "-s", help="sensitivity.json written by `edgeprune sensitivity` "
+                            "for the same target: prune sensitive layers less")
 _IMPORTANCE = typer.Option("l2", "--importance", help="l1 | l2 | bn_scale | taylor")
 _SCOPE = typer.Option("per-layer", "--scope", help="per-layer | global")
+# --force was the first spelling of --overwrite; it keeps working, unlisted
+_FORCE = typer.Option(False, "--force", hidden=True, help="the same as --overwrite")
+
+
+def _overwrite(what: str):
+    return typer.Option(False, "--overwrite", help=f"replace {what}")
 
 
 @app.command("plan")
 def plan_cmd(
-    target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
+    target: str = _TARGET, model: str = _MODEL, weights: Optional[Path] = _WEIGHTS, input_shape: Optional[str] = _SHAPE,
     input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE, budget: str = _BUDGET,
-    recipe: Optional[Path] = _RECIPE, importance: str = _IMPORTANCE, scope: str = _SCOPE,
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --json file"),
+    recipe: Optional[Path] = _RECIPE, sensitivity: Optional[Path] = _SENSITIVITY, importance: str = _IMPORTANCE,
+    scope: str = _SCOPE, json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here"),
+    overwrite: bool = _overwrite("an existing --json file"), force: bool = _FORCE,
 ) -> None:
     """Decide per layer how to prune MODEL for TARGET, print the plan and optionally write it as JSON."""
+    overwrite = overwrite or force
     try:
-        if json_out is not None and json_out.exists() and not overwrite:
-            raise EdgepruneError(f"{json_out}: already exists; pass --overwrite to replace it")
-        _, result = _make_plan(target, model, budget, recipe, input_shape, input_name, input_dtype, importance, scope)
+        if json_out is not None:
+            _atomic.check_file_output(json_out, overwrite=overwrite)
+        _, result = _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
+                               input_dtype, importance, scope)
         console.print(result.table())
+        _print_notes(result)
         if json_out is not None:
             _atomic.write_text(json_out, result.to_json(), overwrite=overwrite)
             console.print(f"wrote {json_out}")
@@ -141,22 +215,26 @@ def plan_cmd(
 
 @app.command("prune")
 def prune_cmd(
-    target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
+    target: str = _TARGET, model: str = _MODEL, weights: Optional[Path] = _WEIGHTS, input_shape: Optional[str] = _SHAPE,
     input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE, budget: str = _BUDGET,
-    recipe: Optional[Path] = _RECIPE, importance: str = _IMPORTANCE, scope: str = _SCOPE,
+    recipe: Optional[Path] = _RECIPE, sensitivity: Optional[Path] = _SENSITIVITY, importance: str = _IMPORTANCE,
+    scope: str = _SCOPE,
     out: Path = typer.Option(..., "--out", "-o", help="directory to save the pruned model in (safetensors + JSON)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out directory"),
+    overwrite: bool = _overwrite("an existing --out directory"), force: bool = _FORCE,
 ) -> None:
-    """Plan, prune and save MODEL for TARGET; `edgeprune.load(factory, OUT)` rebuilds it."""
+    """Plan, prune and save MODEL for TARGET; `edgeprune.load(factory, OUT)` rebuilds it. Fine-tune it next
+    (`edgeprune finetune`): a pruned model is not ready to ship."""
     from .costs import compare_table, measure
     from .pruning import prune
     from .serialization import save
 
+    overwrite = overwrite or force
     try:
-        if out.exists() and not overwrite:
-            raise EdgepruneError(f"{out}: already exists; pass --overwrite to replace it")
-        module, result = _make_plan(target, model, budget, recipe, input_shape, input_name, input_dtype, importance, scope)
+        _atomic.check_dir_output(out, exists_ok=overwrite)
+        module, result = _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
+                                    input_dtype, importance, scope)
         console.print(result.table())
+        _print_notes(result)
         pruned = prune(module, result)
         save(pruned, result, out, factory=model, overwrite=overwrite)
         inputs = result.example()
@@ -166,23 +244,101 @@ def prune_cmd(
         _fail(exc)
 
 
+@app.command("finetune")
+def finetune_cmd(
+    pruned: Path = typer.Argument(..., help="a pruned model saved by `edgeprune prune --out` (a directory)"),
+    model: str = _MODEL,
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="the dense model's trained weights "
+                                           "(.safetensors): distil from it as the teacher"),
+    digits: bool = typer.Option(False, "--digits", help="train on scikit-learn's digits (training split), "
+                                "report accuracy on its test split"),
+    data: Optional[Path] = typer.Option(None, "--data", help="training data: .safetensors with tensors x (inputs) "
+                                        "and y (labels)"),
+    val_data: Optional[Path] = typer.Option(None, "--val-data", help="validation data, like --data: accuracy "
+                                            "after each epoch"),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory to save the fine-tuned model in"),
+    overwrite: bool = _overwrite("an existing --out directory"), force: bool = _FORCE,
+) -> None:
+    """Fine-tune a pruned model (its masks stay in force) to recover accuracy, and save it for `export`."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .finetune import finetune
+    from .pruning import record_of
+    from .serialization import load, save
+
+    overwrite = overwrite or force
+    try:
+        _atomic.check_dir_output(out, exists_ok=overwrite)
+        if digits == (data is not None):
+            raise EdgepruneError("pass exactly one of --digits or --data F.safetensors")
+        if digits and val_data is not None:
+            raise EdgepruneError("--val-data goes with --data; --digits validates on the digits test split")
+        if digits:
+            from .zoo import digits as load_digits
+
+            train, val = load_digits("train"), load_digits("test")
+        else:
+            train, val = _labelled("--data", data), _labelled("--val-data", val_data) if val_data else None
+        student = load(model, pruned)
+        teacher = _dense(model, weights) if weights is not None else None
+        loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        val_loader = DataLoader(TensorDataset(*val), batch_size=256) if val is not None else None
+        result = finetune(student, loader, epochs=epochs, val_data=val_loader, teacher=teacher, lr=lr, seed=seed)
+        save(result.model, record_of(result.model).plan, out, factory=model, overwrite=overwrite)
+        if result.history and result.history[-1].get("metric") is not None:
+            console.print(f"validation accuracy after {len(result.history)} epochs: {result.history[-1]['metric']:.1%}")
+        console.print(f"saved to {out}")
+    except EdgepruneError as exc:
+        _fail(exc)
+
+
 def _load_tensors(option: str, path) -> dict:
     import safetensors.torch
 
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{option} {path}: is a directory; name a .safetensors file")
     try:
+        with open(path, "rb"):  # an OSError (permissions, a symlink loop) says what it is; safetensors' would not
+            pass
         return safetensors.torch.load_file(str(path))
     except FileNotFoundError:
-        raise EdgepruneError(f"{option} {path}: file not found") from None
+        raise ArtifactError(f"{option} {path}: file not found") from None
+    except OSError as exc:
+        raise ArtifactError(f"{option} {path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:
-        raise EdgepruneError(f"{option} {path}: not a safetensors file ({exc})") from None
+        raise ArtifactError(f"{option} {path}: not a safetensors file ({exc})") from None
+
+
+def _samples(option: str, path: Path, example: Any) -> list:
+    """The samples in a .safetensors file whose tensors are named like the example's inputs (`input_0`,
+    `input_1`, ... for positional inputs, the keyword for keyword inputs), samples along the first dimension."""
+    from .inputs import normalize
+
+    tensors = _load_tensors(option, path)
+    args, kwargs = normalize(example)
+    names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise EdgepruneError(f"{option} {path}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "
+                             f"the model's inputs are {', '.join(names)}")
+    count = tensors[names[0]].shape[0]
+    items = [{n: tensors[n][i : i + 1] for n in names} for i in range(count)]
+    return items if kwargs else [tuple(item[n] for n in names) for item in items]
 
 
 def _calibration(spec: Optional[str], example: Any) -> Optional[list]:
     """`random:N` (N random inputs shaped like the example — a smoke test, not real calibration) or a
-    .safetensors file whose tensors are named like the inputs, samples along the first dimension."""
+    .safetensors file of inputs (see `_samples`)."""
     if spec is None:
         return None
-    from .inputs import InputSpec, normalize
+    from .inputs import InputSpec
 
     if spec.startswith("random:"):
         try:
@@ -191,44 +347,63 @@ def _calibration(spec: Optional[str], example: Any) -> Optional[list]:
             raise EdgepruneError(f"--calibration {spec!r}: expected random:N, e.g. random:16") from None
         shape_spec = InputSpec.of(example)
         return [shape_spec.make(seed=10_000 + i) for i in range(count)]
-    path = Path(spec)
-    tensors = _load_tensors("--calibration", path)
-    args, kwargs = normalize(example)
-    names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))]
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise EdgepruneError(f"--calibration {path}: no tensor named {missing[0]!r} (has: {', '.join(tensors)})")
-    count = tensors[names[0]].shape[0]
-    items = [{n: tensors[n][i : i + 1] for n in names} for i in range(count)]
-    return items if kwargs else [tuple(item[n] for n in names) for item in items]
+    return _samples("--calibration", Path(spec), example)
+
+
+def _exportable(model_spec: str, weights: Optional[Path]):
+    """What `export --weights` names: a saved (pruned) model directory, dense .safetensors weights, or nothing."""
+    from .serialization import load
+
+    if weights is not None and weights.is_dir():
+        return load(model_spec, weights)
+    return _dense(model_spec, weights)
 
 
 @app.command("export")
 def export_cmd(
     target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
     input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE,
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="a pruned model saved by `prune --out`"),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="a model saved by `prune --out` or "
+                                           "`finetune --out` (a directory), or dense weights (.safetensors)"),
     int8: bool = typer.Option(False, "--int8", help="full-int8 (PT2E static quantization); needs --calibration"),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="a .safetensors of inputs, or random:N"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="a .safetensors of inputs (tensors "
+                                              "input_0, input_1, ... or the --input-name keyword), or random:N"),
+    verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="a .safetensors of inputs to verify "
+                                               "the artifact on, named like --calibration's (default: held-out "
+                                               "calibration samples, else random inputs)"),
+    allow_other_target: bool = typer.Option(False, "--allow-other-target", help="export a model pruned for "
+                                            "another target (its plan's) for TARGET anyway"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="pte | tflite | onnx (default: the profile's)"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for the artifact and its manifest"),
-    force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
+    overwrite: bool = _overwrite("an existing artifact and manifest"), force: bool = _FORCE,
 ) -> None:
-    """Export MODEL (or the pruned model in --weights) for TARGET's runtime and verify it there."""
+    """Export MODEL (or the model in --weights) for TARGET's runtime and verify it there."""
     from .export import export
     from .export.report import manifest_table
-    from .serialization import load
+    from .pruning import record_of
 
     try:
-        module = load(model, weights) if weights is not None else build(model)
+        _atomic.check_dir_output(out)
+        module = _exportable(model, weights)
         inputs = _example_inputs(model, input_shape, input_name, input_dtype)
         precision = "int8" if int8 else None
+        verify_inputs = _samples("--verify-data", verify_data, inputs) if verify_data is not None else None
+        record = record_of(module)
+        if record is not None and record.plan.sparsity > 0 and not record.finetuned:
+            # one-shot pruning without recovery costs accuracy (the demo's digits CNN falls to about a third)
+            _warn(f"{weights}: this pruned model was never fine-tuned, so it may have lost much of its accuracy; "
+                  "run `edgeprune finetune` on it first, or check its accuracy before shipping it")
         art = export(module, inputs, target, out, precision=precision, calibration=_calibration(calibration, inputs),
-                     format=fmt, force=force)
+                     format=fmt, force=overwrite or force, verify_inputs=verify_inputs,
+                     allow_other_target=allow_other_target)
         console.print(manifest_table(art.manifest))
         console.print(f"wrote {art.path} and {art.manifest_path.name}")
     except EdgepruneError as exc:
         _fail(exc)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
@@ -347,7 +522,7 @@ def bench_cmd(
     device: list[str] = typer.Option(["local"], "--device", "-d", help="device name; repeat to measure on several "
                                      "devices at once (one thread per device)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics (and raw samples) here"),
-    force: bool = typer.Option(False, "--force", help="replace an existing --json file"),
+    overwrite: bool = _overwrite("an existing --json file"), force: bool = _FORCE,
     min_runs: int = typer.Option(50, "--min-runs", help="measure at least this many inferences…"),
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="…and for at least this long"),
     warmup_runs: int = typer.Option(5, "--warmup-runs"),
@@ -364,14 +539,15 @@ def bench_cmd(
     from .devices import load_devices
     from .remote import BenchSettings, bench_many
 
+    overwrite = overwrite or force
     try:
         inventory = load_devices(devices)
         unknown = [d for d in device if d not in inventory]
         if unknown:
             raise EdgepruneError(f"{devices or 'devices.toml'}: no device named '{unknown[0]}' "
                                  f"(known: {', '.join(inventory)})")
-        if json_out is not None and json_out.exists() and not force:
-            raise EdgepruneError(f"{json_out}: already exists; pass --force to replace it")
+        if json_out is not None:
+            _atomic.check_file_output(json_out, overwrite=overwrite)
         # unset threads/cores fall back to each device's own, in remote.bench
         settings = BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds, threads, _cores(cores))
         names = list(dict.fromkeys(device))
@@ -408,7 +584,7 @@ def bench_cmd(
         payload = ok[0].to_dict() if len(results) == 1 else {
             "schema": "edgeprune.bench-results/1", "results": [r.to_dict() for r in ok],
             "errors": [str(e) for e in errors]}
-        _atomic.write_text(json_out, json.dumps(payload, indent=2), overwrite=force)
+        _atomic.write_text(json_out, json.dumps(payload, indent=2), overwrite=overwrite)
         console.print(f"wrote {json_out}")
     if errors:
         raise typer.Exit(code=2)
@@ -438,11 +614,19 @@ def _validation(digits: bool, data: Optional[Path]):
         from .zoo import digits as load_digits
 
         return load_digits("test")
-    tensors = _load_tensors("--data", data)
+    return _labelled("--data", data)
+
+
+def _labelled(option: str, path: Path):
+    """(x, y) from a .safetensors file holding tensors `x` (inputs, samples along the first dimension) and
+    `y` (integer labels, one per sample)."""
+    tensors = _load_tensors(option, path)
     missing = [k for k in ("x", "y") if k not in tensors]
     if missing:
-        raise EdgepruneError(f"--data {data}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "
+        raise EdgepruneError(f"{option} {path}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "
                              "expected x (inputs) and y (labels)")
+    if len(tensors["x"]) != len(tensors["y"]):
+        raise EdgepruneError(f"{option} {path}: x has {len(tensors['x'])} samples but y has {len(tensors['y'])} labels")
     return tensors["x"], tensors["y"].long()
 
 
@@ -464,30 +648,30 @@ def _bn_data(source: Optional[str]):
 
 @app.command("sensitivity")
 def sensitivity_cmd(
-    target: str = _TARGET, model: str = _MODEL, input_shape: Optional[str] = _SHAPE,
+    target: str = _TARGET, model: str = _MODEL, weights: Optional[Path] = _WEIGHTS, input_shape: Optional[str] = _SHAPE,
     input_name: Optional[str] = _NAME, input_dtype: str = _DTYPE,
     digits: bool = typer.Option(False, "--digits", help="validate on scikit-learn's digits (test split)"),
     data: Optional[Path] = typer.Option(None, "--data", help=".safetensors with tensors x (inputs) and y (labels)"),
     amounts: str = typer.Option("0.25,0.5,0.75", "--amounts", help="fractions to prune each layer by"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for sensitivity.json and sensitivity.png"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing files in --out"),
+    overwrite: bool = _overwrite("existing files in --out"), force: bool = _FORCE,
     bn_data: Optional[str] = typer.Option(None, "--bn-data", help="recompute each pruned copy's BatchNorm statistics "
                                           "first: 'digits' (training split) or a .safetensors with tensor x"),
 ) -> None:
     """Prune each layer of MODEL alone as TARGET would, measure top-1 accuracy, write JSON and a plot."""
     from .sensitivity import sensitivity
 
+    overwrite = overwrite or force
     try:
         try:
             fractions = tuple(float(a) for a in amounts.split(","))
         except ValueError:
             raise EdgepruneError(f"--amounts {amounts!r}: expected fractions separated by commas, e.g. 0.25,0.5") from None
-        json_path, png_path = out / "sensitivity.json", out / "sensitivity.png"
+        json_path, png_path = _atomic.check_dir_output(out) / "sensitivity.json", out / "sensitivity.png"
         for path in (json_path, png_path):
-            if path.exists() and not overwrite:
-                raise EdgepruneError(f"{path}: already exists; pass --overwrite to replace it")
+            _atomic.check_file_output(path, overwrite=overwrite)
         val = _validation(digits, data)
-        module = build(model)
+        module = _dense(model, weights)
         inputs = _example_inputs(model, input_shape, input_name, input_dtype)
         result = sensitivity(module, inputs, val, None, target, amounts=fractions, calibration_data=_bn_data(bn_data))
         table = Table(title=f"sensitivity for {result.target} (baseline {result.baseline:.4g})")
@@ -514,9 +698,9 @@ def demo_cmd(
     plan, prune, fine-tune with KD, export, verify, measure; a summary table and a report folder."""
     from . import demo
 
-    if out is not None and out.exists() and any(out.iterdir()):
-        _fail(EdgepruneError(f"{out}: already exists and is not empty; choose a new --out"))
     try:
+        if out is not None and _atomic.check_dir_output(out).exists() and any(out.iterdir()):
+            raise ArtifactError(f"{out}: already exists and is not empty; choose a new --out")
         demo.main(device=device, devices=str(devices) if devices else None, out=out)
     except EdgepruneError as exc:
         _fail(exc)

@@ -668,7 +668,8 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     subclass saying what went wrong) naming the device; nothing is returned unless the run was complete."""
     artifact = Path(artifact)
     if not artifact.is_file():
-        raise ArtifactError(f"{artifact}: not found")
+        raise ArtifactError(f"{artifact}: " + ("is a directory; name the artifact file in it" if artifact.is_dir()
+                                               else "not found"))
     if isinstance(device, str):
         device = get_device(device, devices)
     settings = _device_defaults(settings or BenchSettings(), device)

@@ -96,7 +96,16 @@ class Sensitivity:
 
     @classmethod
     def from_json(cls, text: str) -> "Sensitivity":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EdgepruneError(f"not an edgeprune sensitivity: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise EdgepruneError(f"not an edgeprune sensitivity: a JSON {type(data).__name__}, not an object")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgepruneError(f"malformed edgeprune sensitivity ({type(exc).__name__}: {exc})") from None
 
     def plot(self, path: "str | Path", *, overwrite: bool = False) -> Path:
         from .plots import plot_sensitivity

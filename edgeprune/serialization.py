@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ._version import __version__
+from ._atomic import check_dir_output, make_dir
 from .errors import ArtifactError
 from .factory import Factory, build, spec_of
 from .plan import Plan
@@ -53,8 +54,8 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
     The directory appears complete or not at all; an existing one is replaced only with `overwrite=True`.
     """
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise ArtifactError(f"{directory}: already exists; pass overwrite=True to replace it")
+    # a file is never replaced by a directory, even with overwrite: it is not a model saved here
+    check_dir_output(directory, exists_ok=overwrite)
     record = record_of(pruned)
     if record is None and any(g.remove for g in plan.groups):
         raise ArtifactError("the model has no record of which channels were removed: save the module ep.prune returned")
@@ -69,9 +70,12 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
         "removals": [{"root": r.root, "idxs": list(r.idxs)} for r in removals],
         "masked_layers": _masked_layers(pruned),
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(directory.parent)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise ArtifactError(f"{directory}: cannot be written: {exc.strerror or exc}") from None
     try:
         _write_json(staging / STRUCTURE, structure)
         safetensors.torch.save_model(pruned, str(staging / WEIGHTS), metadata={"schema": SCHEMA})
@@ -89,11 +93,17 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
 
 
 def read_structure(directory: "str | Path") -> dict:
-    path = Path(directory) / STRUCTURE
+    directory = Path(directory)
+    path = directory / STRUCTURE
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{directory}: is a file; a saved model is the directory edgeprune.save "
+                            "(or `edgeprune prune --out`) wrote, holding structure.json and weights.safetensors")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: not found — is {directory} a directory written by edgeprune.save?") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
@@ -140,4 +150,34 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
         )
     model.train(was_training)
     setattr(model, RECORD_ATTR, PruneRecord(plan, tuple(removals)))
+    return model
+
+
+def load_weights(factory: Factory, path: "str | Path") -> nn.Module:
+    """The factory's dense model with trained weights from a .safetensors file, e.g. one written by
+    `safetensors.torch.save_model(model, path)`. Pickled checkpoints (.pt, .pth) are refused, never read."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory; dense weights are one .safetensors file "
+                            "(a pruned model saved by edgeprune.save is read with edgeprune.load)")
+    try:
+        with open(path, "rb"):  # an OSError (permissions, a symlink loop) says what it is; safetensors' would not
+            pass
+        with safetensors.safe_open(str(path), framework="pt"):  # reads the header only
+            pass
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # safetensors' header errors have no common base class
+        raise ArtifactError(f"{path}: not a safetensors file ({exc}); edgeprune never unpickles .pt/.pth files: "
+                            "write the weights with safetensors.torch.save_model(model, 'model.safetensors')") from None
+    model = build(factory)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path}: does not fit {spec_of(factory)}'s model ({type(exc).__name__}: {exc})") from None
+    if missing or unexpected:
+        raise ArtifactError(f"{path}: does not match {spec_of(factory)}'s model (missing: {sorted(missing)[:5]}, "
+                            f"unexpected: {sorted(unexpected)[:5]})")
     return model
