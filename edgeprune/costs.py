@@ -94,6 +94,21 @@ def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
     return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order))
 
 
+_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def weight_bytes(model: nn.Module, precision: str) -> int:
+    """Bytes the model's parameters take stored at `precision`: Conv/Linear weights at its width; at int8
+    the biases are int32 and the rest (norm scales) float32, as TFLite stores them. Quantization scales and
+    the file format's own overhead come on top."""
+    weights = {id(m.weight) for m in prunable_layers(model).values()}
+    total = 0
+    for p in model.parameters():
+        width = _BYTES[precision] if id(p) in weights or precision != "int8" else 4
+        total += p.numel() * width
+    return total
+
+
 def compare_table(dense: ModelCost, pruned: ModelCost, title: str = "dense vs pruned (measured)") -> "Table":
     """MACs, parameters and non-zero prunable weights before and after, as a rich table."""
     from rich.table import Table

@@ -33,6 +33,12 @@ class LayerDecision:
     n: int = 0  # n:m only
     m: int = 0
     macs: tuple[int, int] = (0, 0)  # dense -> effective (n:m counted at the sparse-kernel rate)
+    dense_rate: bool = False  # n:m the target has no sparse kernel for: its MACs count in full
+
+    @property
+    def mac_rate(self) -> float:
+        """The fraction of this layer's MACs the hardware runs: N/M on sparse kernels, else all."""
+        return self.n / self.m if self.method == "n:m" and not self.dense_rate else 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Plan:
     params_before: int = 0
     params_after: int = 0
     sparsity: float = 0.0  # fraction of prunable weights zeroed or removed
+    weight_bytes: int = 0  # parameters of the planned model at the target's default precision (0: not estimated)
+    # what the user must know beyond the rows: rollbacks, recipe entries the rules overrode, N:M the device
+    # does not accelerate, "does not fit flash: ..." when weight_bytes exceeds the target's flash
     notes: list[str] = field(default_factory=list)
     # the tensors the plan was made with; not serialized (a loaded plan rebuilds inputs from `inputs`)
     example_inputs: Any = field(default=None, repr=False, compare=False)

@@ -1,12 +1,13 @@
 """The policy: from a model, a target profile and a budget to a `Plan`, one explained decision per layer.
 
-Rules (each reason in the plan names the profile key that decided it):
+Rules (edgeprune.rules; each reason in the plan names the profile key that decided it):
 
-* every family: the first layer (it sees the raw input), the classifier head (its outputs are the
+* every family: the layers that see the model's inputs, the classifier head (its outputs are the
   model's outputs), the recipe's ignore list and layers the example inputs never reach are `keep`.
 * jetson: 2:4 on Conv/Linear layers wide enough for the sparse tensor-core kernels
-  (`sparsity.nm.min_in_channels` / `min_out_channels`, input dimension a multiple of M); the 2:4 layers
-  count at the sparse rate (N/M of their MACs). Only where the budget asks for more than that do the
+  (`sparsity.nm.min_in_channels` / `min_out_channels`, input dimension a multiple of M), checked again on
+  the shapes left after channel pruning; the 2:4 layers count at the sparse rate (N/M of their MACs), N:M
+  that the target does not accelerate counts in full. Only where the budget asks for more than that do the
   other layers lose channels, counts kept multiples of `alignment.channel_multiple`.
 * arm-cpu / x86-cpu: structured only, counts multiples of `alignment.channel_multiple` (XNNPACK's
   microkernel tile); unstructured zeros buy no speed there (`sparsity.unstructured_benefit = "none"`).
@@ -22,7 +23,8 @@ pruning a copy for real and measuring it; a group that breaks the model is froze
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -30,92 +32,21 @@ from torch import nn
 
 from ._copy import copy_model
 from .budget import Budget
-from .costs import ModelCost, measure, prunable_layers
-from .errors import BudgetError, EdgepruneError, ModelError, RecipeError
+from .costs import ModelCost, measure, prunable_layers, weight_bytes
+from .errors import BudgetError, EdgepruneError, ModelError
 from .inputs import InputSpec, call
 from .plan import GroupDecision, LayerDecision, Plan
 from .pruning import apply_masks, finalize, refresh
 from .pruning.nm import reduction_size
 from .pruning.structured import IMPORTANCES, ChannelGraph, ChannelGroup, remove_channels
 from .pruning.unstructured import global_amounts
-from .recipe import LayerOverride, Recipe, load_recipe
+from .recipe import Recipe, load_recipe
+from .rules import (LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, rule_choices, structured_instead,
+                    unaccelerated)
 from .targets import Target, load_target
 
 SCOPES = ("per-layer", "global")
 _SEARCH_STEPS = 30
-
-
-@dataclass
-class _Choice:
-    method: str
-    reason: str
-    amount: Optional[float] = None  # fixed by a recipe; None = decided by the budget search
-    n: int = 0
-    m: int = 0
-
-
-def _channels(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    return module.out_channels, module.in_channels
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Linear) and module.groups > 1 and module.groups == module.in_channels
-
-
-def _nm_fits(target: Target, module: nn.Module) -> tuple[bool, str]:
-    nm = target.sparsity.nm
-    out_c, in_c = _channels(module)
-    red = reduction_size(module)
-    if not isinstance(module, nn.Linear) and module.groups > 1:
-        return False, f"grouped convolution (groups={module.groups}): sparse tensor cores need a dense GEMM"
-    if red % nm.m:
-        return False, f"input dimension {red} is not a multiple of {nm.m} (sparsity.nm.m)"
-    if in_c < nm.min_in_channels or out_c < nm.min_out_channels:
-        return False, (
-            f"{in_c}→{out_c} channels is below the sparse-kernel threshold "
-            f"{nm.min_in_channels}→{nm.min_out_channels} (sparsity.nm.min_in/out_channels)"
-        )
-    return True, (
-        f"{nm.n}:{nm.m} on sparse tensor cores: {in_c}→{out_c} channels ≥ "
-        f"{nm.min_in_channels}→{nm.min_out_channels} (sparsity.nm), up to {nm.max_gemm_speedup:g}× GEMM rate"
-    )
-
-
-def _family_choice(target: Target, budget: Budget, module: nn.Module, align: int) -> _Choice:
-    family = target.family
-    if family == "jetson" and target.accelerates("n:m"):
-        fits, why = _nm_fits(target, module)
-        if fits:
-            return _Choice("n:m", why, n=target.sparsity.nm.n, m=target.sparsity.nm.m)
-        return _Choice("structured", f"{why}; structured instead, counts multiples of {align} (alignment)")
-    if budget.kind == "sparsity" and target.sparsity.unstructured_benefit in ("flash", "speed"):
-        benefit = "weights compressed in flash" if target.sparsity.unstructured_benefit == "flash" else "sparse kernels"
-        return _Choice("unstructured", f"sparsity budget; unstructured zeros pay off here ({benefit}: sparsity.unstructured_benefit)")
-    if family == "mcu":
-        return _Choice(
-            "structured",
-            f"{target.runtime.delegate} int8 has no sparse kernels: structured shrinks SRAM activations and "
-            f"flash weights, counts multiples of {align} (alignment)",
-        )
-    return _Choice(
-        "structured",
-        f"{target.runtime.delegate} on {target.hardware.simd}: unstructured gives no speed-up "
-        f"(sparsity.unstructured_benefit=none); structured, counts multiples of {align} (alignment.channel_multiple)",
-    )
-
-
-def _override_choice(target: Target, name: str, module: nn.Module, o: LayerOverride, source: str) -> _Choice:
-    why = f"recipe ({source})"
-    if o.method == "n:m":
-        n = o.n or (target.sparsity.nm.n if target.sparsity.nm else 2)
-        m = o.m or (target.sparsity.nm.m if target.sparsity.nm else 4)
-        if n >= m or reduction_size(module) % m:
-            raise RecipeError(f"{source}: layer {name}: {n}:{m} needs n < m and an input dimension "
-                              f"({reduction_size(module)}) that is a multiple of {m}")
-        return _Choice("n:m", why, n=n, m=m)
-    return _Choice(o.method, why, amount=o.amount)
 
 
 class _Estimator:
@@ -143,11 +74,11 @@ class _Estimator:
             # a layer fed by a concat takes its inputs from several groups, in proportion to their widths
             in_f[n] = 1 - in_removed[n] / total
         for n, m in self.modules.items():
-            if _is_depthwise(m):
+            if is_depthwise(m):
                 in_f[n] = 1.0  # a depthwise conv's cost follows its channel count once, not twice
         return out_f, in_f
 
-    def evaluate(self, groups, removal, choices: dict[str, _Choice], unstructured: dict[str, float]):
+    def evaluate(self, groups, removal, choices: dict[str, LayerChoice], unstructured: dict[str, float]):
         out_f, in_f = self.fractions(groups, removal)
         macs = self.cost.other_macs
         zeroed = 0.0
@@ -157,7 +88,7 @@ class _Estimator:
             kept_weights = c.weights * f
             choice = choices.get(n)
             if choice and choice.method == "n:m":
-                layer_macs *= choice.n / choice.m
+                layer_macs *= choice.mac_rate  # zeros the hardware skips; all of them where it has no sparse kernel
                 kept_weights *= choice.n / choice.m
             elif choice and choice.method == "unstructured":
                 kept_weights *= 1 - unstructured.get(n, 0.0)
@@ -201,7 +132,7 @@ def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, withi
             return removal
 
 
-def _removal_for(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
+def removal_for(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
     return g.channels - _keep_count(g, fraction, align, min_channels)
 
 
@@ -245,24 +176,9 @@ def plan(
     if not cost.order:
         raise ModelError(f"{type(model).__name__} has no Conv or Linear layer that runs on the example inputs")
     recipe_obj, source = load_recipe(recipe)
-    ignored, overrides = recipe_obj.resolve(list(modules), source)
     align = target.alignment.multiple(target.precision.default)
-
-    choices: dict[str, _Choice] = {}
-    first, head = cost.order[0], cost.order[-1]
-    for name, module in modules.items():
-        if name in ignored:
-            choices[name] = _Choice("keep", f"in the recipe's ignore list ({source})")
-        elif name in overrides:
-            choices[name] = _override_choice(target, name, module, overrides[name], source)
-        elif name not in cost.order:
-            choices[name] = _Choice("keep", "never runs on the example inputs")
-        elif name == first:
-            choices[name] = _Choice("keep", "first layer: sees the raw input, pruning it costs accuracy and saves little")
-        elif name == head:
-            choices[name] = _Choice("keep", "classifier head: its outputs are the model's outputs")
-        else:
-            choices[name] = _family_choice(target, budget, module, align)
+    choices = rule_choices(work, example_inputs, target, budget, cost, modules, align)
+    choices, notes = apply_recipe(choices, modules, target, recipe_obj, source)
     rule_kept = {n for n, c in choices.items() if c.method == "keep"}
     prunable = [n for n in modules if n not in rule_kept]
     estimator = _Estimator(cost, modules, prunable)
@@ -270,19 +186,20 @@ def plan(
         _check_sensitivity(sensitivity, target, modules, scope)
 
     broken: dict[str, str] = {}
-    for _attempt in range(4):
+    # each failed attempt freezes a broken group or re-decides an N:M layer, so this bounds the attempts
+    for _attempt in range(len(modules) + 1):
         result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
                         broken, loss_fn, nm_structured=False, sensitivity=sensitivity)
         if result.by_method("n:m") and not _meets(result, budget, cost.macs):
             # 2:4 alone does not reach the budget: let the 2:4 layers lose channels too
             result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
                             broken, loss_fn, nm_structured=True, sensitivity=sensitivity)
-        failures, nm_demoted = _verify(model, example_inputs, result, importance, loss_fn, estimator)
-        if not failures and not nm_demoted:
+        failures, redecided = _verify(model, example_inputs, result, importance, loss_fn, estimator, target,
+                                      choices)
+        if not failures and not redecided:
             break
         broken.update(failures)
-        for n, why in nm_demoted.items():
-            choices[n] = _Choice("keep", why)
+        choices.update(redecided)
     else:  # pragma: no cover - each attempt freezes at least one more group, so this needs a pathological model
         raise ModelError(f"could not find a plan that keeps {type(model).__name__} running: {broken}")
     result.target = target.name
@@ -290,6 +207,13 @@ def plan(
     result.example_inputs = example_inputs
     result.params_before = cost.params
     result.macs_before = cost.macs
+    result.notes = notes + [f"rolled back the channel group of {root}: pruning it broke the model ({error}); "
+                            "its layers are kept" for root, error in broken.items()]
+    flash = _flash_shortfall(result, target)
+    if flash:
+        result.notes.append(flash)
+    for note in result.notes:
+        warnings.warn(f"edgeprune plan for {target.name}: {note}", stacklevel=2)
     _check_budget(result, budget, target)
     return result
 
@@ -319,29 +243,40 @@ def _group_drop(sens, g: ChannelGroup, amount: float) -> Optional[float]:
     return max(drops) if drops else None
 
 
+def _mean_drop(sens, free: list[ChannelGroup]) -> float:
+    """The mean measured drop of the groups the search moves, at the comparison point."""
+    known = [max(d, 0.0) for d in (_group_drop(sens, g, _SENSITIVITY_AMOUNT) for g in free) if d is not None]
+    return sum(known) / len(known) if known else 0.0
+
+
 def _sensitivity_exponents(sens, free: list[ChannelGroup]) -> dict[str, float]:
     """Per group, k in 1 - (1 - x)^k: the mean measured drop over the group's drop, clipped.
     k < 1 for the more sensitive groups (they keep more channels), > 1 for the less sensitive."""
     drops = {g.root: _group_drop(sens, g, _SENSITIVITY_AMOUNT) for g in free}
-    known = [max(d, 0.0) for d in drops.values() if d is not None]
-    mean = sum(known) / len(known) if known else 0.0
+    mean = _mean_drop(sens, free)
     eps = 0.01 * (abs(sens.baseline) or 1.0)
     lo, hi = _BEND_RANGE
     return {root: 1.0 if d is None else min(hi, max(lo, (mean + eps) / (max(d, 0.0) + eps)))
             for root, d in drops.items()}
 
 
-def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup], bend: dict[str, float]) -> None:
+def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup], free: list[ChannelGroup],
+                         bend: dict[str, float]) -> None:
+    """One wording for every group: what was measured (the drop at the comparison point, against the mean
+    of the groups) and what was decided from it. The drop at the final amount is not it: a layer pruned
+    more because it is insensitive would show a large drop there and read as sensitive."""
+    mean = _mean_drop(sens, free)
     for d in list(result.layers):
         if d.method != "structured" or d.group is None or d.layer not in sens.layers:
             continue
         g = groups[d.group]
-        drop = sens.row(d.layer).drop_at(d.amount)
-        at = f"{sens.points(-drop)} at {d.amount:.0%}"
+        drop = _group_drop(sens, g, _SENSITIVITY_AMOUNT)
         k = bend.get(g.root, 1.0)
-        note = (f"sensitive: {at} → pruned less" if k < 1 else
-                f"insensitive ({at}) → pruned more" if k > 1 else f"average sensitivity ({at})")
-        result.replace_layer(replace(d, reason=f"{d.reason}; {note}"))
+        decided = ("more sensitive than average → pruned less" if k < 1 else
+                   "less sensitive than average → pruned more" if k > 1 else "average → pruned as the budget gives")
+        measured = (f"sensitivity measured {sens.points(-drop)} at {_SENSITIVITY_AMOUNT:.0%} of its channels removed "
+                    f"(average {sens.points(-mean)})")
+        result.replace_layer(replace(d, reason=f"{d.reason}; {measured}: {decided}"))
 
 
 def _meets(result: Plan, budget: Budget, dense_macs: int) -> bool:
@@ -356,7 +291,9 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
     structured = [n for n, c in choices.items() if c.method in shrinkable]
     frozen = [n for n in choices if n not in structured]
     graph = ChannelGraph(copy_model(work), example_inputs)
-    groups = [g for g in graph.groups(frozen=frozen) if g.root not in broken]
+    offered = graph.groups(frozen=frozen)
+    groups = [g for g in offered if g.root not in broken]
+    rolled_back = {n: broken[g.root] for g in offered if g.root in broken for n in g.out_layers}
     in_group = {n for g in groups for n in g.out_layers}
     min_channels = target.alignment.min_channels
 
@@ -365,7 +302,7 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
     for g in groups:
         amounts = {choices[n].amount for n in g.out_layers if choices[n].amount is not None}
         if amounts:
-            fixed[g.root] = _removal_for(g, max(amounts), align, min_channels)
+            fixed[g.root] = removal_for(g, max(amounts), align, min_channels)
         else:
             free.append(g)
 
@@ -389,7 +326,7 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
             out = {}
             for g in free:
                 frac = float((scores[g.root] < threshold).float().mean()) if x < 1 else 1.0
-                out[g.root] = _removal_for(g, frac, align, min_channels)
+                out[g.root] = removal_for(g, frac, align, min_channels)
             return out
     elif sensitivity is not None:
         bend = _sensitivity_exponents(sensitivity, free)
@@ -397,11 +334,11 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
         def removal_at(x: float) -> dict[str, int]:
             # 1 - (1 - x)^k: 0 at x=0 and 1 at x=1 for every group, so the search range is unchanged;
             # k > 1 (insensitive) removes more at a given x, k < 1 (sensitive) less
-            return {g.root: _removal_for(g, 1 - (1 - x) ** bend[g.root], align, min_channels) for g in free}
+            return {g.root: removal_for(g, 1 - (1 - x) ** bend[g.root], align, min_channels) for g in free}
     else:
 
         def removal_at(x: float) -> dict[str, int]:
-            return {g.root: _removal_for(g, x, align, min_channels) for g in free}
+            return {g.root: removal_for(g, x, align, min_channels) for g in free}
 
     def within(removal: dict[str, int]) -> bool:
         macs, sparsity = estimator.evaluate(groups, removal, choices, unstructured)
@@ -429,22 +366,22 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
         else:
             removal = _refill(removal, free, align, within)
     result = _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align,
-                       importance, scope, broken)
+                       importance, scope, rolled_back)
     if sensitivity is not None:
-        _explain_sensitivity(result, sensitivity, groups, bend)
+        _explain_sensitivity(result, sensitivity, groups, free, bend)
     return result
 
 
 def _assemble(target, budget, choices, estimator, groups, in_group, removal, unstructured, align, importance,
-              scope, broken) -> Plan:
+              scope, rolled_back: dict[str, str]) -> Plan:
     out_f, in_f = estimator.fractions(groups, removal)
     group_of = {n: i for i, g in enumerate(groups) for n in g.out_layers}
     rows = []
     for name, module in estimator.modules.items():
         c = choices[name]
-        out_c, in_c = _channels(module)
+        out_c, in_c = channels(module)
         # a depthwise conv's inputs shrink with its outputs (in_f is 1 there only to count its MACs once)
-        kept_out, kept_in = round(out_c * out_f[name]), round(in_c * (out_f if _is_depthwise(module) else in_f)[name])
+        kept_out, kept_in = round(out_c * out_f[name]), round(in_c * (out_f if is_depthwise(module) else in_f)[name])
         dense = estimator.cost.layers[name].macs
         macs_after = dense * out_f[name] * in_f[name]
         method, amount, reason, n, m = c.method, 0.0, c.reason, 0, 0
@@ -452,10 +389,9 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
         if c.method == "structured":
             gi = group_of.get(name)
             if gi is None:
-                root = next((r for r in broken if r == name), None)
                 method = "keep"
-                reason = (f"rolled back: pruning broke the model ({broken[root]})" if root else
-                          "its output channels are tied to a kept layer or to the model's output")
+                reason = (f"rolled back: pruning broke the model ({rolled_back[name]})" if name in rolled_back else
+                          f"its output channels are tied to a kept layer or to the model's output ({c.reason})")
             elif removal.get(groups[gi].root, 0) == 0:
                 method = "keep"
                 reason = (f"budget met without it ({c.reason})" if not c.amount else
@@ -467,7 +403,7 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
                     reason = f"{c.reason}; whole attention heads ({groups[gi].head_dim} channels each)"
         elif c.method == "n:m":
             amount, n, m = 1 - c.n / c.m, c.n, c.m
-            macs_after *= c.n / c.m
+            macs_after *= c.mac_rate
             gi = group_of.get(name)
             if gi is not None and removal.get(groups[gi].root, 0):
                 group = gi
@@ -478,7 +414,7 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
         rows.append(LayerDecision(
             layer=name, op=type(module).__name__, method=method, amount=amount, reason=reason,
             out_channels=(out_c, kept_out), in_channels=(in_c, kept_in), group=group, n=n, m=m,
-            macs=(dense, int(macs_after)),
+            macs=(dense, int(macs_after)), dense_rate=c.method == "n:m" and c.dense_rate,
         ))
     decisions = [
         GroupDecision(i, g.root, g.channels, removal.get(g.root, 0), g.out_layers, g.heads)
@@ -491,29 +427,60 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
     )
 
 
-def _verify(model, example_inputs, result: Plan, importance, loss_fn,
-            estimator: _Estimator) -> tuple[dict[str, str], dict[str, str]]:
-    """Prune a copy for real: groups that break the model, and N:M layers whose inputs became too narrow.
+def _verify(model, example_inputs, result: Plan, importance, loss_fn, estimator: _Estimator, target: Target,
+            choices: dict[str, LayerChoice]) -> tuple[dict[str, str], dict[str, LayerChoice]]:
+    """Prune a copy for real: the groups that break the model, and the N:M layers to decide again because
+    channel pruning changed their shapes (below the sparse-kernel thresholds, or an input dimension that
+    is no longer a multiple of M).
 
-    On success the plan's MACs, parameters and sparsity become those measured on the pruned copy."""
+    On success the plan's MACs, parameters and sparsity become those measured on the pruned copy, and each
+    N:M reason gives the layer's final shape."""
     removals = {g.root: g.remove for g in result.groups}
     pruned, _, failures = remove_channels(finalize(model).eval(), example_inputs, removals, importance, loss_fn)
     modules = dict(pruned.named_modules())
-    demoted = {}
+    redecided = {}
+    final_reasons = {}
     for d in result.by_method("n:m"):
-        if reduction_size(modules[d.layer]) % d.m:
-            demoted[d.layer] = (f"input dimension {reduction_size(modules[d.layer])} after channel pruning "
-                                f"is not a multiple of {d.m}")
-    if failures or demoted:
-        return failures, demoted
+        module, c = modules[d.layer], choices[d.layer]
+        shape = f"after channel pruning its input dimension is {reduction_size(module)}"
+        if c.forced:
+            if reduction_size(module) % d.m:
+                redecided[d.layer] = LayerChoice("keep", f"{c.reason}; but {shape}, not a multiple of {d.m}: kept")
+            elif not c.dense_rate and unaccelerated(target, c, module):
+                redecided[d.layer] = replace(c, dense_rate=True,
+                                             reason=f"{c.reason}; after channel pruning {unaccelerated(target, c, module)}")
+            continue
+        fits, why = nm_fits(target, module)
+        if not fits:
+            redecided[d.layer] = LayerChoice("structured", structured_instead(
+                f"not 2:4 after all: after channel pruning {why}", result.alignment))
+        else:
+            final_reasons[d.layer] = why + d.reason[len(c.reason):]  # the dense shapes' reason, re-said
+    if failures or redecided:
+        return failures, redecided
     apply_masks(pruned, result)
     measured = refresh(result, pruned, example_inputs)
-    result.layers, result.macs_after, result.params_after = measured.layers, measured.macs_after, measured.params_after
+    result.layers = [replace(d, reason=final_reasons.get(d.layer, d.reason)) for d in measured.layers]
+    result.macs_after, result.params_after = measured.macs_after, measured.params_after
     # zeroed or removed, over the dense weights of the layers the rules let be pruned
     after = measure(pruned, example_inputs)
     kept = sum(after.layers[n].nonzero_weights for n in estimator.prunable)
     result.sparsity = 1 - kept / estimator.total_weights if estimator.prunable else 0.0
+    result.weight_bytes = weight_bytes(pruned, target.precision.default)
     return {}, {}
+
+
+def _flash_shortfall(result: Plan, target: Target) -> str:
+    """A note when the planned model's weights alone exceed the target's flash ('' when they fit or
+    the profile sets no flash budget)."""
+    flash = target.memory.flash_bytes
+    if not flash or result.weight_bytes <= flash:
+        return ""
+    kib = 1024
+    return (f"does not fit flash: the planned model's {target.precision.default} weights need about "
+            f"{result.weight_bytes / kib:.0f} KiB, {target.name} has {flash / kib:.0f} KiB of flash "
+            f"(memory.flash_bytes), {(result.weight_bytes - flash) / kib:.0f} KiB over before the firmware's own "
+            "code; prune harder (a lower budget) or choose a target with more flash")
 
 
 def _check_budget(result: Plan, budget: Budget, target: Target) -> None:

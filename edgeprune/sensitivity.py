@@ -3,10 +3,11 @@
     sens = ep.sensitivity(model, example_inputs, (images, labels), None, "raspberry-pi-5")
     plan = ep.plan(model, example_inputs, "raspberry-pi-5", budget, sensitivity=sens)
 
-Each eligible layer (one the policy would prune: not the first layer, not the classifier head) is pruned on
-a copy with the method the target uses for it: structured channels (its whole coupled channel group, counts
-rounded to the target's alignment, exactly as the policy removes them), 2:4 on Jetson layers that qualify
-(one point: amounts are moot), or unstructured magnitude sparsity where the target prefers it.
+Each eligible layer (one `edgeprune.rules` lets the policy prune: not a layer that sees the model's inputs, not
+the classifier head) is pruned on a copy with the method the target uses for it: structured channels (its
+whole coupled channel group, counts rounded to the target's alignment, exactly as the policy removes them),
+2:4 on Jetson layers that qualify (one point: amounts are moot), or unstructured magnitude sparsity where the
+target prefers it.
 """
 
 from __future__ import annotations
@@ -118,16 +119,15 @@ class Sensitivity:
 def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Optional[Sequence[str]]):
     """{layer: policy choice} for the layers the policy would prune (same rules as `policy.plan`)."""
     from .costs import measure, prunable_layers
-    from .policy import _family_choice
+    from .rules import rule_choices
 
     cost = measure(work, example_inputs)
     modules = prunable_layers(work)
     if not cost.order:
         raise ModelError(f"{type(work).__name__} has no Conv or Linear layer that runs on the example inputs")
-    first, head = cost.order[0], cost.order[-1]
     align = target.alignment.multiple(target.precision.default)
-    eligible = {n: _family_choice(target, Budget(macs_ratio=0.5), m, align)
-                for n, m in modules.items() if n in cost.order and n not in (first, head)}
+    rules = rule_choices(work, example_inputs, target, Budget(macs_ratio=0.5), cost, modules, align)
+    eligible = {n: c for n, c in rules.items() if not c.kept_by}
     if layers is not None:
         unknown = [n for n in layers if n not in modules]
         if unknown:
@@ -135,8 +135,8 @@ def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Opti
                              f"(it has {', '.join(modules)})")
         kept = [n for n in layers if n not in eligible]
         if kept:
-            raise ModelError(f"layer {kept[0]!r}: the target's rules always keep it (first layer, classifier head "
-                             "or not reached by the example inputs), so it has no sensitivity to measure")
+            raise ModelError(f"layer {kept[0]!r}: the target's rules always keep it ({rules[kept[0]].kept_by}), "
+                             "so it has no sensitivity to measure")
         eligible = {n: c for n, c in eligible.items() if n in layers}
     return eligible, modules, align
 
@@ -186,7 +186,7 @@ def sensitivity(
     from .pruning.nm import apply_nm
     from .pruning.structured import ChannelGraph, remove_channels
     from .pruning.unstructured import apply_unstructured
-    from .policy import _removal_for
+    from .policy import removal_for
     from ._copy import copy_model
 
     target = load_target(target)
@@ -229,7 +229,7 @@ def sensitivity(
             for a in amounts:
                 key = (g.root, a)
                 if key not in measured:
-                    remove = _removal_for(g, a, align, target.alignment.min_channels)
+                    remove = removal_for(g, a, align, target.alignment.min_channels)
                     if remove == 0:
                         measured[key] = (baseline, 0.0)
                     else:

@@ -3,11 +3,16 @@ pruned model, recipes, and errors for bad input."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from rich.console import Console
 
 import edgeprune as ep
+from edgeprune import zoo
 from conftest import TINY_MODELS, layer_channels, macs_budget
 from edgeprune.costs import prunable_layers
 from edgeprune.inputs import call, output_shapes
@@ -51,15 +56,21 @@ def grid(cases):
     return pytest.mark.parametrize("case", cases, indirect=True)
 
 
+def input_layers(zm) -> set[str]:
+    """The layers that see the model's inputs: the image models' stems; BERT embeds its token ids, so no
+    Conv/Linear layer sees them."""
+    return set() if zm.name == "tiny_bert" else {ep.measure(zm.model, zm.inputs).order[0]}
+
+
 def rule_kept(zm) -> set[str]:
-    """Layers the rules keep whatever the budget: the first layer, the head, layers that never run."""
+    """Layers the rules keep whatever the budget: those seeing the inputs, the head, layers that never run."""
     order = ep.measure(zm.model, zm.inputs).order
-    return {order[0], order[-1]} | (set(prunable_layers(zm.model)) - set(order))
+    return input_layers(zm) | {order[-1]} | (set(prunable_layers(zm.model)) - set(order))
 
 
 def effective_macs(cost: ep.ModelCost, plan: ep.Plan) -> float:
     """MACs of a pruned model as the plan counts them: n:m layers at the sparse-kernel rate n/m."""
-    rate = {d.layer: d.n / d.m for d in plan.by_method("n:m")}
+    rate = {d.layer: 1.0 if d.dense_rate else d.n / d.m for d in plan.by_method("n:m")}
     return cost.other_macs + sum(c.macs * rate.get(name, 1.0) for name, c in cost.layers.items())
 
 
@@ -83,13 +94,25 @@ def test_plan_has_one_row_per_conv_and_linear_layer(case):
 
 
 @grid(ALL)
-def test_first_layer_and_classifier_head_are_kept_with_reasons(case):
+def test_layers_seeing_the_inputs_and_classifier_head_are_kept_with_reasons(case):
     zm, plan, _ = case
-    order = ep.measure(zm.model, zm.inputs).order
-    first, head = plan.layer(order[0]), plan.layer(order[-1])
-    assert (first.method, head.method) == ("keep", "keep")
-    assert first.reason.startswith("first layer")
-    assert head.reason.startswith("classifier head")
+    head = plan.layer(ep.measure(zm.model, zm.inputs).order[-1])
+    assert (head.method, head.reason.split(":")[0]) == ("keep", "classifier head")
+    for name in input_layers(zm):
+        assert (plan.layer(name).method, plan.layer(name).reason.split(":")[0]) == ("keep", "first layer")
+
+
+@grid(ALL)
+def test_only_layers_seeing_the_inputs_are_called_first(case):
+    zm, plan, _ = case
+    assert {d.layer for d in plan.layers if d.reason.startswith("first layer")} == input_layers(zm)
+
+
+def test_a_transformers_first_projection_sees_embeddings_and_is_pruned_like_the_others(tiny_bert, planned):
+    plan, _ = planned(tiny_bert, PI5, macs_budget("tiny_bert"))
+    query = plan.layer("bert.encoder.layer.0.attention.self.query")
+    assert not query.reason.startswith("first layer")
+    assert query.group is not None or query.reason.startswith("budget met without it")
 
 
 @grid(ALL)
@@ -425,3 +448,193 @@ def test_importance_and_scope_give_valid_plans(zoo_model, planned, model, import
     assert measured == pytest.approx(plan.macs_after, rel=1e-3)
     with torch.no_grad():
         assert output_shapes(call(pruned, zm.inputs)) == output_shapes(call(zm.model, zm.inputs))
+
+
+# -- N:M decisions against the shapes channel pruning leaves (issue 10, items 6 and 7) ---------------------
+
+
+def test_2_4_is_dropped_where_channel_pruning_narrows_a_layer_below_the_sparse_kernel_threshold():
+    # width 128: fc1 is 256→256, exactly the profile's threshold, and the branches feeding it lose channels
+    torch.manual_seed(0)
+    model, inputs = zoo.SmallCNN(width=128).eval(), zoo.small_cnn.example_inputs()
+    plan = ep.plan(model, inputs, "jetson-orin-nano-8gb", ep.Budget(macs_ratio=0.5))
+    nm = ep.load_target("jetson-orin-nano-8gb").sparsity.nm
+    fc1 = plan.layer("fc1")
+    assert fc1.in_channels[1] < nm.min_in_channels
+    assert fc1.method != "n:m"
+    assert f"after channel pruning {fc1.in_channels[1]}→256 channels is below" in fc1.reason
+    for d in plan.by_method("n:m"):
+        assert d.in_channels[1] >= nm.min_in_channels and d.out_channels[1] >= nm.min_out_channels, d.layer
+
+
+def test_2_4_reasons_give_the_channels_left_after_pruning(small_cnn, jetson_small, planned):
+    plan, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.5))
+    narrowed = [d for d in plan.by_method("n:m") if d.in_channels[1] < d.in_channels[0]]
+    assert narrowed, "no 2:4 layer lost input channels: the case does not exercise the final shapes"
+    for d in plan.by_method("n:m"):
+        assert f"{d.in_channels[1]}→{d.out_channels[1]} channels ≥" in d.reason, (d.layer, d.reason)
+
+
+def test_recipe_nm_on_a_target_without_nm_kernels_counts_its_macs_in_full(small_cnn):
+    recipe = {"layers": {"fc1": {"method": "n:m"}}}
+    with pytest.warns(UserWarning, match=r"N:M sparsity on fc1, a pattern the device does not accelerate"):
+        plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    fc1 = plan.layer("fc1")
+    assert (fc1.method, fc1.n, fc1.m) == ("n:m", 2, 4)
+    assert fc1.macs[1] == fc1.macs[0]
+    assert plan.macs_after == plan.macs_before
+    assert "raspberry-pi-5 has no N:M sparse kernels" in fc1.reason
+    assert any("does not accelerate" in note for note in plan.notes)
+
+
+def test_recipe_nm_the_target_accelerates_counts_at_the_sparse_rate_without_a_note(small_cnn, jetson_small):
+    recipe = {"layers": {"fc1": {"method": "n:m"}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, jetson_small, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    fc1 = plan.layer("fc1")
+    assert fc1.macs[1] == fc1.macs[0] // 2
+    assert not plan.notes
+
+
+# -- recipes against the rules (issue 10, item 8) ---------------------------------------------------------
+
+
+def test_recipe_glob_applies_only_to_layers_the_rules_leave_free(small_cnn, jetson_small):
+    recipe = {"layers": {"*": {"method": "n:m"}}}
+    with pytest.warns(UserWarning, match=r"pattern '\*' leaves the rules' kept layers"):
+        plan = ep.plan(small_cnn.model, small_cnn.inputs, jetson_small, ep.Budget(macs_ratio=0.9), recipe=recipe)
+    assert plan.layer("stem.0").reason.startswith("first layer")
+    assert plan.layer("classifier").reason.startswith("classifier head")
+    assert plan.layer("fc1").method == "n:m" and "pattern '*'" in plan.layer("fc1").reason
+    # a depthwise conv cannot take 2:4 (one input per group): the glob passes it by, saying why
+    assert plan.layer("depthwise.0").method != "n:m"
+    assert "does not apply" in plan.layer("depthwise.0").reason
+
+
+def test_recipe_naming_a_layer_overrides_its_rule_and_says_so(small_cnn):
+    recipe = {"layers": {"stem.0": {"method": "unstructured", "amount": 0.5}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=0.9), recipe=recipe)
+    stem = plan.layer("stem.0")
+    assert (stem.method, stem.amount) == ("unstructured", 0.5)
+    assert "layer 'stem.0') overrides the first layer rule" in stem.reason
+
+
+def test_recipe_exact_name_wins_over_a_glob_listed_after_it(small_cnn):
+    recipe = {"layers": {"res.0": {"method": "keep"}, "*": {"method": "structured", "amount": 0.25}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    assert plan.layer("res.0").method == "keep" and "layer 'res.0'" in plan.layer("res.0").reason
+    assert plan.layer("branch_b.0").method == "structured"
+
+
+@pytest.mark.parametrize("spelling", ["2:4", "1:4"])
+def test_recipe_method_spelled_as_the_pattern_is_n_m(small_cnn, jetson_small, spelling):
+    n, m = (int(v) for v in spelling.split(":"))
+    recipe = {"layers": {"fc1": {"method": spelling}}}
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, jetson_small, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    fc1 = plan.layer("fc1")
+    assert (fc1.method, fc1.n, fc1.m) == ("n:m", n, m)
+
+
+def test_recipe_pattern_spelling_that_contradicts_n_is_an_error(small_cnn):
+    recipe = {"layers": {"fc1": {"method": "2:4", "n": 1}}}
+    with pytest.raises(ep.RecipeError, match=r"layers\.fc1.*method '2:4' says n = 2, but n = 1"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0), recipe=recipe)
+
+
+def test_recipe_unknown_method_lists_the_spellings(small_cnn):
+    with pytest.raises(ep.RecipeError, match=r"method 'sparse'.*structured, n:m, unstructured, keep.*'2:4'"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0),
+                recipe={"layers": {"fc1": {"method": "sparse"}}})
+
+
+# -- rollbacks are told (issue 10, item 10) ----------------------------------------------------------------
+
+
+class HardCodedWidth(torch.nn.Module):
+    """Its forward flattens with a fixed channel count, so removing `b`'s channels breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.a = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.b = torch.nn.Conv2d(32, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16 * 64, 10)
+
+    def forward(self, x):
+        x = self.b(torch.relu(self.a(torch.relu(self.stem(x)))))
+        return self.head(x.reshape(1, 16 * 64))
+
+
+def test_a_rolled_back_group_is_listed_in_the_plan_notes_and_warned():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="rolled back the channel group of b"):
+        plan = ep.plan(HardCodedWidth().eval(), (torch.randn(1, 1, 8, 8),), PI5, ep.Budget(macs_ratio=0.6))
+    assert plan.layer("b").method == "keep" and plan.layer("b").reason.startswith("rolled back")
+    [note] = [n for n in plan.notes if n.startswith("rolled back")]
+    assert "channel group of b" in note and "RuntimeError" in note
+    assert plan.layer("a").method == "structured"
+
+
+# -- flash on MCU targets (issue 10, item 2) ---------------------------------------------------------------
+
+
+def _mlp(hidden: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)).eval()
+
+
+def test_plan_for_an_mcu_warns_when_the_planned_model_cannot_fit_flash():
+    model = _mlp(2048)  # ~4.3 M parameters: about twice the 2 MiB of flash at int8
+    with pytest.warns(UserWarning, match="does not fit flash"):
+        plan = ep.plan(model, (torch.randn(1, 1, 8, 8),), STM32, ep.Budget(macs_ratio=0.9))
+    flash = ep.load_target(STM32).memory.flash_bytes
+    assert plan.weight_bytes > flash
+    [note] = [n for n in plan.notes if n.startswith("does not fit flash")]
+    assert f"{(plan.weight_bytes - flash) / 1024:.0f} KiB over" in note
+
+
+def test_plan_for_an_mcu_that_fits_flash_has_no_flash_note(small_cnn):
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, STM32, ep.Budget(macs_ratio=0.7))
+    assert 0 < plan.weight_bytes < ep.load_target(STM32).memory.flash_bytes
+    assert not any("flash" in note for note in plan.notes)
+
+
+BRITTLE_MODULE = '''
+import torch
+
+
+class HardCodedWidth(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.a = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.b = torch.nn.Conv2d(32, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16 * 64, 10)
+
+    def forward(self, x):
+        x = self.b(torch.relu(self.a(torch.relu(self.stem(x)))))
+        return self.head(x.reshape(1, 16 * 64))
+
+
+def model():
+    torch.manual_seed(0)
+    return HardCodedWidth().eval()
+
+
+model.example_inputs = lambda: (torch.randn(1, 1, 8, 8),)
+'''
+
+
+REPO = Path(__file__).resolve().parents[1]  # the edgeprune beside these tests, not whichever is installed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["plan", "prune"])
+def test_cli_prints_each_rollback_under_the_plan(tmp_path, command):
+    (tmp_path / "brittle.py").write_text(BRITTLE_MODULE)
+    extra = ["--out", str(tmp_path / "pruned")] if command == "prune" else []
+    result = subprocess.run([sys.executable, "-m", "edgeprune", command, "-t", PI5, "-m", "brittle:model",
+                             "--budget", "macs=0.6", *extra], capture_output=True, text=True, cwd=tmp_path,
+                            env={"COLUMNS": "240", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "note: rolled back the channel group of b: pruning it broke the model (RuntimeError" in result.stdout

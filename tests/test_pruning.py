@@ -373,3 +373,51 @@ def test_a_pruned_model_with_masks_can_be_planned_and_pruned_again(small_cnn):
     first(*inputs).sum().backward()  # masked weights are now non-leaf tensors
     again = ep.prune(first, ep.plan(first, inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.8)))
     assert again(*inputs).shape == model(*inputs).shape
+
+
+# -- DistilBERT's attention (issue 10, item 10) ----------------------------------------------------------
+
+DISTILBERT_HEAD = 16  # dim 64 over 4 heads
+
+
+@pytest.fixture(scope="module")
+def distilbert():
+    """transformers' DistilBertForSequenceClassification from a small config (nothing downloaded), its
+    plan for the Pi and the pruned copy."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                           max_position_embeddings=64, num_labels=3)
+    model = transformers.DistilBertForSequenceClassification(config).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(0)),
+              "attention_mask": torch.ones(1, 16, dtype=torch.long)}
+    plan = ep.plan(model, inputs, PI5, ep.Budget(macs_ratio=0.6))
+    return model, inputs, plan, ep.prune(model, plan)
+
+
+def test_distilbert_attention_loses_whole_heads_in_every_layer(distilbert):
+    _, _, plan, _ = distilbert
+    for layer in range(2):
+        for projection in ("q_lin", "k_lin", "v_lin"):
+            d = plan.layer(f"distilbert.transformer.layer.{layer}.attention.{projection}")
+            assert (d.method, d.reason.endswith(f"whole attention heads ({DISTILBERT_HEAD} channels each)")) == \
+                ("structured", True), (d.layer, d.reason)
+            assert d.out_channels[1] % DISTILBERT_HEAD == 0 and d.out_channels[1] < d.out_channels[0]
+    assert not [d.layer for d in plan.layers if d.reason.startswith("rolled back")]
+
+
+def test_pruned_distilbert_attention_knows_its_head_count(distilbert):
+    # DistilBERT before transformers 5 reshapes with view(bs, -1, n_heads, dim // n_heads)
+    _, _, _, pruned = distilbert
+    attentions = [m for m in pruned.modules() if hasattr(m, "q_lin")]
+    assert len(attentions) == 2
+    for attention in attentions:
+        assert attention.n_heads == attention.q_lin.out_features // attention.attention_head_size < 4
+        assert attention.dim == attention.q_lin.out_features
+
+
+def test_pruned_distilbert_runs_with_unchanged_output_shapes(distilbert):
+    model, inputs, _, pruned = distilbert
+    with torch.no_grad():
+        assert output_shapes(call(pruned, inputs)) == output_shapes(call(model, inputs))

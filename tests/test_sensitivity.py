@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -120,7 +121,29 @@ def test_plan_gives_the_most_sensitive_pruned_layer_less(trained, inputs, sens, 
     worst = max(pruned, key=lambda n: sens.row(n).drop_at(0.5))
     with_s = ep.plan(trained, inputs, PI5, budget, sensitivity=sens)
     assert with_s.layer(worst).amount < without.layer(worst).amount
-    assert "sensitive:" in with_s.layer(worst).reason and "pruned less" in with_s.layer(worst).reason
+    assert "more sensitive than average → pruned less" in with_s.layer(worst).reason
+
+
+REASON = re.compile(r"sensitivity measured ([+-]\d+\.\d) pts at 50% of its channels removed "
+                    r"\(average ([+-]\d+\.\d) pts\): (.*)$")
+
+
+def test_sensitivity_reasons_say_what_was_measured_and_what_was_decided_in_the_same_words(trained, inputs, sens,
+                                                                                          budget):
+    plan = ep.plan(trained, inputs, PI5, budget, sensitivity=sens)
+    explained = [d for d in plan.by_method("structured") if d.layer in sens.layers]
+    assert len(explained) >= 2
+    for d in explained:
+        found = REASON.search(d.reason)
+        assert found, d.reason
+        measured, average, decided = float(found[1]), float(found[2]), found[3]
+        group = next(g for g in plan.groups if g.id == d.group)
+        drop = max(sens.row(n).drop_at(0.5) for n in group.layers if n in sens.layers)
+        assert measured == pytest.approx(round(-drop * 100, 1))  # the group's drop at 50%, not at its amount
+        if measured < average:
+            assert decided == "more sensitive than average → pruned less", d.reason
+        elif measured > average:
+            assert decided == "less sensitive than average → pruned more", d.reason
 
 
 def test_plan_without_sensitivity_has_no_sensitivity_reasons(trained, inputs, budget):

@@ -54,9 +54,8 @@ def refresh(plan: Plan, pruned: nn.Module, example_inputs: Any) -> Plan:
     def as_pruned(d: LayerDecision) -> LayerDecision:
         m = modules[d.layer]
         out_c, in_c = (m.out_features, m.in_features) if isinstance(m, nn.Linear) else (m.out_channels, m.in_channels)
-        rate = d.n / d.m if d.method == "n:m" else 1.0
         return replace(d, out_channels=(d.out_channels[0], out_c), in_channels=(d.in_channels[0], in_c),
-                       macs=(d.macs[0], int(after.layers[d.layer].macs * rate)))
+                       macs=(d.macs[0], int(after.layers[d.layer].macs * d.mac_rate)))
 
     fresh = copy.copy(plan)
     fresh.layers = [as_pruned(d) for d in plan.layers]
@@ -77,6 +76,8 @@ def _roll_back(plan: Plan, failures: dict[str, str]) -> Plan:
         for d in plan.layers
     ]
     executed.groups = [g for g in plan.groups if g.root not in failures]
+    executed.notes = [*plan.notes, *(f"rolled back the channel group of {root}: pruning it broke the model ({error}); "
+                                     "its layers are kept" for root, error in failures.items())]
     return executed
 
 

@@ -56,12 +56,18 @@ class ChannelGroup:
         return self.head_dim or 1
 
 
+# (query, key, value) attribute names and the head-size attribute of transformers' attention layouts:
+# ViT/Llama-style, BERT-style, DistilBERT's MultiHeadSelfAttention
+_ATTENTION_LAYOUTS = ((("q_proj", "k_proj", "v_proj"), "head_dim"),
+                      (("query", "key", "value"), "attention_head_size"),
+                      (("q_lin", "k_lin", "v_lin"), "attention_head_size"))
+
+
 def _attention_modules(model: nn.Module) -> dict[nn.Module, nn.Module]:
-    """q/k/v projections -> the attention module that owns them (transformers' ViT and BERT layouts)."""
+    """q/k/v projections -> the attention module that owns them (transformers' ViT, BERT and DistilBERT)."""
     owners = {}
     for module in model.modules():
-        for names, size_attr in ((("q_proj", "k_proj", "v_proj"), "head_dim"),
-                                 (("query", "key", "value"), "attention_head_size")):
+        for names, size_attr in _ATTENTION_LAYOUTS:
             projections = [getattr(module, n, None) for n in names]
             if all(isinstance(p, nn.Linear) for p in projections) and isinstance(getattr(module, size_attr, None), int):
                 owners.update({p: module for p in projections})
@@ -72,14 +78,24 @@ def _head_dim(attention: nn.Module) -> int:
     return getattr(attention, "head_dim", None) or attention.attention_head_size
 
 
+def _query(attention: nn.Module) -> nn.Linear:
+    return next(getattr(attention, names[0]) for names, _ in _ATTENTION_LAYOUTS
+                if isinstance(getattr(attention, names[0], None), nn.Linear))
+
+
 def _sync_attention(attention: nn.Module) -> None:
-    """Keep the attention module's own head count consistent with its (pruned) projections."""
-    query = getattr(attention, "q_proj", None) or attention.query
-    heads = query.out_features // _head_dim(attention)
-    if hasattr(attention, "num_attention_heads"):
-        attention.num_attention_heads = heads
-    if hasattr(attention, "all_head_size"):
-        attention.all_head_size = query.out_features
+    """Keep the attention module's own head count consistent with its (pruned) projections.
+
+    BERT reshapes with `num_attention_heads`/`all_head_size`; DistilBERT (before transformers 5) with
+    `view(bs, -1, n_heads, dim // n_heads)`, so both its `n_heads` and `dim` must follow the projections."""
+    width = _query(attention).out_features
+    heads = width // _head_dim(attention)
+    sizes = {"num_attention_heads": heads, "all_head_size": width}
+    if hasattr(attention, "n_heads"):  # DistilBERT: `dim` is its attention width only there
+        sizes.update(n_heads=heads, dim=width)
+    for attr, value in sizes.items():
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, value)
 
 
 class ChannelGraph:
@@ -138,6 +154,26 @@ class ChannelGraph:
             described = self._describe(root, group)
             if described is not None:
                 found.append(described)
+        return found
+
+    def input_layers(self) -> set[str]:
+        """Conv/Linear layers that see the model's inputs: no other module lies between them and an input,
+        only functions (reshapes, arithmetic). A transformer's first projection sees embeddings, not inputs."""
+        found = set()
+        for module, node in self.graph.module2node.items():
+            if not isinstance(module, PRUNABLE_TYPES) or module not in self.names:
+                continue
+            seen, stack, fed_by_module = set(), list(node.inputs), False
+            while stack and not fed_by_module:
+                upstream = stack.pop()
+                if id(upstream) in seen or upstream.type == tp.ops.OPTYPE.PARAMETER:
+                    continue
+                seen.add(id(upstream))
+                # torch-pruning stands in for functions with its own dummy modules, which the model does not hold
+                fed_by_module = upstream.module in self.names
+                stack.extend(upstream.inputs)
+            if not fed_by_module:
+                found.add(self.names[module])
         return found
 
     def _group(self, root: str, idxs: list[int]):
