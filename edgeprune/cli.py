@@ -328,7 +328,16 @@ def _samples(option: str, path: Path, example: Any) -> list:
     if missing:
         raise EdgepruneError(f"{option} {path}: no tensor named {missing[0]!r} (has: {', '.join(tensors)}); "
                              f"the model's inputs are {', '.join(names)}")
-    count = tensors[names[0]].shape[0]
+    examples = dict(kwargs) if kwargs else {f"input_{i}": a for i, a in enumerate(args)}
+    for n in names:
+        got, want = tuple(tensors[n].shape[1:]), tuple(getattr(examples[n], "shape", ())[1:])
+        if got != want:
+            raise EdgepruneError(f"{option} {path}: tensor {n!r} holds samples of shape {got}, but the model's "
+                                 f"input {n} takes {want} (samples along the first dimension)")
+    counts = {n: len(tensors[n]) for n in names}
+    if len(set(counts.values())) > 1:
+        raise EdgepruneError(f"{option} {path}: the inputs hold different numbers of samples ({counts})")
+    count = counts[names[0]]
     items = [{n: tensors[n][i : i + 1] for n in names} for i in range(count)]
     return items if kwargs else [tuple(item[n] for n in names) for item in items]
 

@@ -212,11 +212,19 @@ def test_finetune_trains_on_a_safetensors_file_of_x_and_y(work, pruned_dir):
     assert ep.record_of(ep.load(FACTORY, out)).finetuned
 
 
-def test_finetune_with_data_the_model_cannot_take_names_the_file(work, pruned_dir):
+def test_finetune_with_x_and_y_of_different_lengths_names_the_file(work, pruned_dir):
     data = work / "wrong-labels.safetensors"
     safetensors.torch.save_file({"x": torch.zeros(4, 1, 8, 8), "y": torch.zeros(5, dtype=torch.long)}, str(data))
     result = cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
     assert result.exit_code == 2 and "wrong-labels.safetensors: x has 4 samples but y has 5" in result.output
+
+
+def test_finetune_with_inputs_the_model_cannot_take_is_an_error_not_a_traceback(work, pruned_dir):
+    data = work / "three-channels.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(4, 3, 8, 8), "y": torch.zeros(4, dtype=torch.long)}, str(data))
+    result = cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2
+    assert "(inputs (4, 3, 8, 8)) does not run through SmallCNN" in result.output
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -260,3 +268,13 @@ def test_export_verifies_on_the_verify_data_file(finetuned_dir, tmp_path):
     manifest = json.loads(next(out.glob("*.manifest.json")).read_text())
     assert manifest["verification"]["source"] == "verify_inputs"
     assert manifest["verification"]["inputs"] == 12
+
+
+def test_export_verify_data_of_the_wrong_shape_names_the_tensor(finetuned_dir, tmp_path):
+    data = tmp_path / "rgb.safetensors"
+    safetensors.torch.save_file({"input_0": torch.zeros(4, 3, 8, 8)}, str(data))
+    result = cli("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--verify-data", str(data),
+                 "--out", str(tmp_path / "never"))
+    assert result.exit_code == 2
+    assert "rgb.safetensors: tensor 'input_0' holds samples of shape (3, 8, 8)" in result.output
+    assert "takes (1, 8, 8)" in result.output

@@ -55,7 +55,12 @@ def _preflight(model, teacher, train_data, val_data, metric) -> Any:
     was = model.training
     model.eval()
     with torch.no_grad():
-        out = _logits(model, inputs)
+        try:
+            out = _logits(model, inputs)
+        except Exception as exc:  # the user's data does not fit their model: say so before any training
+            shape = f" (inputs {tuple(inputs.shape)})" if isinstance(inputs, torch.Tensor) else ""
+            raise ModelError(f"the first batch of train_data{shape} does not run through {type(model).__name__}: "
+                             f"{type(exc).__name__}: {exc}") from exc
         if labels.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
             classes = out.shape[-1]
             if int(labels.min()) < 0 or int(labels.max()) >= classes:
