@@ -2,7 +2,8 @@
 
 A saved model is a directory:
 
-    structure.json        the plan, the channels removed from each group, masked layers, the factory
+    structure.json        the plan, the channels removed from each group, masked layers, the factory,
+                          whether the model was fine-tuned after pruning
     weights.safetensors   every tensor (masks included, so fine-tuning can resume)
 
 `load` rebuilds the dense architecture from the factory, removes the same channels through the same
@@ -69,6 +70,7 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
         "plan": (record.plan if record else plan).to_dict(),
         "removals": [{"root": r.root, "idxs": list(r.idxs)} for r in removals],
         "masked_layers": _masked_layers(pruned),
+        "finetuned": bool(record and record.finetuned),
     }
     make_dir(directory.parent)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -119,6 +121,9 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
         plan = Plan.from_dict(structure["plan"])
         removals = [Removal(r["root"], tuple(r["idxs"])) for r in structure["removals"]]
         masked = list(structure["masked_layers"])
+        finetuned = structure.get("finetuned", False)  # absent from models saved before it was recorded
+        if not isinstance(finetuned, bool):
+            raise TypeError(f"'finetuned' is {finetuned!r}, expected true or false")
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{directory / STRUCTURE}: malformed ({type(exc).__name__}: {exc})") from None
     weights = directory / WEIGHTS
@@ -149,7 +154,7 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
             f"{weights}: does not match the rebuilt model (missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
         )
     model.train(was_training)
-    setattr(model, RECORD_ATTR, PruneRecord(plan, tuple(removals)))
+    setattr(model, RECORD_ATTR, PruneRecord(plan, tuple(removals), finetuned=finetuned))
     return model
 
 

@@ -4,12 +4,14 @@ resume, NaN handling, bad inputs, early stopping, lottery rewinding."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data.distributed import DistributedSampler
 
 import edgeprune as ep
 from edgeprune import zoo
@@ -274,14 +276,15 @@ def test_resuming_with_other_settings_is_refused(dense, data, tmp_path):
         ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, lr=0.01, checkpoint_dir=tmp_path, quiet=True)
 
 
-def test_iterative_prune_applies_the_recipe_at_every_step(dense, data, tmp_path):
-    """A recipe forcing 2:4 on one layer holds through each re-plan, and the budget counts it at the sparse rate."""
+def test_iterative_prune_applies_the_recipe_at_every_step(dense, data, tmp_path, jetson_small):
+    """A recipe forcing 2:4 on one layer holds through each re-plan, and the budget counts it at the sparse rate
+    (on a Jetson whose sparse kernels start at 16 channels, so that small_cnn's 32-channel res.0 has them)."""
     from safetensors.torch import load_file
 
     xtr, ytr, _, _ = data
     inputs = zoo.small_cnn.example_inputs()
     recipe = {"layers": {"res.0": {"method": "n:m"}}}
-    result = ep.iterative_prune(dense, inputs, "jetson-orin-nano-8gb", ep.Budget(macs_ratio=0.6),
+    result = ep.iterative_prune(dense, inputs, jetson_small, ep.Budget(macs_ratio=0.6),
                                 _loader(xtr, ytr, n=256), steps=2, epochs_per_step=1, recipe=recipe,
                                 checkpoint_dir=tmp_path, quiet=True)
     for step in (1, 2):  # each step's fine-tuned weights, as checkpointed
@@ -304,3 +307,170 @@ def test_a_failed_bn_recalibration_leaves_the_statistics_as_they_were(dense):
         recalibrate_(model, bad)  # the second batch has 3 channels: the model rejects it after one good batch
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+# ------------------------------------------------------------------------------ the loader, as given
+
+class _Recording(Dataset):
+    """Digits that note, in order, which sample indices were read."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.read = x, y, []
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.x[i], self.y[i]
+
+
+def test_a_weighted_random_sampler_decides_which_samples_training_sees(dense, data):
+    xtr, ytr, _, _ = data
+    ds = _Recording(xtr[:512], ytr[:512])
+    weights = torch.zeros(512)
+    weights[:64] = 1.0  # only the first 64 samples can ever be drawn
+    loader = DataLoader(ds, batch_size=32, sampler=WeightedRandomSampler(weights, num_samples=256))
+    ep.finetune(dense, loader, epochs=1, quiet=True)
+    assert len(ds.read) >= 256 and set(ds.read) <= set(range(64))
+
+
+def test_a_distributed_sampler_gives_each_epoch_its_ranks_shard_for_that_epoch(dense, data):
+    xtr, ytr, _, _ = data
+    ds = _Recording(xtr[:256], ytr[:256])
+
+    def shard(epoch):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=7)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=7)
+    ep.finetune(dense, DataLoader(ds, batch_size=32, sampler=sampler), epochs=2, quiet=True)
+    assert len(shard(1)) == 128 and shard(1) != shard(2)
+    assert ds.read[-256:] == shard(1) + shard(2)  # the two training epochs, as set_epoch(1), set_epoch(2) order them
+    assert sampler.epoch == 0  # the caller's sampler is left at the epoch it was given at
+
+
+def test_a_loader_with_a_batch_sampler_trains_on_its_batches(dense, data):
+    xtr, ytr, xte, yte = data
+    pruned = _unstructured(dense, 0.8)
+    ds = TensorDataset(xtr[:256], ytr[:256])
+    batches = BatchSampler(RandomSampler(ds), batch_size=48, drop_last=True)
+    steps = []
+    result = ep.finetune(pruned, DataLoader(ds, batch_sampler=batches), epochs=1, lr=2e-3, quiet=True,
+                         callback=lambda info: steps.append(info["step"]))
+    assert steps == list(range(1, len(batches) + 1))
+    assert accuracy(result.model, _loader(xte, yte)) > accuracy(pruned, _loader(xte, yte))
+
+
+def _shuffled(ds):
+    return DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(11))
+
+
+def _weighted(ds):
+    return DataLoader(ds, batch_size=32, sampler=WeightedRandomSampler(torch.linspace(0.1, 1.0, len(ds)), len(ds)))
+
+
+def _batched(ds):
+    return DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), batch_size=40, drop_last=False))
+
+
+@pytest.mark.parametrize("make_loader", [_shuffled, _weighted, _batched], ids=["shuffle", "weighted", "batch_sampler"])
+def test_resume_after_a_kill_is_bit_identical_with_a_random_sampler(dense, data, tmp_path, make_loader):
+    xtr, ytr, _, _ = data
+    train = make_loader(TensorDataset(xtr[:128], ytr[:128]))  # one loader object for all three runs
+    kw = dict(epochs=2, quiet=True, seed=5)
+    whole = ep.finetune(dense, train, **kw)
+
+    def kill(info):
+        if info["epoch"] == 2 and info["step"] == 2:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        ep.finetune(dense, train, checkpoint_dir=tmp_path, callback=kill, **kw)
+    resumed = ep.finetune(dense, train, checkpoint_dir=tmp_path, **kw)
+    assert resumed.resumed_from == 1
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_leaves_the_loaders_own_generator_as_it_was(dense, data):
+    xtr, ytr, _, _ = data
+    g = torch.Generator().manual_seed(3)
+    before = g.get_state()
+    loader = DataLoader(TensorDataset(xtr[:128], ytr[:128]), batch_size=32, shuffle=True, generator=g)
+    ep.finetune(dense, loader, epochs=2, quiet=True)
+    assert torch.equal(g.get_state(), before) and loader.sampler.generator is g and loader.generator is g
+
+
+# --------------------------------------------------------------------------------------------- optimizers
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_optimizer_adamw_is_torchs_adamw_with_decoupled_weight_decay(dense, data):
+    xtr, ytr, _, _ = data
+    train = _loader(xtr, ytr, n=128)
+    adamw = ep.finetune(dense, train, epochs=1, optimizer="adamw", lr=2e-3, weight_decay=0.5, quiet=True).model
+    torch_adamw = ep.finetune(dense, train, epochs=1, quiet=True,
+                              optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.5)).model
+    adam = ep.finetune(dense, train, epochs=1, optimizer="adam", lr=2e-3, weight_decay=0.5, quiet=True).model
+    assert _same_weights(adamw, torch_adamw)
+    assert not _same_weights(adamw, adam)  # Adam adds the decay to the gradient instead
+
+
+def test_an_optimizer_factory_builds_the_optimizer_over_the_trained_copys_parameters(dense, data):
+    xtr, ytr, _, _ = data
+    given = []
+
+    def factory(params):  # the classifier (small_cnn's last two parameters) frozen by a zero rate, the rest trained
+        given.extend(params)
+        return torch.optim.SGD([{"params": params[:-2], "lr": 0.05}, {"params": params[-2:], "lr": 0.0}], momentum=0.9)
+
+    model = ep.finetune(dense, _loader(xtr, ytr, n=128), epochs=1, optimizer=factory, quiet=True).model
+    assert [id(p) for p in given] == [id(p) for p in model.parameters()]
+    assert torch.equal(model.classifier.weight, dense.classifier.weight)  # its group's rate is scaled, not replaced
+    assert not torch.equal(model.fc1.weight, dense.fc1.weight)
+
+
+@pytest.mark.parametrize("optimizer,kw,match", [
+    ("adamx", {}, r"optimizer='adamx': unknown; expected one of adam, adamw, sgd"),
+    (lambda params: torch.optim.SGD(params, lr=0.1), {"lr": 0.1}, r"optimizer factory given with lr"),
+    (lambda params: "sgd", {}, r"optimizer factory .* returned str, expected a torch.optim.Optimizer"),
+], ids=["unknown-name", "factory-with-lr", "factory-returns-no-optimizer"])
+def test_an_optimizer_that_cannot_work_is_refused_before_anything_is_written(dense, data, tmp_path, optimizer, kw,
+                                                                             match):
+    xtr, ytr, _, _ = data
+    with pytest.raises(ep.EdgepruneError, match=match):
+        ep.finetune(dense, _loader(xtr, ytr, n=64), epochs=1, optimizer=optimizer, checkpoint_dir=tmp_path / "ckpt",
+                    quiet=True, **kw)
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------- the prune record
+
+@pytest.fixture(scope="module")
+def structured(dense):
+    plan = ep.plan(dense, zoo.small_cnn.example_inputs(), "raspberry-pi-5", ep.Budget(macs_ratio=0.6))
+    return plan, ep.prune(dense, plan)
+
+
+def test_the_model_finetune_returns_is_recorded_as_finetuned(structured, data):
+    xtr, ytr, _, _ = data
+    _, pruned = structured
+    tuned = ep.finetune(pruned, _loader(xtr, ytr, n=128), epochs=1, quiet=True).model
+    assert ep.record_of(tuned).finetuned is True
+    assert ep.record_of(pruned).finetuned is False  # the caller's model is not changed
+    assert ep.record_of(tuned).removals == ep.record_of(pruned).removals
+
+
+def test_the_finetuned_flag_survives_save_and_load(structured, data, tmp_path):
+    xtr, ytr, _, _ = data
+    plan, pruned = structured
+    tuned = ep.finetune(pruned, _loader(xtr, ytr, n=128), epochs=1, quiet=True).model
+    for name, model, flag in (("pruned", pruned, False), ("tuned", tuned, True)):
+        directory = ep.save(model, plan, tmp_path / name, factory=zoo.small_cnn)
+        assert json.loads((directory / "structure.json").read_text())["finetuned"] is flag
+        assert ep.record_of(ep.load(zoo.small_cnn, directory)).finetuned is flag

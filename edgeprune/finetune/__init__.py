@@ -7,7 +7,8 @@ every function works on a copy (`_copy.copy_model`, masks included) and returns 
 One module per concept:
 
     loop.py         `finetune` and `FinetuneResult`: the training loop
-    data.py         how the loop draws its batches from the caller's DataLoader
+    data.py         how the loop draws its batches from the caller's DataLoader, as given, seeded per epoch
+    optimizers.py   the optimizer: "adam", "adamw", "sgd", or the caller's factory
     masks.py        pruning masks held in force while training, per-layer magnitude masks
     gradual.py      `GradualSchedule`: masks that grow during training
     checkpoints.py  a safetensors + JSON checkpoint per epoch, and finding the one to resume from

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,7 +17,9 @@ from ..budget import Budget
 from ..costs import measure
 from ..errors import BudgetError, EdgepruneError, ModelError
 from ..metrics import split_batch as _split
-from .data import check_loader
+from ..policy import plan as make_plan
+from ..pruning import RECORD_ATTR, finalize, prune, record_of
+from .data import check_loader, first_batch, seeded_epoch
 from .loop import FinetuneResult, finetune
 from .masks import enforce_masks, ensure_mask, magnitude_mask, refresh_weight, resolve_layers
 
@@ -30,9 +33,6 @@ def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: 
     stage plans (`ep.plan`, with `recipe` and `importance`) and prunes (`ep.prune`) the current model,
     recalibrates BatchNorm on `train_data`, then fine-tunes for `epochs_per_step`. History entries carry
     `prune_step`, `macs_ratio`."""
-    from ..policy import plan as make_plan
-    from ..pruning import finalize, prune
-
     if not isinstance(budget, Budget) or budget.kind != "macs_ratio":
         raise BudgetError("iterative_prune takes Budget(macs_ratio=r); for sparsity use finetune(gradual=...)")
     if steps < 1:
@@ -45,7 +45,8 @@ def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: 
         relative = min(1.0, goal * dense / now)
         p = make_plan(current, example_inputs, target, Budget(macs_ratio=relative), recipe=recipe, importance=importance)
         pruned = prune(current, p)
-        _recalibrate_(pruned, train_data)
+        with seeded_epoch(train_data, finetune_kwargs.get("seed", 0), 0):
+            _recalibrate_(pruned, train_data)
         result = finetune(pruned, train_data, epochs=epochs_per_step, recalibrate_bn=False,
                           checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / f"step-{k}",
                           **finetune_kwargs)
@@ -71,7 +72,7 @@ def lottery(model: nn.Module, train_data: DataLoader, *, rounds: int, sparsity_p
         raise EdgepruneError("lottery: checkpoint_dir is supported only with rewind_epoch=0")
     check_loader(train_data, "train_data")
     work = copy_model(model)
-    first = next(iter(train_data), None)
+    first = first_batch(train_data, finetune_kwargs.get("seed", 0))
     if first is None:
         raise ModelError("train_data is empty: it yields no batches")
     names = resolve_layers(work, layers, _split(first)[0])
@@ -114,5 +115,8 @@ def lottery(model: nn.Module, train_data: DataLoader, *, rounds: int, sparsity_p
             enforce_masks(work)
     if result is None:
         result = FinetuneResult(model=work)
+    record = record_of(work)
+    if not retrain_final and record is not None:  # rewound after its last pruning, and not trained since
+        setattr(work, RECORD_ATTR, replace(record, finetuned=False))
     result.model, result.history = work, history
     return result

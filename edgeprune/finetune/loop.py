@@ -1,19 +1,19 @@
 """The fine-tuning loop: `finetune` and its `FinetuneResult`.
 
-Determinism and resume: the data order of each epoch is fixed by `seed` (data.py), the global torch RNG is
-seeded from `seed` inside `torch.random.fork_rng` (the caller's RNG is untouched), and every epoch writes a
-checkpoint (checkpoints.py) with weights, masks, optimizer state, RNG state, history and the best weights.
-A run killed mid-epoch and started again with the same `checkpoint_dir` resumes after the last completed
-epoch and ends bit-identical to an uninterrupted run.
+Determinism and resume: the loader's sampler, seeded per epoch from `seed` (data.py), fixes the data order
+of each epoch; the global torch RNG is seeded from `seed` inside `torch.random.fork_rng` (the caller's RNG
+is untouched); and every epoch writes a checkpoint (checkpoints.py) with weights, masks, optimizer state,
+RNG state, history and the best weights. A run killed mid-epoch and started again with the same
+`checkpoint_dir` resumes after the last completed epoch and ends bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,14 @@ from ..distill import kd_loss
 from ..errors import EdgepruneError, ModelError
 from ..metrics import accuracy  # the default metric
 from ..metrics import logits as _logits, split_batch as _split
+from ..pruning import RECORD_ATTR, record_of
 from ..pruning.nm import reduction_size
 from ..schedules import cosine_lr
 from .checkpoints import latest_checkpoint, optimizer_state, save_checkpoint
-from .data import check_loader, epoch_loader, steps_in
+from .data import check_loader, first_batch, seeded_epoch, steps_in
 from .gradual import GradualSchedule, apply_gradual
 from .masks import enforce_masks, ensure_mask, resolve_layers, sparsity
+from .optimizers import Hyperparameters, OptimizerFactory, build_optimizer, check as check_optimizer, describe
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -46,9 +48,9 @@ class FinetuneResult:
     resumed_from: Optional[int] = None  # the last completed epoch of the checkpoint resumed from
 
 
-def _preflight(model, teacher, train_data, val_data, metric) -> Any:
+def _preflight(model, teacher, train_data, val_data, metric, seed) -> Any:
     """Checks on the first batch (labels in range, teacher shape) and the metric; nothing is written yet."""
-    first = next(iter(train_data), None)
+    first = first_batch(train_data, seed)
     if first is None:
         raise ModelError("train_data is empty: it yields no batches")
     inputs, labels = _split(first)
@@ -88,10 +90,10 @@ def finetune(
     val_data: Optional[DataLoader] = None,
     metric: Optional[Callable[[nn.Module, DataLoader], float]] = None,
     teacher: Optional[nn.Module] = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    optimizer: str = "adam",
-    momentum: float = 0.9,
+    lr: Optional[float] = None,
+    weight_decay: Optional[float] = None,
+    optimizer: Union[str, OptimizerFactory] = "adam",
+    momentum: Optional[float] = None,
     warmup_steps: int = 0,
     kd_alpha: float = 0.9,
     kd_temperature: float = 4.0,
@@ -106,17 +108,23 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a copy of `model` (masks kept in force) and return it in a `FinetuneResult`.
 
-    Loss: cross-entropy, or `kd_loss` against `teacher` (eval mode, no grad). LR: `cosine_lr` per step with
-    `warmup_steps` of linear warm-up. With `early_stopping_patience` (needs `val_data`), training stops
-    after that many epochs without improvement of `metric` (default top-1 accuracy, higher is better) and
-    the best epoch's weights are returned; with `gradual`, only epochs that ended at the final sparsity count
-    as best. `callback(info)` is called after every optimizer step with {epoch, step, global_step, loss}.
-    A non-finite loss raises ModelError; the exception's `.model` holds the weights of the last good epoch.
+    Data: `train_data` as given, its sampler or batch_sampler deciding what each epoch sees, seeded per
+    epoch from `seed` (finetune/data.py says how). Optimizer: "adam", "adamw" or "sgd", built with `lr`
+    (default 1e-3), `weight_decay` (default 0, 0.01 for AdamW) and, for SGD, `momentum` (default 0.9); or a
+    factory, `optimizer=lambda params: torch.optim.AdamW(params, lr=3e-4)`, that sets those itself. LR:
+    `cosine_lr` per step with `warmup_steps` of linear warm-up, scaling each param group's initial rate.
+
+    With `early_stopping_patience` (needs `val_data`), training stops after that many epochs without
+    improvement of `metric` (default top-1 accuracy, higher is better) and the best epoch's weights are
+    returned; with `gradual`, only epochs that ended at the final sparsity count as best. `callback(info)`
+    is called after every optimizer step with {epoch, step, global_step, loss}. A non-finite loss raises
+    ModelError; the exception's `.model` holds the weights of the last good epoch. A model `ep.prune` made
+    comes back with its record saying it was fine-tuned (`PruneRecord.finetuned`).
     """
     if epochs < 1:
         raise EdgepruneError(f"epochs={epochs}: must be >= 1")
-    if optimizer not in ("adam", "sgd"):
-        raise EdgepruneError(f"optimizer={optimizer!r}: expected 'adam' or 'sgd'")
+    hyper = Hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)
+    check_optimizer(optimizer, hyper)
     if early_stopping_patience is not None and val_data is None:
         raise EdgepruneError("early_stopping_patience needs val_data to measure the metric on")
     check_loader(train_data, "train_data")
@@ -130,18 +138,18 @@ def finetune(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_decay, optimizer, momentum,
-                          warmup_steps, kd_alpha, kd_temperature, gradual, recalibrate_bn, early_stopping_patience,
-                          directory, seed, quiet, callback, _on_epoch_end)
+            return _train(model, train_data, epochs, val_data, metric, teacher, optimizer, hyper, warmup_steps,
+                          kd_alpha, kd_temperature, gradual, recalibrate_bn, early_stopping_patience, directory, seed,
+                          quiet, callback, _on_epoch_end)
     finally:
         if teacher is not None:
             teacher.train(teacher_was)
 
 
-def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_decay, optimizer, momentum, warmup_steps,
-           kd_alpha, kd_temperature, gradual, recalibrate, patience, directory, seed, quiet, callback, on_epoch_end):
+def _train(model, train_data, epochs, val_data, metric, teacher, optimizer, hyper, warmup_steps, kd_alpha,
+           kd_temperature, gradual, recalibrate, patience, directory, seed, quiet, callback, on_epoch_end):
     work = copy_model(model)
-    sample_inputs = _preflight(work, teacher, train_data, val_data, metric)
+    sample_inputs = _preflight(work, teacher, train_data, val_data, metric, seed)
     layers: list[str] = []
     if gradual is not None:
         layers = resolve_layers(work, gradual.layers, sample_inputs)
@@ -152,11 +160,12 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
                                  f"of {gradual.m}, so it cannot carry {gradual.n}:{gradual.m} masks")
             ensure_mask(modules[name])
     params = [p for p in work.parameters() if p.requires_grad]
-    opt = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
-           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
-    settings = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer, "seed": seed,
-                "warmup_steps": warmup_steps, "kd": teacher is not None, "kd_alpha": kd_alpha,
-                "kd_temperature": kd_temperature, "gradual": asdict(gradual) if gradual else None}
+    opt = build_optimizer(optimizer, params, hyper)
+    first_group = opt.param_groups[0]
+    settings = {"epochs": epochs, "lr": float(first_group["initial_lr"]), "optimizer": describe(optimizer),
+                "weight_decay": float(first_group.get("weight_decay", 0.0)), "seed": seed, "warmup_steps": warmup_steps,
+                "kd": teacher is not None, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature,
+                "gradual": asdict(gradual) if gradual else None}
     settings = json.loads(json.dumps(settings))
     result = FinetuneResult(model=work)
     best_state, since_best, start = None, 0, 1
@@ -172,7 +181,13 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
             work.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         except RuntimeError as exc:
             raise ModelError(f"{directory}: checkpoint does not fit {type(model).__name__}: {exc}") from exc
-        opt.load_state_dict(optimizer_state(tensors, record["optimizer"]))
+        try:
+            opt.load_state_dict(optimizer_state(tensors, record["optimizer"]))
+        except (ValueError, KeyError) as exc:
+            raise ModelError(f"{directory}: the checkpoint's optimizer state does not fit this optimizer "
+                             f"({exc}); use a fresh checkpoint_dir") from exc
+        for g in opt.param_groups:  # checkpoints written before schedules kept each group's base rate
+            g.setdefault("initial_lr", settings["lr"])
         torch.set_rng_state(tensors["rng.torch"])
         if record["has_best"]:
             best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
@@ -182,9 +197,10 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
         result.resumed_from = record["epoch"]
         result.stopped_early = record["stopped_early"]
     elif recalibrate:
-        _recalibrate_(work, epoch_loader(train_data, seed, 0))
+        with seeded_epoch(train_data, seed, 0):
+            _recalibrate_(work, train_data)
 
-    steps_per_epoch = steps_in(epoch_loader(train_data, seed, 1))
+    steps_per_epoch = steps_in(train_data)
     total = epochs * steps_per_epoch
     progress = None
     if not quiet:
@@ -198,40 +214,42 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
             good = {k: v.detach().clone() for k, v in work.state_dict().items()}
             work.train()
             task = progress.add_task(f"epoch {epoch}/{epochs}", total=steps_per_epoch) if progress else None
-            losses, current_lr = [], lr
-            for i, batch in enumerate(epoch_loader(train_data, seed, epoch)):
-                step = (epoch - 1) * steps_per_epoch + i
-                if gradual is not None:
-                    apply_gradual(work, gradual, layers, step)
-                current_lr = cosine_lr(step, total=total, warmup=warmup_steps, base_lr=lr)
-                for group in opt.param_groups:
-                    group["lr"] = current_lr
-                inputs, labels = _split(batch)
-                logits = _logits(work, inputs)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = _logits(teacher, inputs)
-                    loss = kd_loss(logits, t_logits, labels, alpha=kd_alpha, temperature=kd_temperature)
-                else:
-                    loss = F.cross_entropy(logits, labels)
-                if not torch.isfinite(loss):
-                    work.load_state_dict(good)
-                    err = ModelError(f"loss became {float(loss.detach())} at epoch {epoch}, step {i + 1} (global step {step}); "
-                                     f"weights restored to the end of epoch {epoch - 1}"
-                                     + (f", the checkpoint in {directory} is left as it was" if directory else "")
-                                     + ": lower lr or check the data")
-                    err.model = work
-                    raise err
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                enforce_masks(work)
-                loss_value = float(loss.detach())
-                losses.append(loss_value)
-                if progress:
-                    progress.update(task, advance=1, description=f"epoch {epoch}/{epochs} loss {loss_value:.4f}")
-                if callback is not None:
-                    callback({"epoch": epoch, "step": i + 1, "global_step": step, "loss": loss_value})
+            losses, current_lr = [], opt.param_groups[0]["lr"]
+            with seeded_epoch(train_data, seed, epoch):
+                for i, batch in enumerate(train_data):
+                    step = (epoch - 1) * steps_per_epoch + i
+                    if gradual is not None:
+                        apply_gradual(work, gradual, layers, step)
+                    for g in opt.param_groups:
+                        g["lr"] = cosine_lr(step, total=total, warmup=warmup_steps, base_lr=g["initial_lr"])
+                    current_lr = opt.param_groups[0]["lr"]
+                    inputs, labels = _split(batch)
+                    logits = _logits(work, inputs)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_logits = _logits(teacher, inputs)
+                        loss = kd_loss(logits, t_logits, labels, alpha=kd_alpha, temperature=kd_temperature)
+                    else:
+                        loss = F.cross_entropy(logits, labels)
+                    if not torch.isfinite(loss):
+                        work.load_state_dict(good)
+                        err = ModelError(f"loss became {float(loss.detach())} at epoch {epoch}, step {i + 1} "
+                                         f"(global step {step}); weights restored to the end of epoch {epoch - 1}"
+                                         + (f", the checkpoint in {directory} is left as it was" if directory else "")
+                                         + ": lower lr or check the data")
+                        err.model = work
+                        raise err
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    enforce_masks(work)
+                    loss_value = float(loss.detach())
+                    losses.append(loss_value)
+                    if progress:
+                        progress.update(task, advance=1,
+                                        description=f"epoch {epoch}/{epochs} loss {loss_value:.4f}")
+                    if callback is not None:
+                        callback({"epoch": epoch, "step": i + 1, "global_step": step, "loss": loss_value})
             value = None
             if val_data is not None:
                 value = metric(work, val_data)
@@ -266,5 +284,8 @@ def _train(model, train_data, epochs, val_data, metric, teacher, lr, weight_deca
             progress.stop()
     if patience is not None and best_state is not None:
         work.load_state_dict(best_state)
+    record = record_of(work)
+    if record is not None:
+        setattr(work, RECORD_ATTR, replace(record, finetuned=True))
     work.eval()
     return result

@@ -25,10 +25,12 @@ RECORD_ATTR = "edgeprune_record"
 
 @dataclass(frozen=True)
 class PruneRecord:
-    """What `prune` did to a model: the plan as carried out and the channels it removed (for `save`)."""
+    """What `prune` did to a model: the plan as carried out and the channels it removed (for `save`), and
+    whether the model has been fine-tuned since (`ep.finetune` sets it; pruning leaves accuracy to recover)."""
 
     plan: Plan
     removals: tuple[Removal, ...]
+    finetuned: bool = False
 
 
 def record_of(model: nn.Module) -> Optional[PruneRecord]:
