@@ -41,8 +41,7 @@ from .pruning.nm import reduction_size
 from .pruning.structured import IMPORTANCES, ChannelGraph, ChannelGroup, remove_channels
 from .pruning.unstructured import global_amounts
 from .recipe import Recipe, load_recipe
-from .rules import (LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, rule_choices, structured_instead,
-                    unaccelerated)
+from .rules import LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, rule_choices, structured_instead
 from .targets import Target, load_target
 
 SCOPES = ("per-layer", "global")
@@ -443,12 +442,9 @@ def _verify(model, example_inputs, result: Plan, importance, loss_fn, estimator:
     for d in result.by_method("n:m"):
         module, c = modules[d.layer], choices[d.layer]
         shape = f"after channel pruning its input dimension is {reduction_size(module)}"
-        if c.forced:
+        if c.forced:  # the recipe's choice stands unless the pattern no longer fits at all
             if reduction_size(module) % d.m:
                 redecided[d.layer] = LayerChoice("keep", f"{c.reason}; but {shape}, not a multiple of {d.m}: kept")
-            elif not c.dense_rate and unaccelerated(target, c, module):
-                redecided[d.layer] = replace(c, dense_rate=True,
-                                             reason=f"{c.reason}; after channel pruning {unaccelerated(target, c, module)}")
             continue
         fits, why = nm_fits(target, module)
         if not fits:
