@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -43,12 +44,13 @@ class Row:
     acc_finetuned: float
     macs: tuple[int, int]
     params: tuple[int, int]
-    size: tuple[int, int]
-    p50: tuple[float, float]
+    size: Optional[tuple[int, int]]  # None: not exported (the plan does not fit the target)
+    p50: Optional[tuple[float, float]]
     device: str
     runtime: str
     proxy: bool
     memory: str
+    flash: str = ""  # the plan's weights against the target's flash (MCU targets)
 
 
 def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -68,11 +70,12 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train, val, test = data()
+    splits = Splits(validation=len(val.dataset), test=len(test.dataset))
     inputs = zoo.small_cnn.example_inputs()
     console.rule("dense small CNN on scikit-learn's digits")
     dense = ep.finetune(zoo.small_cnn(), train, epochs=15, lr=3e-3, val_data=val, quiet=True).model.eval()
     acc_dense = accuracy(dense, test)
-    console.print(f"held-out accuracy {acc_dense:.1%} ({len(test.dataset)} test digits)")
+    console.print(f"test accuracy {acc_dense:.1%} ({splits.test} held-out test digits)")
     # int8: calibrated on training digits, verified on held-out test digits (real data both)
     calib = [(x[i : i + 1],) for x, _ in [next(iter(train))] for i in range(len(x))]
     held_out = [(x[i : i + 1],) for x, _ in [next(iter(test))] for i in range(32)]
@@ -90,18 +93,27 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
             stage("sensitivity")
             # BN recalibrated per pruned copy: the drop then shows the layer, not stale statistics (BENCHMARKS.md)
             sens = ep.sensitivity(dense, inputs, val, None, target, calibration_data=in_order)
-            sens.plot(out / f"sensitivity-{target_name}.png")
+            plots.plot_sensitivity(sens, out / f"sensitivity-{target_name}.png", measured_on=splits.sensitivity)
             bar.advance(task)
             stage("plan + prune")
             plan = ep.plan(dense, inputs, target, BUDGET, sensitivity=sens)
             pruned = ep.prune(dense, plan)
             plans[target_name] = plan
             acc_pruned = accuracy(pruned, test)
+            flash = flash_cell(plan, target)
             bar.advance(task)
             stage("fine-tune (KD)")
             tuned = ep.finetune(pruned, train, epochs=8, teacher=dense, val_data=val, lr=1e-3, quiet=True).model
             acc_tuned = accuracy(tuned, test)
             bar.advance(task)
+            dense_cost, pruned_cost = ep.measure(dense, inputs), ep.measure(ep.finalize(tuned), inputs)
+            row = Row(target_name, acc_dense, acc_pruned, acc_tuned, (dense_cost.macs, plan.macs_after),
+                      (dense_cost.params, pruned_cost.params), None, None, "", "", False,
+                      "not exported: the planned model does not fit flash", flash)
+            if not fits_flash(plan, target):  # export would refuse it: say so in its row and go on
+                rows.append(row)
+                bar.advance(task, 2)
+                continue
             stage("export + verify")
             int8 = target.family == "mcu"
             kwargs = dict(precision="int8", calibration=calib) if int8 else {}
@@ -115,48 +127,91 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
                               settings=ep.BenchSettings(min_runs=200, min_seconds=1.0, threads=1))
                      for a in (dense_art, pruned_art)]
             bar.advance(task)
-            dense_cost, pruned_cost = ep.measure(dense, inputs), ep.measure(ep.finalize(tuned), inputs)
-            memory = memory_cell(pruned_art.manifest.get("memory") or {})
-            rows.append(Row(target_name, acc_dense, acc_pruned, acc_tuned, (dense_cost.macs, plan.macs_after),
-                            (dense_cost.params, pruned_cost.params),
-                            (dense_art.path.stat().st_size, pruned_art.path.stat().st_size),
-                            (timed[0].p50, timed[1].p50), timed[1].device, timed[1].runtime, timed[1].proxy, memory))
+            row.size = (dense_art.path.stat().st_size, pruned_art.path.stat().st_size)
+            row.p50 = (timed[0].p50, timed[1].p50)
+            row.device, row.runtime, row.proxy = timed[1].device, timed[1].runtime, timed[1].proxy
+            row.memory = memory_cell(pruned_art.manifest.get("memory") or {})
+            rows.append(row)
             for label, r, acc in (("dense", timed[0], acc_dense), ("pruned+KD", timed[1], acc_tuned)):
                 points.append({"label": f"{target_name} {label}", "accuracy": acc, "latency_ms": r.p50,
-                               "device": r.device, "runtime": r.runtime, "proxy": r.proxy})
+                               "device": r.device, "runtime": r.runtime, "proxy": r.proxy, "group": target_name})
             (out / target_name / "bench.json").write_text(json.dumps([r.to_dict() for r in timed], indent=2))
     plots.plot_layer_sparsity(plans, out / "layer-sparsity.png")
     plots.plot_accuracy_vs_latency(points, out / "accuracy-vs-latency.png")
-    console.print(summary(rows))
+    console.print(summary(rows, splits))
+    for line in notes(rows):
+        console.print(line, highlight=False)
     console.print(f"report: {out}  ({time.perf_counter() - start:.0f} s)")
     return out
+
+
+@dataclass(frozen=True)
+class Splits:
+    """How many digits each held-out split has: sensitivity is measured on one, the table on the other."""
+
+    validation: int
+    test: int
+
+    @property
+    def sensitivity(self) -> str:
+        return f"validation split ({self.validation} digits)"
+
+
+def fits_flash(plan: ep.Plan, target: ep.Target) -> bool:
+    return not target.memory.flash_bytes or plan.weight_bytes <= target.memory.flash_bytes
+
+
+def flash_cell(plan: ep.Plan, target: ep.Target) -> str:
+    """The planned model's weights against the target's flash, from the plan (before any export)."""
+    flash = target.memory.flash_bytes
+    if not flash:
+        return ""
+    kib = 1024
+    cell = f"plan: weights {plan.weight_bytes / kib:.0f} / {flash / kib:.0f} KiB flash"
+    if plan.weight_bytes > flash:
+        return f"{cell}, DOES NOT FIT ({(plan.weight_bytes - flash) / kib:.0f} KiB over)"
+    return f"{cell}, fits"
 
 
 def memory_cell(m: dict) -> str:
     """SRAM/flash fit of an MCU artifact, and Vela's time, which is an estimate, never a measurement."""
     if not m.get("checked"):
-        return "—"
+        return ""
     kib = 1024
-    cell = (f"arena {m['tflm_arena_bytes'] / kib:.1f} / {m['sram_bytes'] / kib:.0f} KiB SRAM, "
+    cell = (f"artifact: arena {m['tflm_arena_bytes'] / kib:.1f} / {m['sram_bytes'] / kib:.0f} KiB SRAM, "
             f"{'fits' if m['fits_sram'] and m['fits_flash'] else 'DOES NOT FIT'}")
     vela = m.get("vela") or {}
     if vela.get("estimated_inference_s"):
-        cell += f"; Vela estimate {vela['estimated_inference_s'] * 1000:.3f} ms on the NPU (estimate)"
+        cell += f"; Vela estimates {vela['estimated_inference_s'] * 1000:.3f} ms on the NPU (an estimate)"
     return cell
 
 
-def summary(rows: list[Row]) -> Table:
-    table = Table(title="edgeprune demo: small CNN on digits, half the MACs, fine-tuned with KD")
-    for col in ("target", "accuracy dense → pruned → fine-tuned", "MACs", "params", "artifact", "p50 dense → pruned",
-                "speedup", "measured by", "memory"):
+def summary(rows: list[Row], splits: Splits) -> Table:
+    table = Table(title="edgeprune demo: small CNN on digits, half the MACs, fine-tuned with KD", box=box.SIMPLE_HEAD,
+                  pad_edge=False,
+                  caption=f"accuracy: the held-out test split ({splits.test} digits); the sensitivity plots' baseline: "
+                          f"the {splits.sensitivity}.\n* proxy: timed here, not on the target: never that board's "
+                          "latency.", caption_justify="left")
+    # a target name cut to "jetson-orin-nan…" names no target: that column is never cut or wrapped
+    table.add_column("target", no_wrap=True, min_width=max((len(r.target) for r in rows), default=6))
+    table.add_column("test accuracy\ndense → pruned → FT", min_width=21)
+    for col in ("MACs", "params", "artifact", "p50 (µs)\ndense → pruned", "speed-up", "measured by"):
         table.add_column(col)
     for r in rows:
-        label = f"{r.device} / {r.runtime}" + (" [yellow](proxy, not this target's latency)[/]" if r.proxy else "")
-        table.add_row(r.target, f"{r.acc_dense:.1%} → {r.acc_pruned:.1%} → {r.acc_finetuned:.1%}",
-                      f"{r.macs[0] / 1e3:.0f}k → {r.macs[1] / 1e3:.0f}k", f"{r.params[0]} → {r.params[1]}",
-                      f"{r.size[0] / 1024:.0f} → {r.size[1] / 1024:.0f} KiB",
-                      f"{r.p50[0] * 1000:.1f} → {r.p50[1] * 1000:.1f} µs", f"{r.p50[0] / r.p50[1]:.2f}×", label, r.memory)
+        timed = r.p50 is not None and r.size is not None
+        table.add_row(
+            r.target, f"{r.acc_dense:.1%} → {r.acc_pruned:.1%} → {r.acc_finetuned:.1%}",
+            f"{r.macs[0] / 1e3:.0f}k → {r.macs[1] / 1e3:.0f}k", f"{r.params[0]} → {r.params[1]}",
+            f"{r.size[0] / 1024:.0f} → {r.size[1] / 1024:.0f} KiB" if timed else "—",
+            f"{r.p50[0] * 1000:.1f} → {r.p50[1] * 1000:.1f}" if timed else "—",
+            f"{r.p50[0] / r.p50[1]:.2f}×" if timed else "—",
+            (f"{r.device} / {r.runtime}" + ("[yellow]*[/]" if r.proxy else "")) if timed else "not exported")
     return table
+
+
+def notes(rows: list[Row]) -> list[str]:
+    """Per target, what does not fit a table cell: memory against the target's budgets."""
+    return [f"{r.target}: " + "; ".join(x for x in (r.flash, r.memory) if x) for r in rows if r.flash or r.memory]
 
 
 if __name__ == "__main__":

@@ -79,11 +79,12 @@ def plot_sensitivity(sens: "Sensitivity", path: "str | Path", *, overwrite: bool
                     linestyle="none" if len(row.amounts) == 1 else _LINESTYLES[i % len(_LINESTYLES)],
                     color=f"C{i % 10}", label=f"{_layers_label(layers)} ({kind})")
         on = f", {measured_on}" if measured_on else ""
-        ax.axhline(sens.baseline, linestyle="--", color="grey", label=f"dense baseline {sens.baseline:.3g}{on}")
+        value = f"{sens.baseline:.1%}" if 0.0 <= sens.baseline <= 1.0 else f"{sens.baseline:.3g}"
+        ax.axhline(sens.baseline, linestyle="--", color="grey", label=f"dense baseline {value}{on}")
         ax.set_xlabel("fraction pruned (this channel group or layer only)")
         ax.set_ylabel(sens.metric)
         ax.set_title(f"per-layer sensitivity, {sens.target}" + (f"\nmeasured on the {measured_on}" if measured_on else ""))
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
 
     return _plot(path, overwrite, draw)
 
@@ -133,7 +134,8 @@ def _accuracy_limits(accuracies: list[float], least_span: float = 0.05) -> tuple
 
 
 # label offsets (points) tried in turn until a label overlaps no other label, marker or the axes' edge
-_LABEL_OFFSETS = [(dx, dy) for dy in (6, -14, 20, -28, 34, -42, 48, -56) for dx in (8, -8)]
+# (above the point when dy > 0, below it when dy < 0)
+_LABEL_OFFSETS = [(dx, dy) for dy in (6, -6, 20, -20, 34, -34, 48, -48) for dx in (8, -8)]
 
 
 def _place_labels(ax, xy_labels: list[tuple[float, float, str]]) -> list:
@@ -145,16 +147,17 @@ def _place_labels(ax, xy_labels: list[tuple[float, float, str]]) -> list:
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     radius = 7 * fig.dpi / 72  # about a marker's radius (s=60 points squared)
-    taken = []
+    markers = []
     for x, y, _ in xy_labels:
         px, py = ax.transData.transform((x, y))
-        taken.append((px - radius, py - radius, px + radius, py + radius))
-    texts = []
-    for x, y, label in xy_labels:
+        markers.append((px - radius, py - radius, px + radius, py + radius))
+    placed, texts = [], []
+    for i, (x, y, label) in enumerate(xy_labels):
+        taken = placed + markers[:i] + markers[i + 1:]  # its own marker is what the offset already clears
         for dx, dy in _LABEL_OFFSETS:
-            far = abs(dy) > 14
+            far = abs(dy) > 6
             text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                               ha="left" if dx > 0 else "right", va="bottom",
+                               ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
                                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5, "shrinkA": 0,
                                            "shrinkB": 5} if far else None)
             text.update_positions(renderer)  # an annotation's offset is resolved only when drawn
@@ -170,7 +173,7 @@ def _place_labels(ax, xy_labels: list[tuple[float, float, str]]) -> list:
             text.update_positions(renderer)
             box = Text.get_window_extent(text, renderer)
             rect = (box.x0, box.y0, box.x1, box.y1)
-        taken.append(rect)
+        placed.append(rect)
         texts.append(text)
     return texts
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import warnings
 
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
 from typer.testing import CliRunner
 
+import edgeprune as ep
 from edgeprune.cli import app
-from edgeprune.demo import TARGETS
+from edgeprune.demo import TARGETS, Row, Splits, fits_flash, flash_cell, summary
 
 
 def test_the_demo_runs_the_whole_flow_and_leaves_a_report(tmp_path):
@@ -27,3 +35,47 @@ def test_the_demo_refuses_a_report_folder_that_has_files(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     done = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
     assert done.exit_code == 2 and "not empty" in done.output and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def _row(target: str, **overrides) -> Row:
+    values = dict(acc_dense=0.969, acc_pruned=0.367, acc_finetuned=0.972, macs=(290_000, 145_000),
+                  params=(20_000, 10_000), size=(80_000, 40_000), p50=(0.0121, 0.0104), device="local",
+                  runtime="tflite-micro", proxy=True, memory="")
+    return Row(target, **{**values, **overrides})
+
+
+@pytest.mark.parametrize("width", [150, 120])
+def test_the_summary_never_cuts_a_target_name(width):
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(summary([_row(t) for t in TARGETS], Splits(validation=270, test=360)))
+    lines = console.file.getvalue().splitlines()
+    for target in TARGETS:
+        assert any(target in line for line in lines), f"{target} cut at width {width}"
+
+
+def test_the_summary_says_which_split_its_accuracy_comes_from():
+    console = Console(width=150, file=io.StringIO(), color_system=None)
+    console.print(summary([_row(t) for t in TARGETS], Splits(validation=270, test=360)))
+    text = " ".join(console.file.getvalue().split())
+    assert "test accuracy" in text and "test split (360 digits)" in text and "validation split (270 digits)" in text
+
+
+def test_an_mcu_plan_over_flash_is_said_so_in_its_row_before_any_export():
+    # ~2.6 M weights: over the stm32h743's 2 MiB flash even at int8 after the plan takes 10 % of the MACs
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 1200), nn.ReLU(),
+                          nn.Linear(1200, 10)).eval()
+    target = ep.load_target("stm32h743")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the plan's own "does not fit flash" warning: not what this test checks
+        plan = ep.plan(model, (torch.randn(1, 1, 8, 8),), target, ep.Budget(macs_ratio=0.9))
+    assert not fits_flash(plan, target)
+    cell = flash_cell(plan, target)
+    assert "DOES NOT FIT" in cell and re.search(r"\d+ KiB over", cell) and "2048 KiB flash" in cell
+
+
+def test_a_plan_that_fits_flash_says_how_much_it_uses():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 10)).eval()
+    target = ep.load_target("stm32h743")
+    plan = ep.plan(model, (torch.randn(1, 1, 8, 8),), target, ep.Budget(macs_ratio=0.9))
+    assert fits_flash(plan, target) and flash_cell(plan, target).endswith("/ 2048 KiB flash, fits")
