@@ -172,27 +172,42 @@ def test_every_pruned_layer_is_read_from_the_tensor_named_after_it(twin_artifact
         "first": ("first.weight", "name", True), "second": ("second.weight", "name", True)}
 
 
-def test_without_recorded_names_layers_are_matched_by_their_place_in_the_graph(twins, twin_artifacts, tmp_path):
+def test_without_recorded_names_each_layer_is_matched_to_the_tensor_holding_its_weights(twins, twin_artifacts, tmp_path):
     inputs, pruned = twins
     copy = _tampered_copy(twin_artifacts["pte"], "pte", "second", tmp_path, keep_names=False)
-    assert not any(t.name.endswith(".weight") for t in et_format.weights(copy).tensors)  # positional labels
+    labels = [t.name for t in et_format.weights(copy).tensors]  # positional: xnnpack0.conv2d1, ...
+    names = [t.name for t in et_format.weights(twin_artifacts["pte"].path).tensors]
+    assert not any(label.endswith(".weight") for label in labels)
     with pytest.raises(ExportError) as caught:
         verify(pruned, inputs, copy)
-    assert "layer second: 2:4" in str(caught.value) and "layer first:" not in str(caught.value)
+    assert f"layer second: 2:4 along the input dimension does not hold in {labels[names.index('second.weight')]}" \
+        in str(caught.value)
+    assert "layer first:" not in str(caught.value)
 
 
-def test_equal_shaped_tensors_that_neither_name_nor_place_tell_apart_fail_as_ambiguous(twins, twin_artifacts):
-    from edgeprune.export.verify import check_weights, execution_order
+def test_equal_shaped_tensors_that_neither_name_nor_values_tell_apart_fail_as_ambiguous(twins, twin_artifacts):
+    from edgeprune.export.verify import check_weights
 
-    inputs, pruned = twins
+    _, pruned = twins
     readback = onnx_format.weights(twin_artifacts["onnx"].path)
     unnamed = [replace(t, layer=None) for t in readback.tensors]
-    extra = replace(unnamed[1], name="copy_of_a_conv")  # one 32x32x3x3 tensor more than the model has layers
-    checks = check_weights(ep.record_of(pruned).plan, pruned, WeightReadback(unnamed + [extra]),
-                           execution_order(pruned, inputs))
-    assert not checks["passed"]
-    for layer in ("first", "second"):
-        assert checks["layers"][layer]["error"].startswith("ambiguous: 4 unnamed tensor(s) of shape [32, 32, 3, 3]")
+    first = next(t for t in unnamed if t.name == "first.weight")
+    copy = replace(first, name="copy_of_first", array=first.array * 0.5)  # the same weights, stored twice
+    checks = check_weights(ep.record_of(pruned).plan, pruned, WeightReadback(unnamed + [copy]))
+    assert checks["layers"]["first"]["error"].startswith(
+        "ambiguous: 2 unnamed tensors of shape [32, 32, 3, 3] in the artifact (first.weight, copy_of_first)")
+    assert checks["layers"]["second"]["passed"] and checks["layers"]["second"]["matched_by"] == "values"
+
+
+def test_vit_attention_projections_in_tflite_are_each_checked_on_their_own_weights(tiny_vit, planned, tmp_path):
+    """litert-torch names a ViT's k_proj and v_proj weights after q_proj too, and stores them out of order."""
+    plan, pruned = planned(tiny_vit, "raspberry-pi-5", ep.Budget(macs_ratio=0.7))
+    art = export(pruned, tiny_vit.inputs, "raspberry-pi-5", tmp_path, format="tflite")
+    layers = art.manifest["verification"]["weights"]["layers"]
+    projections = [d.layer for d in plan.layers if d.layer.endswith(("k_proj", "v_proj")) and d.method != "keep"]
+    assert projections and all(layers[p]["passed"] for p in projections)
+    stored = [layers[p]["stored_as"] for p in projections]
+    assert len(set(stored)) == len(stored)  # no tensor checked for two layers
 
 
 # ------------------------------------------------------------------------------ item 5: the plan's target

@@ -39,7 +39,7 @@ from ..pruning import finalize, record_of
 from ..targets import Target, load_target
 from .formats import ExportError
 from . import holdout
-from .verify import check_weights, compare_outputs, execution_order
+from .verify import check_weights, compare_outputs
 
 __all__ = ["Artifact", "ExportError", "export", "verify", "FORMATS"]
 
@@ -227,7 +227,7 @@ def _verify(module, model, example_inputs, path, precision, plan, inputs: list, 
     # layer paths as the artifact records them -> the model's (litert-torch drops iterated containers)
     aliases = {k.removesuffix(".weight"): v.removesuffix(".weight")
                for k, v in (facts.get("weight_names") or {}).items()}
-    weights = check_weights(plan, model, module.weights(path), execution_order(model, example_inputs), aliases)
+    weights = check_weights(plan, model, module.weights(path), aliases)
     return {"inputs": len(inputs), "outputs": outputs, "weights": weights,
             "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
 

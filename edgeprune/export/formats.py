@@ -51,8 +51,8 @@ class StoredTensor:
     array: np.ndarray  # as stored: float32, float16 or int8
     layout: str  # one of LAYOUTS; "oihw" for 2-D (out, in) matrices
     # The PyTorch module path this is the weight of, where the artifact records it ("res.0"); None where
-    # only its position in the graph can tell. The verifier matches layers to tensors by it: shapes alone
-    # cannot tell two layers of equal shape apart.
+    # it records none, or several. The verifier matches layers to tensors by it (else by the values):
+    # shapes alone cannot tell two layers of equal shape apart.
     layer: str | None = None
 
 

@@ -522,7 +522,7 @@ def weights(path) -> WeightReadback:
                 array = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
             except ValueError as err:
                 raise ArtifactError(f"{path}: weight tensor {label!r} has {len(raw)} bytes for shape {shape}") from err
-            # The weight's own name, else the bias's, else the op output's: whichever names the layer.
+            # The weight's own name, else the bias's, else the op output's: whichever names one layer.
             others = [int(i) for i in op.inputs[2:] if i >= 0] + [int(o) for o in (op.outputs if op.outputs is not None else [])]
             candidates = [label] + [_decode(sg.tensors[i].name) for i in others]
             layer = next((p for p in (_torch_layer(n, _LEAF_CLASS[name]) for n in candidates) if p), None)
@@ -617,7 +617,10 @@ def _torch_module(name: str) -> tuple[str, str] | None:
 
 def _torch_layer(name: str, leaf_class: str) -> str | None:
     """'pkg.Net/torch.nn.modules.container.Sequential_stem/torch.nn.modules.conv.Conv2d_0;1' -> 'stem.0'
-    when the last module of a ';'-separated part is a `leaf_class` (Conv*/Linear) module."""
+    when the last module of a ';'-separated part is a `leaf_class` (Conv*/Linear) module. None when the
+    parts name several such layers: the converter fuses the locations of constants it merges (a ViT's
+    k_proj weight is named after q_proj and k_proj), so such a name does not say whose weight it is."""
+    found = set()
     for part in name.split(";"):
         segments = [s for s in part.split("/") if s]
         if len(segments) < 2:
@@ -630,5 +633,5 @@ def _torch_layer(name: str, leaf_class: str) -> str | None:
                 break
             attrs.append((m.group(1), m.group(2)))
         if attrs and attrs[-1][0].startswith(leaf_class):
-            return ".".join(a for _, a in attrs)
-    return None
+            found.add(".".join(a for _, a in attrs))
+    return found.pop() if len(found) == 1 else None

@@ -150,7 +150,7 @@ def weights(path: Path) -> WeightReadback:
             continue
         found.append((index, StoredTensor(init.name, numpy_helper.to_array(init), _layout_of(node, position),
                                           layer=_layer_of(init.name))))
-    # initializers are listed in the model's parameter order; the verifier's positions are graph order
+    # initializers are listed in the model's parameter order; formats.py asks for graph order
     return WeightReadback([tensor for _, tensor in sorted(found, key=lambda item: item[0])])
 
 

@@ -5,27 +5,25 @@ similarity of every output at COSINE_MIN or above and the top-1 class of at leas
 
 Weights: each pruned layer's weight is read *inside the artifact*, from the tensor that is that layer's:
 the one the artifact names after it (ONNX keeps PyTorch's parameter names, the .pte's sidecar and
-litert-torch's tensor names record the module), else the one at the same place in the graph (the k-th
-stored tensor of a shape, in graph order, is the k-th layer of that shape in the model's execution order).
-Never by shape alone: layers of equal shape are common (a kept stem and a pruned depthwise conv), and a
-check run on another layer's tensor proves nothing. A layer no name or position singles out fails as
-ambiguous. Then, on its tensor (after undoing the format's layout; exporters fold BatchNorm and quantize,
-which changes values but keeps zeros zero): its shape must be the pruned model's, the N:M pattern must
-hold exactly, the unstructured zero fraction must be at least the plan's, and a structurally pruned
-layer's channel counts must be the plan's.
+litert-torch's tensor names record the module), else the one unnamed tensor of its shape whose values are
+its weights (row by row, up to the per-channel scale that BatchNorm folding and quantization apply). Never
+by shape alone: layers of equal shape are common (a kept stem and a pruned depthwise conv), and a check
+run on another layer's tensor proves nothing. A layer that neither singles out fails as ambiguous. Then,
+on its tensor (after undoing the format's layout; folding and quantization change values but keep zeros
+zero): its shape must be the pruned model's, the N:M pattern must hold exactly, the unstructured zero
+fraction must be at least the plan's, and a structurally pruned layer's channel counts must be the plan's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..costs import prunable_layers
-from ..inputs import call
 from ..plan import LayerDecision, Plan
 from ..pruning.nm import satisfies_nm
 from .formats import StoredTensor, WeightReadback
@@ -68,34 +66,34 @@ def as_oihw(t: StoredTensor) -> np.ndarray:
     return a
 
 
-def execution_order(model: nn.Module, example_inputs: Any) -> list[str]:
-    """The model's Conv/Linear layers in the order its forward pass first calls them (one pass, no grad);
-    layers it never calls come last, in definition order."""
-    modules = prunable_layers(model)
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: order.append(name) if name not in order else None)
-               for name, m in modules.items()]
-    try:
-        with torch.no_grad():
-            call(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order + [name for name in modules if name not in order]
+LIKENESS_MIN = 0.9  # mean |cosine| of matching rows above which a stored tensor holds a layer's weights
+
+
+def likeness(weight: np.ndarray, stored: np.ndarray) -> float:
+    """Mean |cosine| between the output-channel rows of `weight` and of `stored` (same shape): ~1 for the
+    layer's own tensor, whatever BatchNorm folding (a scale per output channel, possibly negative) and
+    per-channel int8 quantization did to it; near 1/sqrt(fan-in) for another layer's."""
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    t = stored.reshape(stored.shape[0], -1).astype(np.float64)
+    norms = np.linalg.norm(w, axis=1) * np.linalg.norm(t, axis=1)
+    rows = norms > 0
+    if not rows.any():
+        return 0.0
+    return float(np.mean(np.abs(np.sum(w * t, axis=1)[rows]) / norms[rows]))
 
 
 @dataclass
 class _Match:
     tensors: list[StoredTensor]  # the layer's weight as stored (more than one if the artifact repeats it)
-    by: str  # "name" | "position"
+    by: str  # "name" | "values"
 
 
-def _identify(modules: dict[str, nn.Module], readback: WeightReadback, order: list[str],
+def _identify(modules: dict[str, nn.Module], readback: WeightReadback,
               aliases: dict[str, str]) -> tuple[dict[str, _Match], dict[str, str]]:
-    """Which stored tensor is each layer's weight: the tensors the artifact names after a layer are that
-    layer's; the rest are matched by position, the k-th unnamed tensor of a shape in graph order to the
-    k-th layer of that shape (among layers without a named tensor) in execution order. Where the two
-    counts differ nothing tells the tensors apart, and those layers are ambiguous, never guessed.
+    """Which stored tensor is each layer's weight. The tensors the artifact names after a layer are that
+    layer's. A layer without one gets the unnamed tensor of its shape whose values are its weights
+    (`likeness` >= LIKENESS_MIN), if exactly one is and no other layer claims it; graph order is no guide
+    (the TFLite converter reorders a ViT's q/k/v projections). Otherwise it is ambiguous, never guessed.
     Returns (matches, {layer: why it has no match})."""
     named: dict[str, list[StoredTensor]] = {}
     unnamed: dict[tuple, list[StoredTensor]] = {}
@@ -105,38 +103,47 @@ def _identify(modules: dict[str, nn.Module], readback: WeightReadback, order: li
             named.setdefault(layer, []).append(t)
         else:
             unnamed.setdefault(as_oihw(t).shape, []).append(t)
-    by_shape: dict[tuple, list[str]] = {}
-    for name in order:
-        if name not in named:
-            by_shape.setdefault(tuple(modules[name].weight.shape), []).append(name)
     matches = {name: _Match(tensors, "name") for name, tensors in named.items()}
-    missing = {}
-    for shape, layers in by_shape.items():
-        stored = unnamed.get(shape, [])
-        if len(stored) == len(layers):
-            matches.update((layer, _Match([t], "position")) for layer, t in zip(layers, stored))
+    missing: dict[str, str] = {}
+    claims: dict[int, list[str]] = {}
+    for name, module in modules.items():
+        if name in named:
+            continue
+        weight = module.weight.detach().cpu().numpy()
+        stored = unnamed.get(weight.shape, [])
+        alike = [t for t in stored if likeness(weight, as_oihw(t)) >= LIKENESS_MIN]
+        if len(alike) == 1:
+            matches[name] = _Match(alike, "values")
+            claims.setdefault(id(alike[0]), []).append(name)
         elif not stored:
-            missing.update((layer, f"no weight of shape {list(shape)} in the artifact") for layer in layers)
+            missing[name] = f"no weight of shape {list(weight.shape)} in the artifact"
+        elif not alike:
+            missing[name] = (f"none of the {len(stored)} unnamed tensor(s) of shape {list(weight.shape)} in the "
+                             f"artifact ({', '.join(t.name for t in stored)}) holds this layer's weights")
         else:
-            why = (f"ambiguous: {len(stored)} unnamed tensor(s) of shape {list(shape)} in the artifact "
-                   f"({', '.join(t.name for t in stored)}) for {len(layers)} layer(s) of that shape "
-                   f"({', '.join(layers)}): nothing tells which is which")
-            missing.update((layer, why) for layer in layers)
+            missing[name] = (f"ambiguous: {len(alike)} unnamed tensors of shape {list(weight.shape)} in the artifact "
+                             f"({', '.join(t.name for t in alike)}) hold weights like this layer's: nothing tells "
+                             f"which is its")
+    for layers in claims.values():
+        if len(layers) > 1:  # layers with (nearly) the same weights: one tensor cannot be both
+            for name in layers:
+                del matches[name]
+                missing[name] = (f"ambiguous: layers {', '.join(layers)} have the same weights and the artifact "
+                                 f"names neither: nothing tells which tensor is whose")
     return matches, missing
 
 
-def check_weights(plan: Optional[Plan], model: nn.Module, readback: WeightReadback, order: Optional[list[str]] = None,
+def check_weights(plan: Optional[Plan], model: nn.Module, readback: WeightReadback,
                   aliases: Optional[dict[str, str]] = None) -> dict:
     """Per-layer results of checking the plan's sparsity and channel counts inside the artifact.
 
-    `order`: the model's layers in execution order (`execution_order`), for the tensors the artifact does
-    not name; `aliases`: {layer path as the artifact records it: the model's layer path}."""
+    `aliases`: {layer path as the artifact records it: the model's layer path}."""
     if plan is None:
         return {"checked": False, "note": "no plan: the model was not pruned by edgeprune.prune"}
     if not readback.tensors:
         return {"checked": False, "note": readback.note or "the artifact's weights could not be read back"}
     modules = prunable_layers(model)
-    matches, missing = _identify(modules, readback, list(order) if order is not None else list(modules), aliases or {})
+    matches, missing = _identify(modules, readback, aliases or {})
     layers = {}
     for d in plan.layers:
         if d.method == "keep" or d.layer not in modules:
