@@ -93,6 +93,9 @@ def targets_show(name: str = typer.Argument(..., help="a built-in name or a path
     except EdgepruneError as exc:
         _fail(exc)
     console.print(f"[bold]{target.name}[/] — {target.description}  ([dim]{target.source}[/])")
+    hw = target.hardware  # as loaded: a profile's "host" values are this machine's, read now
+    console.print(f"hardware as loaded: {hw.cpu}; {hw.cores} cores at {hw.clock_hz / 1e9:.2f} GHz; "
+                  f"SIMD {hw.simd} ({hw.simd_width_bits}-bit)", highlight=False)
     console.print(Syntax(Path(target.source).read_text(encoding="utf-8"), "toml", word_wrap=True))
 
 
