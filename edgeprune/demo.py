@@ -188,15 +188,14 @@ def memory_cell(m: dict) -> str:
 
 def summary(rows: list[Row], splits: Splits) -> Table:
     table = Table(title="edgeprune demo: small CNN on digits, half the MACs, fine-tuned with KD", box=box.SIMPLE_HEAD,
-                  pad_edge=False,
                   caption=f"accuracy: the held-out test split ({splits.test} digits); the sensitivity plots' baseline: "
                           f"the {splits.sensitivity}.\n* proxy: timed here, not on the target: never that board's "
                           "latency.", caption_justify="left")
     # a target name cut to "jetson-orin-nan…" names no target: that column is never cut or wrapped
-    table.add_column("target", no_wrap=True, min_width=max((len(r.target) for r in rows), default=6))
-    table.add_column("test accuracy\ndense → pruned → FT", min_width=21)
+    table.add_column("target", no_wrap=True)
+    table.add_column("test accuracy\ndense → pruned → FT", no_wrap=True)
     for col in ("MACs", "params", "artifact", "p50 (µs)\ndense → pruned", "speed-up", "measured by"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal folds a long word, never hides it
     for r in rows:
         timed = r.p50 is not None and r.size is not None
         table.add_row(
@@ -205,7 +204,7 @@ def summary(rows: list[Row], splits: Splits) -> Table:
             f"{r.size[0] / 1024:.0f} → {r.size[1] / 1024:.0f} KiB" if timed else "—",
             f"{r.p50[0] * 1000:.1f} → {r.p50[1] * 1000:.1f}" if timed else "—",
             f"{r.p50[0] / r.p50[1]:.2f}×" if timed else "—",
-            (f"{r.device} / {r.runtime}" + ("[yellow]*[/]" if r.proxy else "")) if timed else "not exported")
+            (f"{r.device} / {r.runtime}" + ("*" if r.proxy else "")) if timed else "not exported")
     return table
 
 

@@ -79,3 +79,13 @@ def test_a_plan_that_fits_flash_says_how_much_it_uses():
     target = ep.load_target("stm32h743")
     plan = ep.plan(model, (torch.randn(1, 1, 8, 8),), target, ep.Budget(macs_ratio=0.9))
     assert fits_flash(plan, target) and flash_cell(plan, target).endswith("/ 2048 KiB flash, fits")
+
+
+def test_the_summary_keeps_every_proxy_mark_at_the_demos_width():
+    # the widest cells the demo printed: a proxy mark cut off the end of a row would pass a proxy as real
+    rows = [_row(t, runtime=runtime, macs=(2_681_000, 1_331_000), params=(47_210, 24_946), size=(216_064, 126_976),
+                 p50=(2.9292, 1.6224)) for t, runtime in zip(TARGETS, ("onnxruntime", "executorch", "tflm"))]
+    console = Console(width=150, file=io.StringIO(), color_system=None)
+    console.print(summary(rows, Splits(validation=216, test=360)))
+    text = console.file.getvalue()
+    assert all(f"{runtime}*" in text for runtime in ("onnxruntime", "executorch", "tflm")), text
