@@ -203,7 +203,12 @@ def plot_accuracy_vs_latency(points: list[dict], path: "str | Path", *, overwrit
         # sub-millisecond latencies read better in µs than as 0.0125 ms
         scale, unit = (1000.0, "µs") if 0 < top < 1.0 else (1.0, "ms")
         if points:
-            ax.set_xlim(0, top * scale * 1.35 if top > 0 else 1)
+            low = min(p["latency_ms"] for p in points)
+            if low > 0 and top / low > 10:  # a slow runtime would squash the fast ones onto one spot
+                ax.set_xscale("log")
+                ax.set_xlim(low * scale / 1.5, top * scale * 2.5)
+            else:
+                ax.set_xlim(0, top * scale * 1.35 if top > 0 else 1)
             ax.set_ylim(*_accuracy_limits([p["accuracy"] for p in points]))
         groups: dict = {}
         for p in points:
@@ -223,7 +228,7 @@ def plot_accuracy_vs_latency(points: list[dict], path: "str | Path", *, overwrit
                        linewidths=1.5, facecolors="none" if proxy else color,
                        label=None if (kind, proxy) in seen else legend, zorder=3)
             seen.add((kind, proxy))
-        ax.set_xlabel(f"latency, p50 ({unit})")
+        ax.set_xlabel(f"latency, p50 ({unit})" + (", log scale" if ax.get_xscale() == "log" else ""))
         ax.set_ylabel("accuracy")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_title("accuracy vs latency")

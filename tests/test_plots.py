@@ -96,3 +96,10 @@ def test_sensitivity_plot_names_the_data_its_baseline_was_measured_on(drawn, tmp
     baseline = next(line for line in ax.get_lines() if line.get_label().startswith("dense baseline"))
     assert "validation split (270 digits)" in baseline.get_label()
     assert "validation split" in ax.get_title()
+
+
+def test_latencies_fifty_times_apart_are_drawn_on_a_log_axis(drawn, tmp_path):
+    # the demo's TFLite-Micro times are ~50x its ONNX/ExecuTorch ones: a linear axis puts those on one spot
+    points = [{**p, "latency_ms": p["latency_ms"] * (250 if p["runtime"] == "tflite-micro" else 1)} for p in POINTS]
+    plot_accuracy_vs_latency(points, tmp_path / "acc.png")
+    assert drawn[-1].axes[0].get_xscale() == "log"
