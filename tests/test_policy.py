@@ -549,9 +549,13 @@ def test_recipe_unknown_method_lists_the_spellings(small_cnn):
 # -- rollbacks are told (issue 10, item 10) ----------------------------------------------------------------
 
 
-class HardCodedWidth(torch.nn.Module):
-    """Its forward flattens with a fixed channel count, so removing `b`'s channels breaks it."""
+# Its forward flattens with a fixed channel count, so removing `b`'s channels breaks it. One source serves
+# the in-process tests and the CLI's `-m brittle:model`.
+BRITTLE_MODULE = '''
+import torch
 
+
+class HardCodedWidth(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
@@ -562,6 +566,18 @@ class HardCodedWidth(torch.nn.Module):
     def forward(self, x):
         x = self.b(torch.relu(self.a(torch.relu(self.stem(x)))))
         return self.head(x.reshape(1, 16 * 64))
+
+
+def model():
+    torch.manual_seed(0)
+    return HardCodedWidth().eval()
+
+
+model.example_inputs = lambda: (torch.randn(1, 1, 8, 8),)
+'''
+_BRITTLE: dict = {}
+exec(compile(BRITTLE_MODULE, "brittle.py", "exec"), _BRITTLE)
+HardCodedWidth = _BRITTLE["HardCodedWidth"]
 
 
 def test_a_rolled_back_group_is_listed_in_the_plan_notes_and_warned():
@@ -599,30 +615,6 @@ def test_plan_for_an_mcu_that_fits_flash_has_no_flash_note(small_cnn):
     assert not any("flash" in note for note in plan.notes)
 
 
-BRITTLE_MODULE = '''
-import torch
-
-
-class HardCodedWidth(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
-        self.a = torch.nn.Conv2d(16, 32, 3, padding=1)
-        self.b = torch.nn.Conv2d(32, 16, 3, padding=1)
-        self.head = torch.nn.Linear(16 * 64, 10)
-
-    def forward(self, x):
-        x = self.b(torch.relu(self.a(torch.relu(self.stem(x)))))
-        return self.head(x.reshape(1, 16 * 64))
-
-
-def model():
-    torch.manual_seed(0)
-    return HardCodedWidth().eval()
-
-
-model.example_inputs = lambda: (torch.randn(1, 1, 8, 8),)
-'''
 
 
 REPO = Path(__file__).resolve().parents[1]  # the edgeprune beside these tests, not whichever is installed
