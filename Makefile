@@ -22,7 +22,7 @@ $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
-	$(BIN)/python -m edgeprune.demo
+	$(BIN)/edgeprune demo
 
 test: $(VENV)/.installed-all sshd
 	$(BIN)/python -m pytest -q

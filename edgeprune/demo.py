@@ -214,4 +214,9 @@ def notes(rows: list[Row]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    # through the CLI, so a device error or a bad --out is a one-line message, not a traceback
+    import sys
+
+    from .cli import app
+
+    app(["demo", *sys.argv[1:]])
