@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable
 
 from .errors import ArtifactError
 
@@ -58,16 +58,27 @@ def make_dir(path: "str | Path") -> Path:
 
 def write_with(path: "str | Path", write: Callable[[BinaryIO], None], *, overwrite: bool = False) -> Path:
     """Call `write(fh)` on a temporary file beside `path`, then rename it into place."""
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return write_file(path, fill, overwrite=overwrite)
+
+
+def write_file(path: "str | Path", write_to: Callable[[str], None], *, overwrite: bool = False) -> Path:
+    """For writers that take a file name (safetensors' `save_file`): `write_to(tmp)` on a temporary file
+    beside `path`, synced, then renamed into place; the temporary file is removed if anything fails."""
     path = check_file_output(path, overwrite=overwrite)
     make_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot be written: {exc.strerror or exc}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        write_to(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

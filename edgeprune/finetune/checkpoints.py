@@ -7,16 +7,15 @@ mid-epoch resumes from the newest complete pair.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import safetensors.torch
 import torch
 from torch import nn
+
+from .._atomic import sha256_file, write_file, write_text
 
 __all__ = ["CHECKPOINT_SCHEMA", "save_checkpoint", "latest_checkpoint", "optimizer_state"]
 
@@ -45,23 +44,6 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_checkpoint(directory: Path, epoch: int, model: nn.Module, opt, best_state, meta: dict) -> None:
     """epoch-NNNN.safetensors, then epoch-NNNN.json (naming the tensors' sha256) as the commit marker;
     older epochs are removed only after the new one is complete."""
@@ -74,10 +56,11 @@ def save_checkpoint(directory: Path, epoch: int, model: nn.Module, opt, best_sta
     tensors["rng.torch"] = torch.get_rng_state()
     stem = f"epoch-{epoch:04d}"
     weights = directory / f"{stem}.safetensors"
-    _atomic_write(weights, lambda p: safetensors.torch.save_file(tensors, p, metadata={"schema": CHECKPOINT_SCHEMA}))
-    record = dict(meta, schema=CHECKPOINT_SCHEMA, epoch=epoch, optimizer=opt_meta, sha256=_sha256(weights),
+    write_file(weights, lambda p: safetensors.torch.save_file(tensors, p, metadata={"schema": CHECKPOINT_SCHEMA}),
+               overwrite=True)
+    record = dict(meta, schema=CHECKPOINT_SCHEMA, epoch=epoch, optimizer=opt_meta, sha256=sha256_file(weights),
                   has_best=best_state is not None)
-    _atomic_write(directory / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(record, indent=2)))
+    write_text(directory / f"{stem}.json", json.dumps(record, indent=2), overwrite=True)
     for old in directory.glob("epoch-*.*"):
         if old.stem != stem and old.suffix in (".json", ".safetensors"):
             old.unlink(missing_ok=True)
@@ -89,7 +72,7 @@ def latest_checkpoint(directory: Optional[Path]) -> Optional[tuple[dict, dict[st
     for marker in sorted(directory.glob("epoch-*.json"), reverse=True):
         record = json.loads(marker.read_text())
         weights = marker.with_suffix(".safetensors")
-        if record.get("schema") != CHECKPOINT_SCHEMA or not weights.exists() or _sha256(weights) != record["sha256"]:
+        if record.get("schema") != CHECKPOINT_SCHEMA or not weights.exists() or sha256_file(weights) != record["sha256"]:
             continue  # incomplete or corrupt: fall back to an older one
         return record, safetensors.torch.load_file(str(weights))
     return None
