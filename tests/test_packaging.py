@@ -50,7 +50,7 @@ def test_wheel_contains_every_device_harness(wheel):
 
 
 def test_an_installed_edgeprune_finds_its_harnesses_without_the_source_tree(wheel, tmp_path):
-    code = ("from edgeprune.remote import _runtimes_dir, HARNESSES; import pathlib; d = _runtimes_dir(); "
+    code = ("from edgeprune.remote import HARNESSES; from edgeprune.remote.upload import runtimes_dir; import pathlib; d = runtimes_dir(); "
             "print(all((d / h).is_file() for h in HARNESSES.values()), "
             "d.resolve().is_relative_to(pathlib.Path.cwd().resolve()))")
     assert run_from_unpacked_wheel(wheel, tmp_path, code) == "True True"

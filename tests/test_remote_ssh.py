@@ -166,12 +166,12 @@ def test_a_corrupted_upload_is_caught_by_the_sha256_check(sshd, bench_artifacts,
     data = bytearray(bench_artifacts.onnx.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    real_put = remote._SSHSession.put
+    real_put = remote.ssh.SSHSession.put
 
     def put(self, local, remote_path, timeout, on_bytes=None):  # the wire flips a bit in the artifact
         return real_put(self, bad if Path(local) == bench_artifacts.onnx else local, remote_path, timeout, on_bytes)
 
-    monkeypatch.setattr(remote._SSHSession, "put", put)
+    monkeypatch.setattr(remote.ssh.SSHSession, "put", put)
     with pytest.raises(ep.ArtifactError, match=r"arrived corrupted: sha256 on the device .* != local .*nothing was run"):
         ep.bench(bench_artifacts.onnx, device, settings=QUICK)
     assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()

@@ -1,0 +1,109 @@
+"""What the runner returns: how a benchmark was asked for, what it measured, what a device check found."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How long to warm up and measure (both a count AND a duration, as benchmark_model and trtexec do)."""
+
+    min_runs: int = 50
+    min_seconds: float = 2.0
+    warmup_runs: int = 5
+    warmup_seconds: float = 0.5
+    threads: Optional[int] = None  # None: the device's `threads` in devices.toml (else the runtime's default)
+    cores: Optional[tuple[int, ...]] = None  # None: the device's `cores` (else no pinning)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.min_runs < 1 or self.warmup_runs < 0 or self.min_seconds < 0 or self.warmup_seconds < 0:
+            raise ValueError(f"bench settings out of range: {self}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Latency of one artifact on one device, in milliseconds, with the device's state around the run.
+
+    `flags` lists what makes the numbers suspect (a CPU clock that dropped, a thermal trip point crossed);
+    `valid` is False when there is any. `proxy` is True when the device is not the artifact's target
+    (a Jetson artifact timed by onnxruntime on a laptop is not the Jetson's latency)."""
+
+    device: str
+    device_target: str
+    artifact: str
+    artifact_sha256: str
+    artifact_target: Optional[str]
+    runtime: str
+    runtime_version: str
+    engine: str
+    n: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    cv: float
+    min: float
+    max: float
+    ci95_p50: tuple[float, float]
+    samples: tuple[float, ...]
+    warmup_runs: int
+    threads: Optional[int]
+    cores: Optional[tuple[int, ...]]
+    state_before: dict
+    state_after: dict
+    flags: tuple[str, ...]
+    notes: tuple[str, ...]
+    overhead_s: dict
+    settings: dict
+    measured_at: str
+    unit: str = "ms"
+
+    @property
+    def valid(self) -> bool:
+        return not self.flags
+
+    @property
+    def proxy(self) -> bool:
+        return self.artifact_target is not None and self.artifact_target != self.device_target
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(schema="edgeprune.bench-result/1", valid=self.valid, proxy=self.proxy)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchResult":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("samples", "flags", "notes"):
+            values[key] = tuple(values.get(key, ()))
+        values["ci95_p50"] = tuple(values["ci95_p50"])
+        values["cores"] = tuple(values["cores"]) if values.get("cores") else None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """What `devices check` found: can we reach the device, which runtimes it has, and its state."""
+
+    device: str
+    address: str
+    reachable: bool
+    error: Optional[str] = None
+    python: Optional[str] = None
+    numpy: Optional[str] = None
+    runtimes: dict = field(default_factory=dict)
+    workdir_writable: Optional[bool] = None
+    state: dict = field(default_factory=dict)
+    connect_s: Optional[float] = None
+

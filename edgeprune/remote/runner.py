@@ -1,0 +1,238 @@
+"""One benchmark from start to clean-up, and several devices at once."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .._atomic import sha256_file
+from ..devices import Device, get_device, load_devices
+from ..errors import ArtifactError, DeviceBusyError, DeviceError, EdgepruneError, RemoteTimeoutError
+from .artifacts import HARNESSES, harness_for, read_manifest
+from .results import BenchResult, BenchSettings
+from .session import KILL_GRACE_S, LocalSession, Session, error_line
+from .ssh import SSHSession
+from .upload import SUPPORT_FILES, Progress, last_json, make_dir, runtimes_dir, upload_verified
+
+
+class Deadline:
+    def __init__(self, device: Device, seconds: float):
+        self.device, self.seconds, self.end = device, seconds, time.monotonic() + seconds
+
+    def cap(self, timeout: float, step: str) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise RemoteTimeoutError(f"device '{self.device.name}': the overall deadline of {self.seconds:.0f} s "
+                                     f"(deadline_s) passed before {step}")
+        return min(timeout, left)
+
+
+def open_session(device: Device, trust_new_host_key: bool = False) -> Session:
+    if device.is_local:
+        return LocalSession(device)
+    return SSHSession(device, device.connect_timeout_s, trust_new_host_key)
+
+
+def device_defaults(settings: BenchSettings, device: Device) -> BenchSettings:
+    """`settings` with unset threads/cores taken from devices.toml: here rather than in each caller, so that
+    `bench_many` gives every device its own defaults from one shared BenchSettings."""
+    return replace(settings, threads=device.threads if settings.threads is None else settings.threads,
+                   cores=device.cores if settings.cores is None else settings.cores)
+
+
+def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: "str | Path | None" = None,
+          settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
+          trust_new_host_key: bool = False, progress: Optional[Progress] = None) -> BenchResult:
+    """Measure `artifact` on `device` (a name in `devices`, or a Device). Raises DeviceError (with a
+    subclass saying what went wrong) naming the device; nothing is returned unless the run was complete."""
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: " + ("is a directory; name the artifact file in it" if artifact.is_dir()
+                                               else "not found"))
+    if isinstance(device, str):
+        device = get_device(device, devices)
+    settings = device_defaults(settings or BenchSettings(), device)
+    kind = harness_for(artifact, runtime)
+    manifest = read_manifest(artifact)
+    sha = sha256_file(artifact)
+    if manifest and manifest.get("sha256") not in (None, sha):
+        raise ArtifactError(f"{artifact}: sha256 differs from its manifest's; the file changed after export")
+    report = progress or (lambda stage, info: None)
+    deadline = Deadline(device, device.deadline_s)
+    overhead: dict[str, float] = {}
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    rundir = f"{device.workdir.rstrip('/')}/run-{owner}"
+    lockdir = f"{device.workdir.rstrip('/')}/lock"
+    started = time.monotonic()
+
+    def timed(name: str, fn, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            overhead[name] = overhead.get(name, 0.0) + time.monotonic() - t0
+
+    report("connect", {"device": device.name, "address": device.address})
+    session = timed("connect_s", open_session, device, trust_new_host_key)
+    lock_started = False
+    try:
+        cmd_timeout = lambda step: deadline.cap(device.command_timeout_s, step)  # noqa: E731
+        make_dir(session, device, rundir, cmd_timeout("mkdir"), timed)
+        # Everything is uploaded and checked before any of it runs (the lock step runs device.py).
+        files = {f"{rundir}/{p.name}": p for p in (runtimes_dir() / n for n in (*SUPPORT_FILES, HARNESSES[kind]))}
+        remote_artifact = f"{rundir}/{artifact.name}"
+        files[remote_artifact] = artifact
+        upload_verified(session, device, files, {remote_artifact: sha}, cmd_timeout, timed, report)
+        lock_wait = max(0.0, min(device.lock_wait_s, deadline.cap(device.lock_wait_s, "lock") - 5.0))
+        report("lock", {"wait_s": lock_wait})
+        lock_started = True
+        lock = timed("lock_s", session.run,
+                     [device.python, f"{rundir}/device.py", "lock", lockdir, "--owner", owner,
+                      "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}", "--rundir", rundir],
+                     lock_wait + min(30.0, device.command_timeout_s), step="lock")
+        if lock.rc == 6:
+            raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
+        if lock.rc != 0:
+            raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
+        lock_info = last_json(lock, device, "the lock step")
+        result = timed("run_s", run_harness, session, device, kind, rundir, remote_artifact, settings, deadline,
+                       report)
+    finally:
+        t0 = time.monotonic()
+        # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
+        cleanup(session, device, rundir, lockdir if lock_started else None, owner)
+        session.close()
+        overhead["cleanup_s"] = time.monotonic() - t0
+    overhead["total_s"] = time.monotonic() - started
+    measured = result.get("warmup_s", 0.0) + result.get("measure_s", 0.0)
+    overhead["outside_window_s"] = overhead["total_s"] - measured
+    notes = list(result.get("notes", []))
+    if lock_info.get("reclaimed"):
+        notes.append("reclaimed a stale benchmark lock: " + ", ".join(
+            f"{r['owner']} (lease expired {r['expired_s_ago']} s before)" for r in lock_info["reclaimed"]))
+    artifact_target = (manifest or {}).get("target")
+    if artifact_target and artifact_target != device.target:
+        notes.append(f"proxy: the artifact was exported for {artifact_target}, timed on '{device.name}' "
+                     f"({device.target}); this is not {artifact_target}'s latency")
+    return BenchResult(
+        device=device.name, device_target=device.target, artifact=str(artifact), artifact_sha256=sha,
+        artifact_target=artifact_target, runtime=result["runtime"], runtime_version=str(result["runtime_version"]),
+        engine=str(result.get("engine", "")), n=int(result["n"]),
+        # std and cv are null for a single run
+        **{k: math.nan if result.get(k) is None else float(result[k])
+           for k in ("p50", "p90", "p99", "mean", "std", "cv", "min", "max")},
+        ci95_p50=tuple(float(v) for v in result["ci95_p50"]), samples=tuple(float(v) for v in result["samples"]),
+        warmup_runs=int(result.get("warmup_runs", 0)), threads=result.get("threads"),
+        cores=tuple(result["cores"]) if result.get("cores") else None,
+        state_before=result.get("state_before", {}), state_after=result.get("state_after", {}),
+        flags=tuple(result.get("flags", [])), notes=tuple(notes), overhead_s={k: round(v, 4) for k, v in overhead.items()},
+        settings=asdict(settings), measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def run_harness(session: Session, device: Device, kind: str, rundir: str, remote_artifact: str,
+                 settings: BenchSettings, deadline: Deadline, report: Progress) -> dict:
+    timeout = deadline.cap(device.command_timeout_s, "the benchmark")
+    args = [remote_artifact, "--min-runs", str(settings.min_runs), "--min-seconds", f"{settings.min_seconds:g}",
+            "--warmup-runs", str(settings.warmup_runs), "--warmup-seconds", f"{settings.warmup_seconds:g}",
+            "--seed", str(settings.seed),
+            # the harness's own deadline is a backstop behind the supervisor's kill at `timeout`
+            "--max-seconds", f"{timeout + KILL_GRACE_S:g}"]
+    if settings.threads is not None:
+        args += ["--threads", str(settings.threads)]
+    if settings.cores:
+        args += ["--cores", ",".join(str(c) for c in settings.cores)]
+    pidfile = f"{rundir}/harness.pid"
+    argv = [device.python, f"{rundir}/device.py", "exec", "--pidfile", pidfile, "--timeout", f"{timeout:g}", "--",
+            device.python, f"{rundir}/{HARNESSES[kind]}", *args]
+
+    def on_line(line: str):
+        if line.startswith("PROGRESS "):
+            try:
+                report("measure", json.loads(line[len("PROGRESS "):]))
+            except json.JSONDecodeError:
+                pass
+
+    report("measure", {"stage": "start"})
+    try:
+        # a little longer than the supervisor's limit, so that normally the device reports its own kill
+        done = session.run(argv, timeout + KILL_GRACE_S, cwd=rundir, on_stderr_line=on_line, step="the benchmark")
+    except RemoteTimeoutError as exc:
+        kill_remote(session, device, pidfile)
+        raise RemoteTimeoutError(f"{exc}; the harness was killed on the device") from None
+    except BaseException:
+        # a lost link, a progress callback that raised, Ctrl-C: never leave a harness running unlocked
+        kill_remote(session, device, pidfile)
+        raise
+    if done.rc == 124:
+        raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
+                                 f"(command_timeout_s) and was killed on the device: {error_line(done.stderr)}")
+    if done.rc != 0:
+        raise DeviceError(f"device '{device.name}': the {kind} harness failed (exit {done.rc}): "
+                          f"{error_line(done.stderr)}")
+    result = last_json(done, device, f"the {kind} harness")
+    missing = [k for k in ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples") if k not in result]
+    if missing:
+        raise DeviceError(f"device '{device.name}': the {kind} harness's result lacks {', '.join(missing)}")
+    return result
+
+
+def kill_remote(session: Session, device: Device, pidfile: str) -> None:
+    try:
+        session.run([device.python, pidfile.rsplit("/", 1)[0] + "/device.py", "kill", "--pidfile", pidfile],
+                    min(30.0, device.command_timeout_s), step="kill")
+    except DeviceError:
+        pass  # the supervisor's own timeout and the harness's --max-seconds still stop it
+
+
+def cleanup(session: Session, device: Device, rundir: str, lockdir: Optional[str], owner: str) -> None:
+    """Release the lock, then remove the run dir; each step tried on its own. Best effort when the link
+    is gone: the lease then expires and the next run reclaims both."""
+    timeout = min(30.0, device.command_timeout_s)
+    steps = [["rm", "-rf", "--", rundir]]
+    if lockdir:
+        steps.insert(0, [device.python, f"{rundir}/device.py", "unlock", lockdir, "--owner", owner])
+    for argv in steps:
+        try:
+            session.run(argv, timeout, step="clean-up")
+        except DeviceError:
+            pass
+
+
+def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: "str | Path | None" = None,
+               settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
+               trust_new_host_key: bool = False, progress: Optional[Callable[[str, str, dict], None]] = None,
+               ) -> list["BenchResult | EdgepruneError"]:
+    """Run (device, artifact) jobs, one thread per device, jobs on one device one after another.
+    Returns a result or the error for each job, in order; one device failing does not stop the others."""
+    inventory = load_devices(devices) if any(isinstance(d, str) for d, _ in jobs) else {}
+    resolved = [(d if isinstance(d, Device) else inventory.get(d) or get_device(d, devices), Path(a)) for d, a in jobs]
+    by_device: dict[str, list[int]] = {}
+    for i, (dev, _) in enumerate(resolved):
+        by_device.setdefault(dev.name, []).append(i)
+    results: list = [None] * len(resolved)
+
+    def worker(indices: list[int]):
+        for i in indices:
+            dev, art = resolved[i]
+            report = (lambda stage, info, _n=dev.name: progress(_n, stage, info)) if progress else None
+            try:
+                results[i] = bench(art, dev, settings=settings, runtime=runtime,
+                                   trust_new_host_key=trust_new_host_key, progress=report)
+            except EdgepruneError as exc:
+                results[i] = exc
+            except Exception as exc:  # one device's surprise must not take the others' results with it
+                results[i] = DeviceError(f"device '{dev.name}': unexpected {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_device))) as pool:
+        list(pool.map(worker, by_device.values()))
+    return results

@@ -1,0 +1,208 @@
+"""`Session` over SSH (paramiko), with a limit on every wait."""
+
+from __future__ import annotations
+
+import select
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import paramiko
+
+from ..devices import Device
+from ..errors import ConnectionLostError, DeviceError, HostKeyError, RemoteTimeoutError
+from .hostkeys import RecordNewKey, RefuseUnknownKey, fingerprint, load_known_hosts
+from .session import KILL_GRACE_S, Completed, LineSplitter, Session
+
+
+class Watchdog:
+    """Closes the SSH connection when a step outlives `limit`: the one way to unblock the paramiko calls
+    that wait without a limit of their own (opening a channel, the SFTP handshake, a write to a dead link)."""
+
+    def __init__(self, session: "SSHSession", limit: float, step: str):
+        self.session, self.limit, self.step, self.fired = session, limit, step, False
+        self._timer = threading.Timer(limit, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.session.client.close()
+
+    def __enter__(self) -> "Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def error(self) -> Optional[RemoteTimeoutError]:
+        if not self.fired:
+            return None
+        return RemoteTimeoutError(f"device '{self.session.device.name}': {self.step} did not finish within "
+                                  f"{self.limit:g} s; the connection was closed")
+
+
+class SSHSession(Session):
+    def __init__(self, device: Device, timeout: float, trust_new_host_key: bool = False):
+        self.device = device
+        missing = [p for p in device.identity_files if not p.is_file()]
+        if device.identity_files and len(missing) == len(device.identity_files):
+            raise DeviceError(f"{device.source}: device '{device.name}': no identity file exists "
+                              f"({', '.join(map(str, missing))}; from identity_file or ssh_config's IdentityFile)")
+        self.client = paramiko.SSHClient()
+        self._sftp = None
+        load_known_hosts(self.client, device)
+        self.client.set_missing_host_key_policy(
+            RecordNewKey(device) if trust_new_host_key else RefuseUnknownKey(device))
+        where = f"device '{device.name}' ({device.address})"
+        started = time.monotonic()
+        watchdog = Watchdog(self, timeout, "connecting")
+        try:
+            with watchdog:
+                self.client.connect(
+                    device.hostname, port=device.port, username=device.user,
+                    key_filename=[str(p) for p in device.identity_files if p.is_file()] or None,
+                    look_for_keys=not device.identity_files, allow_agent=True,
+                    timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+                    password=None, passphrase=None)
+        except HostKeyError:
+            self.client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            self.client.close()
+            entry = device.hostname if device.port == 22 else f"[{device.hostname}]:{device.port}"
+            raise HostKeyError(
+                f"{where}: the host key CHANGED (got {exc.key.get_name()} {fingerprint(exc.key)}, "
+                f"{device.known_hosts} pins {fingerprint(exc.expected_key)}); refused before anything ran — "
+                f"this is what a man-in-the-middle looks like. If the device was reinstalled, remove the old "
+                f"entry (`ssh-keygen -R '{entry}' -f {device.known_hosts}`) and pin the new key") from None
+        except paramiko.AuthenticationException as exc:
+            self.client.close()
+            keys = ", ".join(map(str, device.identity_files)) or "ssh-agent / default keys"
+            raise DeviceError(f"{where}: authentication failed with {keys}: {exc}") from None
+        except Exception as exc:  # paramiko raises plain Exceptions too (e.g. for an unsupported key type)
+            self.client.close()
+            # A handshake that timed out surfaces as one of several SSHExceptions ("Error reading SSH
+            # protocol banner", "No existing session"): judge by the clock, not the message.
+            if watchdog.fired or isinstance(exc, socket.timeout) or time.monotonic() - started >= 0.9 * timeout:
+                raise RemoteTimeoutError(f"{where}: no SSH connection (TCP, banner, key exchange and "
+                                         f"authentication) within {timeout:g} s (connect_timeout_s)") from None
+            raise DeviceError(f"{where}: cannot connect: {type(exc).__name__}: {exc}") from None
+        # Keepalives make sshd's side notice us gone; a dead link is caught by each step's own limit.
+        self.client.get_transport().set_keepalive(5)
+
+    def _lost(self, step: str) -> ConnectionLostError:
+        return ConnectionLostError(f"device '{self.device.name}' ({self.device.address}): the SSH connection "
+                                   f"was lost during {step}; no result recorded")
+
+    def run(self, argv, timeout, *, cwd=None, on_stderr_line=None, step="command"):
+        command = shlex.join(argv)
+        if cwd is not None:
+            command = f"cd {shlex.quote(cwd)} && exec {command}"
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(step)
+        with Watchdog(self, timeout + KILL_GRACE_S, step) as watchdog:
+            try:
+                channel = transport.open_session(timeout=timeout)
+                channel.exec_command(command)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise watchdog.error() or self._failed_channel(step, exc) from None
+            try:
+                out, err = self._read_until_done(channel, transport, timeout, on_stderr_line, step)
+            except (OSError, EOFError, paramiko.SSHException):
+                raise watchdog.error() or self._lost(step) from None
+            finally:
+                channel.close()
+        return Completed(channel.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    def _read_until_done(self, channel, transport, timeout, on_stderr_line, step) -> tuple[bytearray, bytearray]:
+        """Read both streams while waiting (a full channel window blocks the remote side, and
+        recv_exit_status() would wait forever) until the exit status AND the end of the output have come:
+        OpenSSH may send the status before the last data."""
+        out, err = bytearray(), bytearray()
+        splitter = LineSplitter(on_stderr_line)
+        end = time.monotonic() + timeout
+        # The channel's fileno wakes select() for data but not for the exit status, so the wait starts
+        # short (a quick command returns in milliseconds) and backs off to 0.2 s while nothing arrives.
+        pause = 0.002
+        while True:
+            if channel.eof_received or channel.closed:
+                channel.status_event.wait(pause)
+            else:
+                select.select([channel], [], [], pause)
+            pause = min(0.2, pause * 2)
+            while channel.recv_ready():
+                out += channel.recv(65536)
+                pause = 0.002
+            while channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(65536)
+                err += chunk
+                splitter.feed(chunk)
+                pause = 0.002
+            drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+            done = drained and (channel.eof_received or channel.closed) and channel.status_event.is_set()
+            if done and channel.exit_status != -1:
+                return out, err
+            if done or (channel.closed and drained):
+                # No exit status: either the link died (the transport notices within moments) or sshd
+                # closed the channel on a command killed by a signal.
+                for _ in range(20):
+                    if not transport.is_active():
+                        raise self._lost(step)
+                    time.sleep(0.05)
+                raise DeviceError(f"device '{self.device.name}': {step} ended without an exit status "
+                                  "(killed by a signal on the device?)")
+            if not transport.is_active():
+                raise self._lost(step)
+            if time.monotonic() > end:
+                raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:g} s timeout")
+
+    def _failed_channel(self, step: str, exc: BaseException) -> DeviceError:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            return self._lost(step)
+        # the link is up but sshd refused a channel (MaxSessions, a ForceCommand, ...)
+        return DeviceError(f"device '{self.device.name}': sshd refused a session for {step}: {exc}")
+
+    def put(self, local, remote, timeout, on_bytes=None):
+        name = Path(local).name
+        end = time.monotonic() + timeout
+
+        def callback(done, total):
+            if time.monotonic() > end:
+                raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} ran past its {timeout:g} s "
+                                         "timeout")
+            if on_bytes:
+                on_bytes(done, total)
+
+        watchdog = Watchdog(self, timeout + KILL_GRACE_S, f"the upload of {name}")
+        try:
+            with watchdog:
+                if self._sftp is None:
+                    self._sftp = self.client.open_sftp()
+                # the channel timeout bounds each SFTP request; the callback and the watchdog the transfer
+                self._sftp.get_channel().settimeout(timeout)
+                self._sftp.put(str(local), remote, callback=callback, confirm=True)
+        except RemoteTimeoutError:
+            raise
+        except socket.timeout:
+            raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} stalled for {timeout:g} s") from None
+        except Exception as exc:  # IOError from the server, SFTPError (a plain Exception), SSHException, EOFError
+            if watchdog.fired:
+                raise watchdog.error() from None
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise self._lost(f"the upload of {name}") from None
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: {reason}") from None
+
+    def close(self):
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        finally:
+            self.client.close()
