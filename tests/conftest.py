@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -191,3 +192,70 @@ def sshd_private(tmp_path):
     server = _ssh_server_or_skip(tmp_path / "sshd")
     yield server
     server.stop()
+
+
+# ------------------------------------------------------------------------------------------ fault fixtures
+
+def _needs_root(what: str) -> None:
+    """Skip outside CI when `what` needs root here; with CI=true (CI runs as root) fail instead, so that
+    CI can never pass by skipping a fault test."""
+    message = f"{what} needs root (CI runs as root)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true but {message}")
+    pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def run(self, argv: list[str], **kwargs) -> "subprocess.CompletedProcess":
+        """Run `argv` as this user (setpriv: no shell, no PAM session in between)."""
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--",
+                               *argv], **kwargs)
+
+
+OTHER_USER = "edgeprune-other"
+
+
+@pytest.fixture(scope="session")
+def other_user() -> LocalUser:
+    """A second local account on this machine (created when missing): the other user of a shared board."""
+    import pwd
+
+    if os.geteuid() != 0:
+        _needs_root("a second local user")
+    try:
+        entry = pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", OTHER_USER], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        entry = pwd.getpwnam(OTHER_USER)
+    return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Callable[..., Path]:
+    """`tmpfs("64k")`: a tmpfs of that size mounted in this test's tmp_path (a full disk on demand);
+    `tmpfs("64k", read_only=True)`: the same, read-only (root ignores file modes, not a read-only mount)."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "64k", *, read_only: bool = False) -> Path:
+        if os.geteuid() != 0:
+            _needs_root("mounting a tmpfs")
+        point = tmp_path / f"tmpfs-{len(mounted)}"
+        point.mkdir()
+        options = f"size={size},mode=0755" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            _needs_root(f"mounting a tmpfs ({done.stderr.strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
