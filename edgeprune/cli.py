@@ -229,11 +229,11 @@ def prune_cmd(
     (`edgeprune finetune`): a pruned model is not ready to ship."""
     from .costs import compare_table, measure
     from .pruning import prune
-    from .serialization import save
+    from .serialization import check_save_dir, save
 
     overwrite = overwrite or force
     try:
-        _atomic.check_dir_output(out, exists_ok=overwrite)
+        check_save_dir(out, overwrite=overwrite)
         module, result = _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
                                     input_dtype, importance, scope)
         console.print(result.table())
@@ -272,11 +272,11 @@ def finetune_cmd(
 
     from .finetune import finetune
     from .pruning import record_of
-    from .serialization import load, save
+    from .serialization import check_save_dir, load, save
 
     overwrite = overwrite or force
     try:
-        _atomic.check_dir_output(out, exists_ok=overwrite)
+        check_save_dir(out, overwrite=overwrite)
         if digits == (data is not None):
             raise EdgepruneError("pass exactly one of --digits or --data F.safetensors")
         if digits and val_data is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,12 +25,14 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from ._version import __version__
-from ._atomic import check_dir_output, make_dir
+from ._atomic import (abandoned, check_dir_output, foreign_files, in_the_way, make_dir, remove_abandoned, remove_path,
+                      temporary_path)
+from .costs import PRUNABLE_TYPES
 from .errors import ArtifactError
 from .factory import Factory, build, spec_of
 from .plan import Plan
 from .pruning import RECORD_ATTR, PruneRecord, record_of
-from .pruning.structured import Removal, replay_removals
+from .pruning.structured import ChannelGraph, Removal
 
 SCHEMA = "edgeprune.model/1"
 STRUCTURE = "structure.json"
@@ -48,15 +50,54 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _recover(directory: Path) -> None:
+    """Undo what a save killed beside `directory` left: a model it had moved aside to replace comes back
+    when its replacement never arrived; its staging directories go."""
+    for left in abandoned(directory.parent, ("old",)):
+        if left.final.exists() or left.final.is_symlink():  # the replacement was in place: only the old copy is left
+            remove_path(left.path)
+            continue
+        os.replace(left.path, left.final)
+        warnings.warn(f"{left.final}: restored the saved model that an interrupted save (process {left.pid}, "
+                      "now gone) had moved aside to replace", stacklevel=3)
+    remove_abandoned(directory.parent, ("stage", "tmp"))
+
+
+def _ours(directory: Path) -> set[str]:
+    """The files of `directory` that save wrote: both, when structure.json is one of ours."""
+    try:
+        data = json.loads((directory / STRUCTURE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return {STRUCTURE, WEIGHTS} if isinstance(data, dict) and data.get("schema") == SCHEMA else set()
+
+
+def check_save_dir(directory: "str | Path", *, overwrite: bool = False) -> Path:
+    """Refuse, before any work is done, a directory `save` must not write: a file, one holding anything
+    save did not write (even with `overwrite`: only a saved model, or an empty directory, is ever
+    replaced), or an existing directory without `overwrite`."""
+    directory = Path(directory)
+    # a file is never replaced by a directory, even with overwrite: it is not a model saved here
+    check_dir_output(directory)
+    _recover(directory)
+    if not directory.is_dir():
+        return directory
+    foreign = foreign_files(directory, _ours(directory))
+    if foreign:
+        raise in_the_way(directory, foreign, "choose another directory (--out)")
+    if not overwrite:
+        raise ArtifactError(f"{directory}: already exists; pass --overwrite (overwrite=True) to replace it")
+    return directory
+
+
 def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Optional[Factory] = None,
          overwrite: bool = False) -> Path:
     """Write `pruned` (as returned by `prune`) to `directory`, atomically.
 
-    The directory appears complete or not at all; an existing one is replaced only with `overwrite=True`.
+    The directory appears complete or not at all. An existing saved model is replaced only with
+    `overwrite=True`; a directory holding anything else is never replaced (see `check_save_dir`).
     """
-    directory = Path(directory)
-    # a file is never replaced by a directory, even with overwrite: it is not a model saved here
-    check_dir_output(directory, exists_ok=overwrite)
+    directory = check_save_dir(directory, overwrite=overwrite)
     record = record_of(pruned)
     if record is None and any(g.remove for g in plan.groups):
         raise ArtifactError("the model has no record of which channels were removed: save the module ep.prune returned")
@@ -73,7 +114,7 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
         "finetuned": bool(record and record.finetuned),
     }
     make_dir(directory.parent)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = temporary_path(directory, "stage")
     try:
         staging.mkdir()
     except OSError as exc:
@@ -81,13 +122,17 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
     try:
         _write_json(staging / STRUCTURE, structure)
         safetensors.torch.save_model(pruned, str(staging / WEIGHTS), metadata={"schema": SCHEMA})
-        if directory.exists():  # overwrite=True: swap in the new directory, then drop the old one
-            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        if directory.exists():  # swap in the new directory, then drop the old one (a kill between: see _recover)
+            check_save_dir(directory, overwrite=overwrite)  # again: files may have arrived while we worked
+            retired = temporary_path(directory, "old")
             os.replace(directory, retired)
             os.replace(staging, directory)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, directory)
+    except OSError as exc:  # a full disk, a read-only directory
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArtifactError(f"{directory}: cannot be written: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -119,7 +164,7 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
     structure = read_structure(directory)
     try:
         plan = Plan.from_dict(structure["plan"])
-        removals = [Removal(r["root"], tuple(r["idxs"])) for r in structure["removals"]]
+        removals = [_removal(n, r) for n, r in enumerate(structure["removals"])]
         masked = list(structure["masked_layers"])
         finetuned = structure.get("finetuned", False)  # absent from models saved before it was recorded
         if not isinstance(finetuned, bool):
@@ -134,7 +179,12 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
     was_training = model.training
     model.eval()
     try:
-        replay_removals(model, inputs, removals)
+        graph = ChannelGraph(model, inputs)
+        for n, removal in enumerate(removals):
+            _check_removal(directory / STRUCTURE, n, removal, graph.modules.get(removal.root))
+            graph.remove(removal.root, list(removal.idxs))
+    except ArtifactError:
+        raise
     except Exception as exc:
         raise ArtifactError(
             f"{directory}: cannot rebuild the pruned architecture from {spec_of(factory)}: {exc} "
@@ -156,6 +206,35 @@ def load(factory: Factory, directory: "str | Path", example_inputs: Any = None) 
     model.train(was_training)
     setattr(model, RECORD_ATTR, PruneRecord(plan, tuple(removals), finetuned=finetuned))
     return model
+
+
+def _removal(n: int, entry: Any) -> Removal:
+    if not isinstance(entry, dict) or not isinstance(entry.get("root"), str):
+        raise TypeError(f"removals[{n}]: expected {{\"root\": layer name, \"idxs\": [channel indices]}}, got {entry!r}")
+    idxs = entry.get("idxs")
+    if not isinstance(idxs, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idxs):
+        raise TypeError(f"removals[{n}] (layer {entry['root']}): 'idxs' must be a list of integers, got {idxs!r}")
+    return Removal(entry["root"], tuple(idxs))
+
+
+def _check_removal(path: Path, n: int, removal: Removal, module: Optional[nn.Module]) -> None:
+    """Each recorded removal against the layer as the rebuilt model has it at that point (earlier removals
+    applied): torch-pruning would skip an index out of range silently, and the weights file be blamed."""
+    where = f"{path}: removals[{n}], layer {removal.root}"
+    if not isinstance(module, PRUNABLE_TYPES):
+        what = "not in the rebuilt model" if module is None else f"a {type(module).__name__}, not a Conv or Linear layer"
+        raise ArtifactError(f"{where}: the layer is {what}")
+    channels = module.weight.shape[0]
+    seen: set[int] = set()
+    for i in removal.idxs:
+        if i < 0 or i >= channels:
+            raise ArtifactError(f"{where}: channel index {i} is out of range (the layer has {channels} output "
+                                "channels at that point)")
+        if i in seen:
+            raise ArtifactError(f"{where}: channel index {i} is listed twice")
+        seen.add(i)
+    if len(seen) >= channels:
+        raise ArtifactError(f"{where}: removes all {channels} output channels; a layer must keep at least one")
 
 
 def load_weights(factory: Factory, path: "str | Path") -> nn.Module:

@@ -72,7 +72,7 @@ def test_a_harness_failure_names_the_device_and_still_cleans_up(bench_artifacts,
 
 
 def test_an_artifact_changed_after_export_is_refused_before_anything_runs(bench_artifacts, local, tmp_path):
-    for src in (bench_artifacts.onnx, bench_artifacts.onnx.with_name(bench_artifacts.onnx.stem + ".manifest.json")):
+    for src in (bench_artifacts.onnx, bench_artifacts.onnx.with_name(bench_artifacts.onnx.name + ".manifest.json")):
         shutil.copy(src, tmp_path / src.name)
     copy = tmp_path / bench_artifacts.onnx.name
     copy.write_bytes(copy.read_bytes() + b"\0")

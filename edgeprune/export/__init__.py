@@ -17,11 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import platform
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -31,14 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import make_dir, sha256_file, write_text
+from .._atomic import check_dir_output, make_dir, sha256_file
 from ..errors import ArtifactError
 from ..inputs import InputSpec, call, normalize, output_shapes
 from ..plan import Plan
 from ..pruning import finalize, record_of
 from ..targets import Target, load_target
 from .formats import ExportError
-from . import holdout
+from . import holdout, publish
+from .manifest import SCHEMA as MANIFEST_SCHEMA, manifest_file, manifest_path as artifact_manifest_path
 from .verify import check_weights, compare_outputs
 
 __all__ = ["Artifact", "ExportError", "export", "verify", "FORMATS"]
@@ -166,15 +164,15 @@ def export(
     out_dir = Path(out_dir)
     stem = name or f"{type(model).__name__.lower()}-{target.name}-{precision}"
     final_path = out_dir / f"{stem}{FORMATS[fmt][1]}"
-    manifest_path = out_dir / f"{stem}.manifest.json"
-    for existing in (final_path, manifest_path):
-        if existing.exists() and not force:
-            raise ArtifactError(f"{existing}: already exists; pass force=True (CLI: --overwrite) to replace it")
+    manifest_path = artifact_manifest_path(final_path)
+    check_dir_output(out_dir)  # a file in the way is an ArtifactError naming it
+    publish.recover(out_dir)  # an export killed here before is rolled back first: it must not block this one
+    publish.check_destinations(out_dir, final_path.name, [final_path.name, manifest_path.name], force)
 
     final_model = finalize(model).eval()
-    make_dir(out_dir)  # a file in the way is an ArtifactError naming it
-    staging = out_dir / f".{stem}.stage-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    make_dir(out_dir)
+    stage = publish.Staging(out_dir, final_path.name)
+    staging = stage.new
     try:
         staged = staging / final_path.name
         started = time.perf_counter()
@@ -190,7 +188,7 @@ def export(
         memory = _memory_fit(target, staged, staging, final_model, example_inputs, held_out)
         memory = _relative_paths(memory, staging)
         manifest = {
-            "schema": "edgeprune.manifest/1",
+            "schema": MANIFEST_SCHEMA,
             "artifact": final_path.name,
             "format": fmt,
             "runtime": target.runtime.preferred if fmt == target.runtime.export_format else FORMATS[fmt][0],
@@ -212,9 +210,12 @@ def export(
         failures = _failures(checks, memory)
         if failures:
             raise ExportError(f"{final_path.name} failed verification on {data.describe()}: " + "; ".join(failures))
-        files = _publish(staging, out_dir, manifest, manifest_path, force)
+        # every file beside the manifest with its sha256: what a later forced export may replace, and the proof
+        manifest["files"] = {p.relative_to(staging).as_posix(): sha256_file(p)
+                             for p in sorted(staging.rglob("*")) if p.is_file()}
+        files = stage.publish(json.dumps(manifest, indent=2, default=str), manifest_path.name, force)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.discard()
     return Artifact(final_path, manifest, manifest_path, files)
 
 
@@ -299,23 +300,6 @@ def _failures(checks: dict, memory: dict) -> list[str]:
     return failures
 
 
-def _publish(staging: Path, out_dir: Path, manifest: dict, manifest_path: Path, force: bool) -> list[Path]:
-    """Move the staged files into place, artifact(s) first and the manifest last: a manifest beside an
-    artifact means it passed verification."""
-    files = []
-    for item in sorted(staging.rglob("*")):
-        if item.is_file():
-            dest = out_dir / item.relative_to(staging)
-            if dest.exists() and not force:
-                raise ArtifactError(f"{dest}: already exists; pass force=True (CLI: --overwrite) to replace it")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(item, dest)
-            files.append(dest)
-    write_text(manifest_path, json.dumps(manifest, indent=2, default=str), overwrite=force)
-    files.append(manifest_path)
-    return files
-
-
 def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Path", plan: Optional[Plan] = None,
            *, verify_inputs: Optional[Iterable] = None) -> dict:
     """Check an exported artifact again against `model` (e.g. after copying it to a device's image).
@@ -326,7 +310,7 @@ def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Pa
     its calibration data), an fp32 one is compared on seeded random inputs without them.
     """
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
-    manifest_path = path.with_name(path.name[: -len(path.suffix)] + ".manifest.json")
+    manifest_path = manifest_file(path)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ArtifactError
+from ..export.manifest import manifest_file
 
 # artifact suffix -> harness; a .tflite whose manifest names TFLite-Micro runs in bench_tflm.py
 HARNESSES = {"executorch": "bench_executorch.py", "litert": "bench_litert.py", "onnx": "bench_onnx.py",
@@ -14,7 +15,9 @@ HARNESSES = {"executorch": "bench_executorch.py", "litert": "bench_litert.py", "
 
 
 def read_manifest(artifact: Path) -> Optional[dict]:
-    path = artifact.with_name(artifact.name[: -len(artifact.suffix)] + ".manifest.json")
+    """The manifest export wrote for this artifact file (`<file>.manifest.json`, or a legacy
+    `<stem>.manifest.json` only where it names this file and its sha256), or None."""
+    path = manifest_file(artifact)
     if not path.exists():
         return None
     try:
