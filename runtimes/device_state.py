@@ -4,6 +4,7 @@ on the device, beside the benchmark harnesses (`harness.py`) and the runner's co
 
     sample_state() -> dict
     state_flags(before, after, cores=None) -> list[str]
+    cpu_snapshot() -> dict;  window_load(start, end, cpus) -> dict   (the load during a measuring window)
 
 `sample_state()` returns a JSON-serialisable dict:
 
@@ -15,6 +16,7 @@ on the device, beside the benchmark harnesses (`harness.py`) and the runner's co
     thermal     [{"zone": 0, "type": "cpu-thermal", "temp_c": 51.2,
                   "trips": [{"type": "passive", "temp_c": 85.0}, ...]}, ...]   /sys/class/thermal/thermal_zoneN/
     loadavg     [1 min, 5 min, 15 min]
+    runnable    tasks running or ready to run right now (/proc/stat procs_running; this process included)
     nvpmodel    stdout of `nvpmodel -q` (Jetson power mode), or null where there is no nvpmodel
     throttled   "0x50005" from `vcgencmd get_throttled` (Raspberry Pi), or null where there is no vcgencmd
 
@@ -24,7 +26,12 @@ reading, a command that hangs) is left out or null: sampling the state must neve
 `state_flags(before, after, cores)` turns two samples into human-readable warnings that the measurement
 may not reflect the device at its nominal speed: a CPU whose frequency fell by more than 10% during the run
 (only the pinned `cores`, when given), a thermal zone at or above a passive/hot/critical trip point, and
-Raspberry Pi throttling bits. Softer observations (governor, load) are the harness's "notes", not flags.
+Raspberry Pi throttling bits. Softer observations (governor, load average) are the harness's "notes", not
+flags.
+
+`cpu_snapshot()` before and after a measuring window, then `window_load(start, end, cpus)`, tell how much of
+the CPUs the benchmark may use other processes took during that window (see `window_load`); the harness
+flags a run whose share is too high.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import time
 
 _CPU_DIR = "/sys/devices/system/cpu"
 _THERMAL_DIR = "/sys/class/thermal"
+_PROC_STAT = "/proc/stat"
 _COMMAND_TIMEOUT_S = 5.0
 # A CPU whose frequency is more than this fraction lower after the run than before is flagged.
 FREQUENCY_DROP = 0.10
@@ -179,9 +187,150 @@ def sample_state() -> dict:
         state["loadavg"] = list(os.getloadavg())
     except (OSError, AttributeError):
         state["loadavg"] = None
+    try:
+        state["runnable"] = _proc_stat()[1]
+    except Exception:  # noqa: BLE001
+        state["runnable"] = None
     state["nvpmodel"] = _command(["nvpmodel", "-q"])
     state["throttled"] = _throttled()
     return state
+
+
+# ------------------------------------------------------------------------------- load during a window
+
+def _proc_stat():
+    """({"cpu0": {"busy": ticks, "steal": ticks, "total": ticks}, ...}, procs_running) from /proc/stat;
+    ({}, None) where it cannot be read (not Linux).
+
+    Columns: user nice system idle iowait irq softirq steal [guest guest_nice]. guest time is already
+    counted in user, so only the first eight are summed; idle and iowait are not busy; steal (time the
+    hypervisor gave to other guests) is kept apart, since in a VM it is load the guest cannot see as tasks."""
+    cpus, running = {}, None
+    for line in (_read(_PROC_STAT) or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and re.fullmatch(r"cpu\d+", fields[0]):
+            try:
+                v = [int(f) for f in fields[1:9]]
+            except ValueError:
+                continue
+            v += [0] * (8 - len(v))  # kernels before 2.6.11 have no steal column
+            user, nice, system, _idle, _iowait, irq, softirq, steal = v
+            cpus[fields[0]] = {"busy": user + nice + system + irq + softirq, "steal": steal, "total": sum(v)}
+        elif len(fields) == 2 and fields[0] == "procs_running":
+            try:
+                running = int(fields[1])
+            except ValueError:
+                pass
+    return cpus, running
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process: all its threads, and the children it has waited for (trtexec)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _own_schedstat():
+    """(ns on a CPU, ns waiting for one) summed over this process's threads, from /proc/self/task/*/schedstat
+    (kernels with CONFIG_SCHED_INFO); None where it cannot be read."""
+    run = wait = 0
+    found = False
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        fields = (_read("/proc/self/task/%s/schedstat" % tid) or "").split()
+        if len(fields) >= 2:  # a thread that ended since listdir has no file any more
+            try:
+                run, wait, found = run + int(fields[0]), wait + int(fields[1]), True
+            except ValueError:
+                continue
+    return (run, wait) if found else None
+
+
+def cpu_snapshot() -> dict:
+    """Cumulative CPU counters now, for `window_load`. Never raises; what cannot be read is None or empty."""
+    snap = {"mono_s": time.monotonic(), "cpus": {}, "runnable": None, "own_cpu_s": None, "loadavg": None,
+            "schedstat": None}
+    try:
+        snap["cpus"], snap["runnable"] = _proc_stat()
+    except Exception:  # noqa: BLE001 - a reading must never stop a benchmark
+        pass
+    try:
+        snap["schedstat"] = _own_schedstat()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        snap["own_cpu_s"] = _own_cpu_s()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        snap["loadavg"] = list(os.getloadavg())
+    except (OSError, AttributeError):
+        pass
+    return snap
+
+
+def _ticks_per_s() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0  # USER_HZ is 100 on every Linux architecture
+
+
+def window_load(start: dict, end: dict, cpus=None) -> dict:
+    """How busy other processes kept `cpus` (ints: the CPUs the benchmark may use; None: every CPU) between
+    two `cpu_snapshot()`s taken around a measuring window:
+
+        window_s      the window's wall time
+        cpus          the CPUs judged
+        others_share  (busy + steal ticks of those CPUs - this process's CPU time) / (all ticks of those
+                      CPUs): 0 when the benchmark had its CPUs to itself, 1 when other processes (or, in a
+                      VM, other guests: steal) kept every one of them busy for the whole window
+        steal_share   the part of others_share that was steal
+        own_share     this process's CPU time over the same capacity (1 thread on 2 CPUs: about 0.5)
+        wait_share    of the time this process's threads were ready to run, the share they spent waiting
+                      for a CPU (/proc/self/task/*/schedstat; None where the kernel does not keep it):
+                      preemption the benchmark itself felt. It can stay low on a busy machine (the
+                      scheduler's autogroups give each login session its fair share), so it is reported
+                      beside others_share, not instead of it
+        runnable      [before, after]: tasks running or ready to run (this one included), at the two ends
+        loadavg_1m    [before, after]: the kernel's 1-minute load average (lags; includes this process)
+
+    This is measured over the whole window, not sampled: a burst of other work between the two snapshots
+    counts in full. The kernel's counters tick at CLK_TCK (100 Hz), so a share is good to about
+    ±3 / (100 × window_s × number of CPUs). {} where /proc/stat cannot be read (not Linux).
+    """
+    before, after = start.get("cpus") or {}, end.get("cpus") or {}
+    names = sorted(set(before) & set(after), key=lambda name: _index(name, "cpu"))
+    if cpus is not None:
+        wanted = {"cpu%d" % int(c) for c in cpus}
+        names = [name for name in names if name in wanted]
+    if not names:
+        return {}
+    delta = {key: sum(after[n][key] - before[n][key] for n in names) for key in ("busy", "steal", "total")}
+    if delta["total"] <= 0:
+        return {}
+    own_ticks = 0.0
+    if start.get("own_cpu_s") is not None and end.get("own_cpu_s") is not None:
+        own_ticks = max(0.0, (end["own_cpu_s"] - start["own_cpu_s"]) * _ticks_per_s())
+    others = min(max(0.0, delta["busy"] + delta["steal"] - own_ticks), float(delta["total"]))
+    wait_share = None
+    if start.get("schedstat") and end.get("schedstat"):
+        ran, waited = (b - a for a, b in zip(start["schedstat"], end["schedstat"]))
+        if ran >= 0 and waited >= 0 and ran + waited > 0:  # not when a thread ended in between
+            wait_share = round(max(0.0, waited / (ran + waited)), 4)
+    return {
+        "window_s": round(end.get("mono_s", 0.0) - start.get("mono_s", 0.0), 4),
+        "cpus": [_index(name, "cpu") for name in names],
+        "others_share": round(others / delta["total"], 4),
+        "steal_share": round(delta["steal"] / delta["total"], 4),
+        "own_share": round(min(own_ticks / delta["total"], 1.0), 4),
+        "wait_share": wait_share,
+        "runnable": [start.get("runnable"), end.get("runnable")],
+        "loadavg_1m": [(start.get("loadavg") or [None])[0], (end.get("loadavg") or [None])[0]],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ flags

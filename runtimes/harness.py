@@ -6,6 +6,7 @@ Command line (the same for every harness; runtime-specific options are added by 
 
     python3 runtimes/bench_<rt>.py ARTIFACT [--min-runs 50] [--min-seconds 2.0] [--warmup-runs 5]
         [--warmup-seconds 0.5] [--threads N] [--cores 0,2] [--max-seconds 600] [--seed 0] [--inputs-npz FILE]
+        [--max-cv 0.05] [--max-busy 0.25]
 
 What it does, in order (the practice of TFLite's benchmark_model and trtexec):
 
@@ -17,10 +18,20 @@ What it does, in order (the practice of TFLite's benchmark_model and trtexec):
     becomes 1, noted) or the arrays arr_0, arr_1, ... of --inputs-npz, in input order;
  4. warms up until BOTH --warmup-runs and --warmup-seconds are reached, then measures until BOTH --min-runs
     and --min-seconds are reached; each sample is time.perf_counter_ns() around the inference call alone;
+    the CPU counters are read just before and just after the measuring stage (device_state.cpu_snapshot),
+    outside the timed calls;
  5. samples the device state again and prints ONE line of JSON on stdout (schema "edgeprune.bench/1"):
     the samples in ms, n, p50/p90/p99 (numpy's linear percentiles; p50 is the median), mean, std (ddof=1),
     cv, min, max, ci95_p50 (percentile bootstrap of the median, 2000 resamples, seeded with --seed),
-    threads, cores, settings, inputs, load_s, state_before/state_after, flags and notes.
+    ci95_p50_batches (batch means: see batch_ci), ci95_p50_scope ("within-run": what both CIs cover),
+    threads, cores, settings, inputs, load_s, load (what other processes took of the benchmark's CPUs
+    during the measuring stage: device_state.window_load), state_before/state_after, flags and notes.
+
+Flags (`flags`: the run is not to be trusted as the device's latency; the runner's `valid` is False):
+the device state's (a clock that dropped, a thermal trip point, Pi throttling) and the measurement's own,
+from `noise_flags`: "noisy" when the CV exceeds --max-cv, "busy" when other processes took more than
+--max-busy of the benchmark's CPUs during the measuring stage. Why these defaults: README, "How far to
+trust a measurement".
 
 Progress goes to stderr, at most about 4 lines a second:
 
@@ -66,7 +77,21 @@ PROGRESS_INTERVAL_S = 0.25       # at most ~4 progress lines a second
 BOOTSTRAP_RESAMPLES = 2000
 ALARM_GRACE_S = 30               # SIGALRM backstop after --max-seconds, should the watchdog be stuck
 WATCHDOG_GRACE_S = 0.5           # the loops' own deadline check (with its clearer message) comes first
-CV_NOTE_THRESHOLD = 0.10         # a note when the samples spread more than this (std/mean)
+# A run is flagged "noisy" above this CV (std/mean of its samples). Evidence (README, "How far to trust a
+# measurement"): ms-scale models on a quiet machine show 1-2 % (ResNet-18 in ExecuTorch, BENCHMARKS.md); every
+# ResNet-18 run measured beside busy processes showed 6-25 %, and the overloaded run of issue 11 8.2 %.
+MAX_CV = 0.05
+# A run is flagged "busy" when other processes (and, in a VM, steal) took more than this share of the CPUs the
+# benchmark may use during its measuring stage. Evidence: idle machine 0-2 % (daemons); one busy process on a
+# 2-core machine takes 50 %, and runs beside busy processes measured 25-86 % with p50 up to 3.5x the quiet one.
+# A quarter sits between, and on a 4-core board lets one stray process on another core pass.
+MAX_BUSY = 0.25
+# batch_ci: the run is cut into this many consecutive batches, each of at least MIN_BATCH samples, so that the
+# default 50 runs already get the interval.
+BATCHES = 10
+MIN_BATCH = 5
+T975 = 2.262                     # Student's t, 97.5 % quantile, BATCHES - 1 = 9 degrees of freedom
+CI_SCOPE = "within-run"
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -154,10 +179,14 @@ class Session:
 
 class Measured:
     """What the warm-up and measuring stages produced: samples in ms, in order. An engine that times itself
-    also says how long its own loading took (`load_s`, added to the harness's) and its version."""
+    also says how long its own loading took (`load_s`, added to the harness's) and its version.
+    `cpu_window`: device_state.cpu_snapshot() just before and just after the measuring stage (None: the
+    harness takes them around the whole `Session.measure` call)."""
 
-    def __init__(self, samples_ms, warmup_runs, warmup_s, measure_s, load_s=None, runtime_version=None, notes=()):
+    def __init__(self, samples_ms, warmup_runs, warmup_s, measure_s, load_s=None, runtime_version=None, notes=(),
+                 cpu_window=None):
         self.samples_ms = list(samples_ms)
+        self.cpu_window = cpu_window
         self.notes = list(notes)
         self.warmup_runs = int(warmup_runs)
         self.warmup_s = float(warmup_s)
@@ -219,6 +248,10 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and the bootstrap")
     parser.add_argument("--inputs-npz", default=None,
                         help="inputs as arr_0, arr_1, ... (np.savez), in input order (None: seeded random inputs)")
+    parser.add_argument("--max-cv", type=float, default=MAX_CV,
+                        help="flag the run 'noisy' when the CV of its samples is above this")
+    parser.add_argument("--max-busy", type=float, default=MAX_BUSY,
+                        help="flag the run 'busy' when other processes took more than this share of its CPUs")
     backend.add_arguments(parser)
     return parser
 
@@ -229,6 +262,10 @@ def parse_args(backend: Backend, argv):
         if getattr(args, name) < low:
             raise UsageError("--%s must be at least %d, got %d" % (name.replace("_", "-"), low, getattr(args, name)))
     for name in ("min_seconds", "warmup_seconds"):
+        value = getattr(args, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise UsageError("--%s must be a finite number >= 0, got %s" % (name.replace("_", "-"), value))
+    for name in ("max_cv", "max_busy"):
         value = getattr(args, name)
         if not (value >= 0 and math.isfinite(value)):
             raise UsageError("--%s must be a finite number >= 0, got %s" % (name.replace("_", "-"), value))
@@ -566,8 +603,10 @@ def timed_loop(invoke, stage: str, min_runs: int, min_seconds: float, ctx: Conte
 def run_loops(invoke, args, ctx: Context) -> Measured:
     warm_n, warm_s = timed_loop(invoke, "warmup", args.warmup_runs, args.warmup_seconds, ctx)
     samples = []
+    start = device_state.cpu_snapshot()
     n, measure_s = timed_loop(invoke, "measure", args.min_runs, args.min_seconds, ctx, samples)
-    return Measured([ns / 1e6 for ns in samples], warm_n, warm_s, measure_s)
+    end = device_state.cpu_snapshot()
+    return Measured([ns / 1e6 for ns in samples], warm_n, warm_s, measure_s, cpu_window=(start, end))
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -594,6 +633,23 @@ def bootstrap_medians(sorted_x, rng, resamples: int):
     return (lo + hi) / 2.0
 
 
+def batch_ci(samples_ms, p50: float):
+    """A 95 % CI of the median that allows for correlation between neighbouring samples (batch means):
+    the samples, in the order they were taken, are cut into BATCHES consecutive batches; the median's
+    standard error is the spread of the batch medians / sqrt(BATCHES), and the interval is p50 ± t × that.
+
+    The percentile bootstrap (ci95_p50) treats every sample as independent; a burst of slow runs (another
+    process, a clock change) makes neighbours alike, and then it is too narrow. Batches of consecutive
+    samples carry such bursts whole, so this interval widens with them, as long as they are shorter than
+    a batch. None below BATCHES × MIN_BATCH samples. Like the bootstrap, it covers this run only."""
+    x = np.asarray(samples_ms, dtype=np.float64)
+    if x.size < BATCHES * MIN_BATCH:
+        return None
+    medians = np.array([np.median(batch) for batch in np.array_split(x, BATCHES)])
+    half = T975 * float(medians.std(ddof=1)) / math.sqrt(BATCHES)
+    return [p50 - half, p50 + half]
+
+
 def summarize(samples_ms, seed: int) -> dict:
     x = np.asarray(samples_ms, dtype=np.float64)
     n = int(x.size)
@@ -604,7 +660,29 @@ def summarize(samples_ms, seed: int) -> dict:
     lo, hi = (float(v) for v in np.percentile(medians, [2.5, 97.5]))
     return {"n": n, "p50": p50, "p90": p90, "p99": p99, "mean": mean, "std": std,
             "cv": (std / mean) if std is not None and mean > 0 else None,
-            "min": float(x.min()), "max": float(x.max()), "ci95_p50": [lo, hi]}
+            "min": float(x.min()), "max": float(x.max()), "ci95_p50": [lo, hi],
+            "ci95_p50_batches": batch_ci(x, p50), "ci95_p50_scope": CI_SCOPE}
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+def _pct(share: float) -> str:
+    return "%.1f %%" % (100.0 * share)
+
+
+def noise_flags(cv, load: dict, max_cv: float = MAX_CV, max_busy: float = MAX_BUSY) -> list:
+    """Why the samples cannot stand for the device's latency: "noisy" when the CV of the samples is above
+    `max_cv`, "busy" when other processes took more than `max_busy` of the benchmark's CPUs during the
+    measuring stage (`load`: device_state.window_load; {} where it could not be read)."""
+    flags = []
+    if cv is not None and cv > max_cv:
+        flags.append("noisy: CV %s > %s" % (_pct(cv), _pct(max_cv)))
+    share = (load or {}).get("others_share")
+    if share is not None and share > max_busy:
+        cpus = load.get("cpus") or []
+        flags.append("busy: other processes took %s of the %d CPU(s) the benchmark may use (%s) during the "
+                     "measurement > %s" % (_pct(share), len(cpus), _fmt_cpus(cpus), _pct(max_busy)))
+    return flags
 
 
 # ---------------------------------------------------------------------------------------------- notes
@@ -661,7 +739,10 @@ def benchmark(backend: Backend, args, ctx: Context) -> dict:
     arrays = make_inputs(session.inputs, args, notes)
     if session.measure is not None:  # the engine times itself (trtexec): it loads the model itself too
         load_s = time.perf_counter() - t0
+        start = device_state.cpu_snapshot()
         measured = session.measure(arrays, ctx)
+        end = device_state.cpu_snapshot()
+        measured.cpu_window = measured.cpu_window or (start, end)
         load_s += measured.load_s or 0.0
         notes += measured.notes
         session.runtime_version = measured.runtime_version or session.runtime_version
@@ -687,8 +768,7 @@ def benchmark(backend: Backend, args, ctx: Context) -> dict:
     elif session.threads is None and session.measure is None and args.cores is not None and args.threads is None:
         notes.append("--cores without --threads: the runtime's default thread count may exceed the %d pinned CPU(s)"
                      % len(cores))
-    if stats["cv"] is not None and stats["cv"] > CV_NOTE_THRESHOLD:
-        notes.append("the samples spread widely (cv %.2f): the device may be busy or changing clock" % stats["cv"])
+    load = device_state.window_load(measured.cpu_window[0], measured.cpu_window[1], cores)
     settings = dict(vars(args))
     result = {
         "schema": SCHEMA,
@@ -712,9 +792,11 @@ def benchmark(backend: Backend, args, ctx: Context) -> dict:
         "settings": settings,
         "inputs": describe_inputs(session.inputs, arrays),
         "load_s": load_s,
+        "load": load,
         "state_before": state_before,
         "state_after": state_after,
-        "flags": device_state.state_flags(state_before, state_after, args.cores),
+        "flags": device_state.state_flags(state_before, state_after, args.cores)
+                 + noise_flags(stats["cv"], load, args.max_cv, args.max_busy),
         "notes": notes,
     })
     return result

@@ -30,9 +30,19 @@ class BenchSettings:
 class BenchResult:
     """Latency of one artifact on one device, in milliseconds, with the device's state around the run.
 
-    `flags` lists what makes the numbers suspect (a CPU clock that dropped, a thermal trip point crossed);
-    `valid` is False when there is any. `proxy` is True when the device is not the artifact's target
-    (a Jetson artifact timed by onnxruntime on a laptop is not the Jetson's latency)."""
+    `flags` lists what makes the numbers suspect (a CPU clock that dropped, a thermal trip point crossed,
+    samples that spread more than a CV of 5 % ("noisy"), other processes taking more than a quarter of the
+    benchmark's CPUs during the measurement ("busy")); `valid` is False when there is any. `load` is what
+    other processes took of the benchmark's CPUs during the measuring window (others_share, steal_share,
+    own_share, wait_share, runnable tasks, 1-minute load average; {} for results older than this field).
+
+    `ci95_p50` (percentile bootstrap, samples taken as independent) and `ci95_p50_batches` (batch means:
+    allows for correlation between neighbouring samples; None under 50 samples) cover this run only, as
+    `ci95_p50_scope` ("within-run") says: neither sees the spread between repeated runs (process start,
+    memory layout, clocks, the machine's other load), which only repeated runs measure.
+
+    `proxy` is True when the device is not the artifact's target (a Jetson artifact timed by onnxruntime on
+    a laptop is not the Jetson's latency)."""
 
     device: str
     device_target: str
@@ -64,6 +74,10 @@ class BenchResult:
     settings: dict
     measured_at: str
     unit: str = "ms"
+    # Added after edgeprune.bench-result/1 was first written: defaults let from_dict read older results.
+    load: dict = field(default_factory=dict)
+    ci95_p50_batches: Optional[tuple[float, float]] = None
+    ci95_p50_scope: str = "within-run"
 
     @property
     def valid(self) -> bool:
@@ -88,6 +102,8 @@ class BenchResult:
         for key in ("samples", "flags", "notes"):
             values[key] = tuple(values.get(key, ()))
         values["ci95_p50"] = tuple(values["ci95_p50"])
+        if values.get("ci95_p50_batches") is not None:
+            values["ci95_p50_batches"] = tuple(values["ci95_p50_batches"])
         values["cores"] = tuple(values["cores"]) if values.get("cores") else None
         return cls(**values)
 

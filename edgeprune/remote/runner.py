@@ -136,6 +136,9 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         state_before=result.get("state_before", {}), state_after=result.get("state_after", {}),
         flags=tuple(result.get("flags", [])), notes=tuple(notes), overhead_s={k: round(v, 4) for k, v in overhead.items()},
         settings=asdict(settings), measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        load=result.get("load") or {}, ci95_p50_scope=str(result.get("ci95_p50_scope", "within-run")),
+        ci95_p50_batches=tuple(float(v) for v in result["ci95_p50_batches"]) if result.get("ci95_p50_batches")
+        else None,
     )
 
 

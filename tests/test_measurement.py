@@ -1,0 +1,211 @@
+"""Honest measurement (issue 11, item 11): a run is flagged when its samples spread too much ("noisy") or
+when other processes took too much of its CPUs ("busy"), the load is reported, and the result says what its
+confidence intervals cover.
+
+The decisions are tested on given samples and CPU counters (runtimes/harness.py and device_state.py are
+importable here, as in test_runtimes.py); one real run on `local` with busy-loop processes spinning on every
+core shows the flag reaching BenchResult.valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeprune as ep
+from edgeprune.devices import local_device
+from edgeprune.remote import BenchResult, BenchSettings
+
+RUNTIMES_DIR = Path(__file__).resolve().parent.parent / "runtimes"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+sys.path.insert(0, str(RUNTIMES_DIR))
+
+import device_state  # noqa: E402
+import harness  # noqa: E402
+
+
+def samples_with_cv(cv: float, n: int = 2000, mean: float = 10.0) -> np.ndarray:
+    """n samples whose CV (std with ddof=1 over the mean) is exactly `cv`."""
+    z = np.random.default_rng(0).standard_normal(n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return mean + cv * mean * z
+
+
+def snapshot(seconds: float, own_cpu_s: float, cpus: dict) -> dict:
+    """A device_state.cpu_snapshot() as the kernel's counters would give it: cpus = {"cpu0": (busy, steal, total)}
+    in ticks (CLK_TCK, 100 a second)."""
+    return {"mono_s": seconds, "own_cpu_s": own_cpu_s, "runnable": 1, "loadavg": [0.5, 0.5, 0.5],
+            "cpus": {name: {"busy": b, "steal": s, "total": t} for name, (b, s, t) in cpus.items()}}
+
+
+def load_of(others_ticks: int, own_ticks: int = 200, window_ticks: int = 200, steal_ticks: int = 0) -> dict:
+    """The window_load of a 2 s window on two CPUs in which this process used `own_ticks` and other processes
+    `others_ticks` (+ `steal_ticks` taken by the hypervisor) of the 2 × 200 ticks."""
+    start = snapshot(100.0, 10.0, {"cpu0": (1000, 0, 5000), "cpu1": (1000, 0, 5000)})
+    busy = own_ticks + others_ticks
+    end = snapshot(100.0 + window_ticks / 100, 10.0 + own_ticks / 100,
+                   {"cpu0": (1000 + busy // 2, steal_ticks // 2, 5000 + window_ticks),
+                    "cpu1": (1000 + busy - busy // 2, steal_ticks - steal_ticks // 2, 5000 + window_ticks)})
+    return device_state.window_load(start, end, cpus=[0, 1])
+
+
+def quiet_load() -> dict:
+    return load_of(others_ticks=12)  # 3 % of two CPUs: a few daemons
+
+
+# ------------------------------------------------------------------------------------- the decision
+
+def test_a_run_whose_cv_is_above_the_limit_is_flagged_noisy():
+    quiet = quiet_load()
+    stats = harness.summarize(samples_with_cv(0.082), seed=0)
+    assert harness.noise_flags(stats["cv"], quiet) == ["noisy: CV 8.2 % > 5.0 %"]
+
+
+def test_a_quiet_run_with_a_small_cv_is_not_flagged():
+    quiet = quiet_load()
+    stats = harness.summarize(samples_with_cv(0.02), seed=0)
+    assert quiet["others_share"] == 0.03
+    assert harness.noise_flags(stats["cv"], quiet) == []
+
+
+def test_a_run_on_a_loaded_machine_is_flagged_busy_whatever_its_cv():
+    # two busy loops beside a one-thread benchmark on two CPUs: they take 130 of the 200 ticks it left free
+    load = load_of(others_ticks=260)
+    assert load["others_share"] == 0.65
+    assert harness.noise_flags(0.01, load) == [
+        "busy: other processes took 65.0 % of the 2 CPU(s) the benchmark may use (0,1) during the measurement "
+        "> 25.0 %"]
+
+
+def test_the_limits_can_be_set_per_run():
+    quiet = quiet_load()
+    load = load_of(others_ticks=260)
+    assert harness.noise_flags(0.082, load, max_cv=0.10, max_busy=0.70) == []
+    assert harness.noise_flags(0.082, quiet, max_cv=0.08) == ["noisy: CV 8.2 % > 8.0 %"]
+
+
+def test_a_load_that_could_not_be_read_flags_nothing_but_the_cv():
+    assert harness.noise_flags(0.01, {}) == []
+    assert harness.noise_flags(None, {}) == []  # a single sample has no CV
+
+
+# --------------------------------------------------------------------------------------- the load
+
+def test_window_load_subtracts_the_benchmarks_own_cpu_time():
+    load = load_of(others_ticks=0, own_ticks=200)
+    assert (load["others_share"], load["own_share"]) == (0.0, 0.5)
+    assert load["window_s"] == 2.0 and load["cpus"] == [0, 1]
+
+
+def test_window_load_counts_a_hypervisors_steal_as_load():
+    load = load_of(others_ticks=0, steal_ticks=120)
+    assert (load["others_share"], load["steal_share"]) == (0.3, 0.3)
+
+
+def test_window_load_judges_only_the_cpus_the_benchmark_may_use():
+    # pinned to cpu1, which it had alone; cpu0 was kept fully busy by something else
+    start = snapshot(0.0, 1.0, {"cpu0": (0, 0, 1000), "cpu1": (0, 0, 1000)})
+    end = snapshot(2.0, 3.0, {"cpu0": (200, 0, 1200), "cpu1": (200, 0, 1200)})
+    assert device_state.window_load(start, end, cpus=[1])["others_share"] == 0.0
+    assert device_state.window_load(start, end, cpus=None)["others_share"] == 0.5
+
+
+def test_cpu_snapshots_around_a_busy_loop_see_this_process_and_not_others():
+    start = device_state.cpu_snapshot()
+    deadline = start["mono_s"] + 0.5
+    while device_state.cpu_snapshot()["mono_s"] < deadline:
+        pass
+    load = device_state.window_load(start, device_state.cpu_snapshot(), sorted(os.sched_getaffinity(0)))
+    assert load["window_s"] >= 0.5 and load["cpus"] == sorted(os.sched_getaffinity(0))
+    # this process spun for the whole window (as much as the machine's other load let it)
+    assert load["own_share"] > 0.0
+    assert 0.0 <= load["others_share"] <= 1.0 - load["own_share"] + 0.02  # counters tick at 100 Hz
+    assert len(load["runnable"]) == 2 and load["runnable"][0] >= 1  # this process, at least
+
+
+# ---------------------------------------------------------------------------- what the CI covers
+
+def test_the_json_says_the_confidence_intervals_cover_one_run_only():
+    stats = harness.summarize(samples_with_cv(0.02), seed=0)
+    assert stats["ci95_p50_scope"] == "within-run"
+    lo, hi = stats["ci95_p50_batches"]
+    assert lo < stats["p50"] < hi
+
+
+def ar1(seed: int, phi: float, n: int = 2000) -> np.ndarray:
+    """Latencies around a true median of 1.0 whose neighbours are alike (an AR(1) process: each sample keeps
+    `phi` of the last one's deviation), as a slowly changing clock or background load makes them."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0.0, 0.01, n)
+    e = np.empty(n)
+    e[0] = w[0] / np.sqrt(1 - phi ** 2)
+    for t in range(1, n):
+        e[t] = phi * e[t - 1] + w[t]
+    return 1.0 + e
+
+
+def test_batch_ci_still_covers_the_median_when_neighbouring_samples_are_alike():
+    # The bootstrap takes samples as independent and misses the true median most of the time here;
+    # the batch medians carry the correlation and keep about their 95 %.
+    covered = {"ci95_p50": 0, "ci95_p50_batches": 0}
+    for seed in range(200):
+        stats = harness.summarize(ar1(seed, phi=0.9), seed=seed)
+        for key in covered:
+            covered[key] += stats[key][0] <= 1.0 <= stats[key][1]
+    assert covered["ci95_p50"] < 0.6 * 200
+    assert covered["ci95_p50_batches"] >= 0.9 * 200
+
+
+def test_batch_ci_agrees_with_the_bootstrap_for_independent_samples():
+    x = np.random.default_rng(4).normal(1.0, 0.05, 4000)
+    stats = harness.summarize(x, seed=0)
+    boot = stats["ci95_p50"][1] - stats["ci95_p50"][0]
+    batches = stats["ci95_p50_batches"][1] - stats["ci95_p50_batches"][0]
+    assert 0.5 < batches / boot < 2.0
+
+
+def test_batch_ci_needs_five_samples_in_each_of_its_ten_batches():
+    assert harness.summarize(samples_with_cv(0.02, n=49), seed=0)["ci95_p50_batches"] is None
+    assert harness.summarize(samples_with_cv(0.02, n=50), seed=0)["ci95_p50_batches"] is not None
+
+
+# ----------------------------------------------------------------------------------- BenchResult
+
+def test_a_result_written_before_these_fields_still_loads():
+    data = json.loads((DATA_DIR / "bench-result-1076b1c.json").read_text())  # written by edgeprune at 1076b1c
+    assert "load" not in data and "ci95_p50_scope" not in data
+    result = BenchResult.from_dict(data)
+    assert (result.load, result.ci95_p50_batches, result.ci95_p50_scope) == ({}, None, "within-run")
+    assert result.p50 == data["p50"] and result.ci95_p50 == tuple(data["ci95_p50"])
+    assert BenchResult.from_dict(json.loads(result.to_json())) == result
+
+
+# --------------------------------------------------------------------------------- a real loaded run
+
+@pytest.fixture
+def spinners():
+    """A busy-loop process pinned to each CPU this process may use, for the length of the test."""
+    procs = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, [{cpu}])\nwhile True: pass"])
+             for cpu in sorted(os.sched_getaffinity(0))]
+    yield procs
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_beside_busy_loops_on_every_core_is_flagged_busy_and_invalid(bench_artifacts, tmp_path, spinners):
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0.5)
+    settings = BenchSettings(min_runs=10, min_seconds=1.0, warmup_runs=1, warmup_seconds=0.0, threads=1)
+    result = ep.bench(bench_artifacts.onnx, device, settings=settings)
+    busy = [flag for flag in result.flags if flag.startswith("busy: ")]
+    assert busy and not result.valid, result.flags
+    assert result.load["others_share"] > 0.25 and result.load["window_s"] >= 1.0
+    assert result.load["cpus"] == sorted(os.sched_getaffinity(0))
+    assert result.ci95_p50_scope == "within-run"
+    assert json.loads(result.to_json())["load"] == result.load
