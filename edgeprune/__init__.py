@@ -12,7 +12,8 @@ from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune
 from .export import Artifact, ExportError, export, verify
 from .devices import Device, load_devices
 from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
-                     HostKeyError, ModelError, RecipeError, RemoteTimeoutError, TargetError)
+                     HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError, SettingsError,
+                     TargetError)
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
@@ -30,7 +31,7 @@ __all__ = [
     "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
     "HostKeyError", "RemoteTimeoutError", "bench", "bench_many", "check", "load_devices",
     "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
-    "ModelError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
+    "MalformedError", "ModelError", "SettingsError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

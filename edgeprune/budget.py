@@ -6,6 +6,7 @@ One field per kind of budget; exactly one is set today. Latency and memory budge
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -21,6 +22,10 @@ class Budget:
         given = {k: v for k, v in asdict(self).items() if v is not None}
         if len(given) != 1:
             raise BudgetError(f"a Budget takes exactly one of macs_ratio=, sparsity= (got {given or 'none'})")
+        for key, value in given.items():  # `Budget("0.5")` must not reach the range checks as a string
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise BudgetError(f"Budget({key}={value!r}): expected a number, got {type(value).__name__} "
+                                  "(the CLI's text form is Budget.parse('macs=0.5'))")
         if self.macs_ratio is not None and not 0.0 < self.macs_ratio <= 1.0:
             raise BudgetError(f"Budget(macs_ratio={self.macs_ratio}): must be in (0, 1] — the fraction of MACs kept")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
@@ -40,6 +45,8 @@ class Budget:
     @classmethod
     def parse(cls, text: str) -> "Budget":
         """`macs=0.5`, `macs_ratio=0.5` or `sparsity=0.5` (the CLI's --budget)."""
+        if not isinstance(text, str):
+            raise BudgetError(f"budget {text!r}: expected text such as 'macs=0.5', got {type(text).__name__}")
         key, sep, value = text.partition("=")
         key = {"macs": "macs_ratio"}.get(key.strip(), key.strip())
         if not sep or key not in ("macs_ratio", "sparsity"):

@@ -11,22 +11,32 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand
 
 from . import _atomic
 from ._version import __version__
 from .budget import Budget
 from .errors import ArtifactError, EdgepruneError, ModelError
 from .factory import build, default_inputs
+from .inputs import check_size
 from .targets import builtin_targets, load_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune PyTorch models for the device they run on.")
 targets_app = typer.Typer(help="List the built-in target profiles, or show one.")
 app.add_typer(targets_app, name="targets")
-console = Console()
-err_console = Console(stderr=True)
+# no markup interpretation, anywhere: paths, device names, layer names and error messages are the user's
+# text, and `[/x]` or `[bold]` in them must print as typed (rich would parse them as tags, or fail on them).
+# Styled words are rich Text objects instead (`_styled`).
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def _styled(label: str, style: str, message: str = "") -> Text:
+    """`label` in `style`, then `message` as plain text."""
+    return Text.assemble((label, style), (" " + message) if message else "")
 
 
 def _version(value: bool) -> None:
@@ -48,12 +58,34 @@ def _main(
 def _print_notes(plan) -> None:
     """What the plan's rows cannot show (rollbacks, recipe entries, flash), where the user reads the table."""
     for note in plan.notes:
-        console.print(f"[bold yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        console.print(_styled("note:", "bold yellow", note), highlight=False, soft_wrap=True)
 
 
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+def _fail(exc: "Exception | str") -> None:
+    err_console.print(_styled("error:", "bold red", str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _os_error(exc: OSError, params: dict) -> str:
+    """An OSError that reached a command (a full disk, a read-only file system): the path and the reason.
+    Where the OS named no file, the command's outputs are named: writing them is what fails that way."""
+    where = exc.filename or ", ".join(str(params[k]) for k in ("out", "json_out") if params.get(k) is not None)
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
+
+
+class _Command(TyperCommand):
+    """Every command's last line of defence: an EdgepruneError, or an OSError from the file system (a full
+    disk, a read-only output), is an `error:` line naming the path and exit code 2, never a traceback.
+    Given to every command at the end of this module."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgepruneError as exc:
+            _fail(exc)
+        except OSError as exc:
+            _fail(_os_error(exc, ctx.params))
 
 
 def _size(n: int) -> str:
@@ -92,7 +124,7 @@ def targets_show(name: str = typer.Argument(..., help="a built-in name or a path
         target = load_target(name)
     except EdgepruneError as exc:
         _fail(exc)
-    console.print(f"[bold]{target.name}[/] — {target.description}  ([dim]{target.source}[/])")
+    console.print(Text.assemble((target.name, "bold"), f" — {target.description}  (", (str(target.source), "dim"), ")"))
     hw = target.hardware  # as loaded: a profile's "host" values are this machine's, read now
     console.print(f"hardware as loaded: {hw.cpu}; {hw.cores} cores at {hw.clock_hz / 1e9:.2f} GHz; "
                   f"SIMD {hw.simd} ({hw.simd_width_bits}-bit)", highlight=False)
@@ -121,6 +153,7 @@ def _example_inputs(model_spec: str, shape: Optional[str], name: Optional[str], 
     if not isinstance(torch_dtype, torch.dtype):
         raise ModelError(f"--input-dtype {dtype!r} is not a torch dtype")
     dims = _parse_shape(shape)
+    check_size(dims, torch_dtype, f"--input-shape {shape}")  # refused before allocating, not killed by the kernel
     gen = torch.Generator().manual_seed(0)
     tensor = (torch.randn(dims, generator=gen).to(torch_dtype) if torch_dtype.is_floating_point
               else torch.zeros(dims, dtype=torch_dtype))
@@ -205,6 +238,7 @@ def plan_cmd(
     try:
         if json_out is not None:
             _atomic.check_file_output(json_out, overwrite=overwrite)
+            _atomic.check_writable(json_out)  # a read-only or foreign directory: said now, not after planning
         _, result = _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
                                input_dtype, importance, scope)
         console.print(result.table())
@@ -234,6 +268,7 @@ def prune_cmd(
     overwrite = overwrite or force
     try:
         check_save_dir(out, overwrite=overwrite)
+        _atomic.check_writable(out)
         module, result = _make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
                                     input_dtype, importance, scope)
         console.print(result.table())
@@ -277,6 +312,7 @@ def finetune_cmd(
     overwrite = overwrite or force
     try:
         check_save_dir(out, overwrite=overwrite)
+        _atomic.check_writable(out)
         if digits == (data is not None):
             raise EdgepruneError("pass exactly one of --digits or --data F.safetensors")
         if digits and val_data is not None:
@@ -396,6 +432,7 @@ def export_cmd(
 
     try:
         _atomic.check_dir_output(out)
+        _atomic.check_writable(out)
         module = _exportable(model, weights)
         inputs = _example_inputs(model, input_shape, input_name, input_dtype)
         precision = "int8" if int8 else None
@@ -415,7 +452,7 @@ def export_cmd(
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(_styled("warning:", "bold yellow", message), highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
@@ -476,7 +513,7 @@ def devices_check(
     for c in checks:
         present = [f"{k} {v['version']}" if v.get("version") else k for k, v in c.runtimes.items()
                    if v.get("version") or v.get("trtexec")]
-        table.add_row(c.device, c.address, "[green]yes[/]" if c.reachable and not c.error else "[red]no[/]",
+        table.add_row(c.device, c.address, Text("yes", "green") if c.reachable and not c.error else Text("no", "red"),
                       f"{c.python or '—'} / {c.numpy or '—'}", "\n".join(present) or "—",
                       describe_state(c.state), c.error or "")
     console.print(table)
@@ -560,12 +597,14 @@ def bench_cmd(
                                  f"(known: {', '.join(inventory)})")
         if json_out is not None:
             _atomic.check_file_output(json_out, overwrite=overwrite)
+            _atomic.check_writable(json_out)  # before the device is used: a measurement is not to be thrown away
         # unset threads/cores fall back to each device's own, in remote.bench
         settings = BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds, threads, _cores(cores))
         names = list(dict.fromkeys(device))
     except (EdgepruneError, ValueError) as exc:
         _fail(exc)
-    with Progress(SpinnerColumn(), TextColumn("{task.fields[device]}", style="bold"), TextColumn("{task.description}"),
+    with Progress(SpinnerColumn(), TextColumn("{task.fields[device]}", style="bold", markup=False),
+                  TextColumn("{task.description}", markup=False),
                   BarColumn(), TimeElapsedColumn(), console=err_console, transient=True) as bar:
         tasks = {d: bar.add_task("waiting", total=None, device=d) for d in names}
 
@@ -586,17 +625,23 @@ def bench_cmd(
         console.print(bench_table(ok))
         for r in ok:
             for flag in r.flags:
-                console.print(f"[bold yellow]flagged[/] {r.device}: {flag}")
+                console.print(_styled("flagged", "bold yellow", f"{r.device}: {flag}"))
             for note in r.notes:
-                console.print(f"[dim]note {r.device}: {note}[/]")
+                console.print(Text(f"note {r.device}: {note}", "dim"))
     errors = [r for r in results if isinstance(r, Exception)]
     for exc in errors:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(_styled("error:", "bold red", str(exc)), highlight=False, soft_wrap=True)
     if json_out is not None and ok:
         payload = ok[0].to_dict() if len(results) == 1 else {
             "schema": "edgeprune.bench-results/1", "results": [r.to_dict() for r in ok],
             "errors": [str(e) for e in errors]}
-        _atomic.write_text(json_out, json.dumps(payload, indent=2), overwrite=overwrite)
+        text = json.dumps(payload, indent=2)
+        try:
+            _atomic.write_text(json_out, text, overwrite=overwrite)
+        except (EdgepruneError, OSError) as exc:  # the disk filled up, or the directory went, during the run
+            typer.echo(text)  # the measurement is kept: on stdout, for the user to redirect
+            reason = exc if isinstance(exc, EdgepruneError) else _os_error(exc, {"json_out": json_out})
+            _fail(f"the result could not be written to {json_out} ({reason}); it is printed above as JSON")
         console.print(f"wrote {json_out}")
     if errors:
         raise typer.Exit(code=2)
@@ -607,11 +652,11 @@ def bench_table(results) -> Table:
     for col in ("device", "runtime", "n", "p50", "95% CI of p50", "p90", "p99", "mean ± std", "CV", "min", "state"):
         table.add_column(col, justify="right" if col not in ("device", "runtime", "state") else "left")
     for r in results:
-        label = r.device + (" [yellow](proxy)[/]" if r.proxy else "")
+        label = Text.assemble(r.device, (" (proxy)", "yellow") if r.proxy else "")
         table.add_row(label, f"{r.runtime} {r.runtime_version}", str(r.n), f"{r.p50:.3f}",
                       f"{r.ci95_p50[0]:.3f}–{r.ci95_p50[1]:.3f}", f"{r.p90:.3f}", f"{r.p99:.3f}",
                       f"{r.mean:.3f} ± {r.std:.3f}", f"{r.cv:.1%}", f"{r.min:.3f}",
-                      ("[red]FLAGGED[/]\n" if r.flags else "") + describe_state(r.state_after))
+                      Text.assemble(("FLAGGED\n", "red") if r.flags else "", describe_state(r.state_after)))
     return table
 
 
@@ -682,6 +727,7 @@ def sensitivity_cmd(
         json_path, png_path = _atomic.check_dir_output(out) / "sensitivity.json", out / "sensitivity.png"
         for path in (json_path, png_path):
             _atomic.check_file_output(path, overwrite=overwrite)
+        _atomic.check_writable(out)
         val = _validation(digits, data)
         module = _dense(model, weights)
         inputs = _example_inputs(model, input_shape, input_name, input_dtype)
@@ -713,6 +759,16 @@ def demo_cmd(
     try:
         if out is not None and _atomic.check_dir_output(out).exists() and any(out.iterdir()):
             raise ArtifactError(f"{out}: already exists and is not empty; choose a new --out")
+        if out is not None:
+            _atomic.check_writable(out)
         demo.main(device=device, devices=str(devices) if devices else None, out=out)
     except EdgepruneError as exc:
         _fail(exc)
+
+
+# every command, the sub-apps' included, ends in `_Command`'s handler; set here, once, so that no command
+# (a new one included) can leave a user's mistake to a traceback
+for _typer in (app, targets_app, devices_app):
+    for _info in _typer.registered_commands:
+        if _info.cls in (None, TyperCommand):  # typer fills in its own class for a command given none
+            _info.cls = _Command

@@ -65,7 +65,7 @@ def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
 
 
 def main(device: str = "local", devices: Optional[str] = None, out: Optional[Path] = None) -> Path:
-    console = Console(width=max(Console().width, 150))
+    console = Console(width=max(Console().width, 150), markup=False)  # paths and device names print as typed
     out = Path(out or tempfile.mkdtemp(prefix="edgeprune-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -27,6 +27,17 @@ class ArtifactError(EdgepruneError):
     """A saved model or artifact is missing, corrupt or would be overwritten."""
 
 
+class MalformedError(ArtifactError, ValueError):
+    """JSON edgeprune wrote (a plan, a manifest, a checkpoint record) is not what it wrote: not JSON, not
+    UTF-8, or a key missing or of the wrong type. The message names the file (where there is one) and the key.
+    A ValueError too, as the plan's JSON errors were before."""
+
+
+class SettingsError(EdgepruneError, ValueError):
+    """An argument of an API call (BenchSettings, a budget's value, ...) has the wrong type or is out of
+    range: NaN, infinite, negative. A ValueError too, as BenchSettings' errors were before."""
+
+
 class DeviceError(EdgepruneError):
     """A device cannot be reached, refused us, or a command on it failed. The message names the device."""
 

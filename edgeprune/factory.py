@@ -22,6 +22,11 @@ def resolve(factory: Factory) -> Callable[[], nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(f"model factory {factory!r}: cannot import {module_name!r}: {exc}") from exc
+    except SyntaxError as exc:  # the user's own module: name the file and line, as python would
+        raise ModelError(f"model factory {factory!r}: {exc.filename}, line {exc.lineno}: SyntaxError: {exc.msg}") from exc
+    except Exception as exc:  # the module's top-level code failed while importing
+        raise ModelError(f"model factory {factory!r}: importing {module_name!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ModelError(f"model factory {factory!r}: {module_name} has no callable {attr!r}")
@@ -42,7 +47,13 @@ def build(factory: Factory) -> nn.Module:
 def default_inputs(factory: Factory) -> Any:
     """The factory's own example inputs (`factory.example_inputs()`), or None when it has none."""
     make = getattr(resolve(factory), "example_inputs", None)
-    return make() if callable(make) else None
+    if not callable(make):
+        return None
+    try:
+        return make()
+    except Exception as exc:
+        raise ModelError(f"model factory {spec_of(factory)}: its example_inputs() failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def spec_of(factory: Factory) -> str:

@@ -30,6 +30,21 @@ def _field(info: str, name: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+def memory_available() -> int:
+    """Bytes of memory this machine can give a new allocation without swapping (the kernel's MemAvailable),
+    else its physical memory; 0 when neither can be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 def cores() -> int:
     """Cores this process may run on (its CPU affinity: a container or `taskset` may allow fewer than the
     machine has), else the machine's count."""

@@ -7,12 +7,14 @@ so a saved plan can rebuild inputs of the same shape (to trace the model again) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
+from . import host
 from .errors import ModelError
 
 ExampleInputs = Union[tuple, dict]
@@ -74,6 +76,24 @@ def output_shapes(output: Any) -> list[tuple[int, ...]]:
     return []
 
 
+def check_size(shape: Sequence[int], dtype: torch.dtype, what: str) -> None:
+    """Refuse, before allocating, a tensor larger than the memory this machine has free: a typo such as
+    1,3,100000,100000 would otherwise be killed by the kernel, or swap, with no word about the shape."""
+    need = math.prod(shape) * dtype.itemsize
+    free = host.memory_available()
+    if free and need > free:
+        raise ModelError(f"{what} of shape {tuple(shape)} ({str(dtype).removeprefix('torch.')}) would take "
+                         f"{_bytes(need)}, more than the {_bytes(free)} of memory available here")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str  # keyword name, or "" for a positional input
@@ -84,6 +104,7 @@ class TensorSpec:
 
     def make(self, generator: torch.Generator) -> torch.Tensor:
         dtype = getattr(torch, self.dtype)
+        check_size(self.shape, dtype, f"input {self.name!r}" if self.name else "a positional input")
         if dtype.is_floating_point:
             return torch.randn(self.shape, generator=generator, dtype=dtype)
         if dtype == torch.bool:

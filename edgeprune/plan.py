@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Optional
 
 from rich.table import Table
+from rich.text import Text
 
 from .budget import Budget
+from .errors import MalformedError
 from .inputs import InputSpec
 
 Method = Literal["structured", "n:m", "unstructured", "keep"]
@@ -105,9 +107,22 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        data = dict(data)
-        if data.pop("schema", None) != "edgeprune.plan/1":
-            raise ValueError("not an edgeprune plan (missing or unknown 'schema')")
+        """The plan `to_dict` wrote. A hand-edited one with a key missing or of the wrong type raises
+        MalformedError naming the key (callers add the file it came from)."""
+        if not isinstance(data, dict):
+            raise MalformedError(f"not an edgeprune plan: a {type(data).__name__}, not a JSON object")
+        if data.get("schema") != "edgeprune.plan/1":
+            raise MalformedError("not an edgeprune plan (missing or unknown 'schema')")
+        try:
+            return cls._from_dict(dict(data))
+        except KeyError as exc:
+            raise MalformedError(f"plan: key {exc.args[0]!r} is missing") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MalformedError(f"plan: malformed ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "Plan":
+        data.pop("schema")
         layers = [
             LayerDecision(**{**d, **{k: tuple(d[k]) for k in ("out_channels", "in_channels", "macs")}})
             for d in data.pop("layers")
@@ -120,7 +135,11 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise MalformedError(f"not an edgeprune plan: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
 
     def example(self) -> Any:
         """The inputs to trace the model with: the original tensors, or ones rebuilt from the spec."""
@@ -139,7 +158,9 @@ class Plan:
         )
 
     def table(self) -> Table:
-        table = Table(title=f"plan for {self.target}", caption=self.summary(), show_lines=False)
+        # Text, not strings: a layer name, a target's name or a reason quoting a recipe (`[layers."*"]`) is
+        # shown as written, never parsed as rich markup
+        table = Table(title=Text(f"plan for {self.target}"), caption=Text(self.summary()), show_lines=False)
         for col in ("layer", "op", "method", "amount", "channels", "MACs", "reason"):
             table.add_column(col, overflow="fold")
         style = {"structured": "cyan", "n:m": "magenta", "unstructured": "yellow", "keep": "dim"}
@@ -147,8 +168,8 @@ class Plan:
             channels = f"{d.out_channels[0]}→{d.out_channels[1]}" if d.out_channels[0] else ""
             method = f"{d.n}:{d.m}" if d.method == "n:m" else d.method
             table.add_row(
-                d.layer, d.op, f"[{style[d.method]}]{method}[/]", f"{d.amount:.0%}" if d.amount else "",
-                channels, f"{_si(d.macs[0])}→{_si(d.macs[1])}", d.reason,
+                Text(d.layer), Text(d.op), Text(method, style[d.method]), f"{d.amount:.0%}" if d.amount else "",
+                channels, f"{_si(d.macs[0])}→{_si(d.macs[1])}", Text(d.reason),
             )
         return table
 

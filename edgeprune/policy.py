@@ -34,6 +34,7 @@ from ._copy import copy_model
 from .budget import Budget
 from .costs import ModelCost, measure, prunable_layers, weight_bytes
 from .errors import BudgetError, EdgepruneError, ModelError
+from .finite import check_finite, check_finite_outputs
 from .inputs import InputSpec, call
 from .plan import GroupDecision, LayerDecision, Plan
 from .pruning import apply_masks, finalize, refresh
@@ -160,16 +161,18 @@ def plan(
     if scope not in SCOPES:
         raise EdgepruneError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
     spec = InputSpec.of(example_inputs)
+    check_finite(model, example_inputs)
     work = finalize(model).eval()  # a copy; earlier masks folded in, as prune() will
     try:
         with torch.no_grad():
-            call(work, example_inputs)
+            output = call(work, example_inputs)
     except Exception as exc:
         raise ModelError(
             f"{type(model).__name__} does not run on the example inputs "
             f"({', '.join(f'{t.name or i}: {list(t.shape)}' for i, t in enumerate(spec.tensors))}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    check_finite_outputs(model, output)
     cost = measure(work, example_inputs)
     modules = prunable_layers(work)
     if not cost.order:

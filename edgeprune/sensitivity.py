@@ -22,6 +22,7 @@ from torch import nn
 
 from .budget import Budget
 from .errors import EdgepruneError, ModelError
+from .finite import check_finite
 from .batchnorm import recalibrate_
 from .metrics import accuracy
 from .targets import Target, load_target
@@ -190,12 +191,16 @@ def sensitivity(
     from ._copy import copy_model
 
     target = load_target(target)
-    amounts = tuple(float(a) for a in amounts)
+    try:
+        amounts = tuple(float(a) for a in amounts)
+    except (TypeError, ValueError):
+        raise EdgepruneError(f"amounts {amounts!r}: expected fractions in (0, 1), e.g. (0.25, 0.5)") from None
     if not amounts or any(not 0.0 < a < 1.0 for a in amounts):
         raise EdgepruneError(f"amounts {amounts}: each must be in (0, 1), the fraction pruned")
     amounts = tuple(sorted(set(amounts)))
     # empty val_data must fail loudly: a NaN baseline would make every drop NaN
     metric_fn = metric or partial(accuracy, raise_if_empty=True)
+    check_finite(model, example_inputs)
     base_model = finalize(model).eval()  # a copy: the caller's model is never touched
     dense = type(model).__name__
     if calibration_data is not None:

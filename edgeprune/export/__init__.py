@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .._atomic import check_dir_output, make_dir, sha256_file
-from ..errors import ArtifactError
+from ..errors import ArtifactError, MalformedError
 from ..inputs import InputSpec, call, normalize, output_shapes
 from ..plan import Plan
 from ..pruning import finalize, record_of
@@ -300,6 +300,37 @@ def _failures(checks: dict, memory: dict) -> list[str]:
     return failures
 
 
+# what verify reads from a manifest, and its JSON type (None: null allowed)
+_MANIFEST_KEYS = {"format": (str,), "precision": (str,), "sha256": (str,), "plan": (dict, type(None)),
+                  "export": (dict, type(None))}
+
+
+def _read_manifest(manifest_path: Path) -> dict:
+    """The manifest export wrote, checked for what verify reads: a hand-edited one with a key missing or of
+    the wrong type is a MalformedError naming the file and the key, before anything runs."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{manifest_path}: not found — verify needs the manifest written by export") from None
+    except OSError as exc:
+        raise ArtifactError(f"{manifest_path}: cannot read: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise MalformedError(f"{manifest_path}: a JSON {type(manifest).__name__}, not the object export writes")
+    for key, kinds in _MANIFEST_KEYS.items():
+        if key not in manifest and type(None) not in kinds:
+            raise MalformedError(f"{manifest_path}: key {key!r} is missing")
+        if not isinstance(manifest.get(key), kinds):
+            raise MalformedError(f"{manifest_path}: key {key!r} is {manifest[key]!r}, expected "
+                                 + " or ".join("null" if k is type(None) else "an object" if k is dict else "a string"
+                                               for k in kinds))
+    if manifest["format"] not in FORMATS:
+        raise MalformedError(f"{manifest_path}: key 'format' is {manifest['format']!r}, expected one of "
+                             f"{', '.join(FORMATS)}")
+    return manifest
+
+
 def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Path", plan: Optional[Plan] = None,
            *, verify_inputs: Optional[Iterable] = None) -> dict:
     """Check an exported artifact again against `model` (e.g. after copying it to a device's image).
@@ -311,16 +342,14 @@ def verify(model: nn.Module, example_inputs: Any, artifact: "Artifact | str | Pa
     """
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
     manifest_path = manifest_file(path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{manifest_path}: not found — verify needs the manifest written by export") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest = _read_manifest(manifest_path)
     if not path.is_file():
         raise ArtifactError(f"{path}: not found")
     module = _format_module(manifest["format"])
-    plan = plan or (Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None)
+    try:
+        plan = plan or (Plan.from_dict(manifest["plan"]) if manifest.get("plan") else None)
+    except MalformedError as exc:
+        raise MalformedError(f"{manifest_path}: key 'plan': {exc}") from None
     final_model = finalize(model).eval()
     if manifest["precision"] == "int8" and verify_inputs is None:
         raise ExportError(f"{path.name} is int8: it is only meant to agree with PyTorch on data like its calibration "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._atomic import sha256_file, write_file, write_text
+from ..errors import ArtifactError, MalformedError
 
 __all__ = ["CHECKPOINT_SCHEMA", "save_checkpoint", "latest_checkpoint", "optimizer_state"]
 
@@ -70,9 +71,42 @@ def latest_checkpoint(directory: Optional[Path]) -> Optional[tuple[dict, dict[st
     if directory is None or not directory.is_dir():
         return None
     for marker in sorted(directory.glob("epoch-*.json"), reverse=True):
-        record = json.loads(marker.read_text())
+        record = _read_record(marker)
         weights = marker.with_suffix(".safetensors")
         if record.get("schema") != CHECKPOINT_SCHEMA or not weights.exists() or sha256_file(weights) != record["sha256"]:
             continue  # incomplete or corrupt: fall back to an older one
         return record, safetensors.torch.load_file(str(weights))
     return None
+
+
+# what resuming reads from a record, and its JSON type (None: null allowed)
+_RECORD_KEYS = {"epoch": (int,), "sha256": (str,), "settings": (dict,), "optimizer": (dict,), "history": (list,),
+                "has_best": (bool,), "since_best": (int,), "stopped_early": (bool,),
+                "best_metric": (int, float, type(None)), "best_epoch": (int, type(None))}
+
+
+def _read_record(marker: Path) -> dict:
+    """A checkpoint's JSON record. Records are written whole (atomically), so one that does not parse or
+    lacks a key was edited or damaged after the fact: an error naming the file and the key, never a silent
+    fresh start (which would delete it with the next epoch's clean-up). Another schema is returned as is
+    (the caller skips it)."""
+    remedy = "move it out of the checkpoint directory to resume from an older checkpoint, or start afresh"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ArtifactError(f"{marker}: cannot read the checkpoint record: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedError(f"{marker}: not a checkpoint record (not valid JSON: {exc}); {remedy}") from None
+    if not isinstance(record, dict):
+        raise MalformedError(f"{marker}: not a checkpoint record (a JSON {type(record).__name__}, not an object); "
+                             f"{remedy}")
+    if record.get("schema") != CHECKPOINT_SCHEMA:
+        return record
+    for key, kinds in _RECORD_KEYS.items():
+        if key not in record:
+            raise MalformedError(f"{marker}: key {key!r} is missing from the checkpoint record; {remedy}")
+        value = record[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise MalformedError(f"{marker}: key {key!r} is {value!r}, expected "
+                                 f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}; {remedy}")
+    return record

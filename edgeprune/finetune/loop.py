@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -20,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._atomic import check_dir_output, check_writable
 from .._copy import copy_model
 from ..batchnorm import recalibrate_ as _recalibrate_
 from ..distill import kd_loss
-from ..errors import EdgepruneError, ModelError
+from ..errors import EdgepruneError, ModelError, SettingsError
+from ..finite import check_finite
 from ..metrics import accuracy  # the default metric
 from ..metrics import logits as _logits, split_batch as _split
 from ..pruning import RECORD_ATTR, record_of
@@ -121,8 +124,15 @@ def finetune(
     ModelError; the exception's `.model` holds the weights of the last good epoch. A model `ep.prune` made
     comes back with its record saying it was fine-tuned (`PruneRecord.finetuned`).
     """
-    if epochs < 1:
-        raise EdgepruneError(f"epochs={epochs}: must be >= 1")
+    _number("epochs", epochs, least=1, whole=True)
+    _number("warmup_steps", warmup_steps, least=0, whole=True)
+    for name, value in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum),
+                        ("kd_alpha", kd_alpha), ("kd_temperature", kd_temperature)):
+        if value is not None:
+            _number(name, value, least=0)
+    check_finite(model)
+    if teacher is not None:
+        check_finite(teacher, role="teacher")
     hyper = Hyperparameters(lr=lr, weight_decay=weight_decay, momentum=momentum)
     check_optimizer(optimizer, hyper)
     if early_stopping_patience is not None and val_data is None:
@@ -132,6 +142,8 @@ def finetune(
         check_loader(val_data, "val_data")
     metric = metric or accuracy
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if directory is not None:  # a file in the way or a read-only disk: said now, not after the first epoch
+        check_writable(check_dir_output(directory))
     teacher_was = teacher.training if teacher is not None else None
     if teacher is not None:
         teacher.eval()
@@ -144,6 +156,17 @@ def finetune(
     finally:
         if teacher is not None:
             teacher.train(teacher_was)
+
+
+def _number(name: str, value: Any, *, least: float, whole: bool = False) -> None:
+    """A numeric argument checked before anything is copied or trained: a string, NaN or a negative value
+    would otherwise fail inside torch's optimizer, or train on NaN."""
+    kind = numbers.Integral if whole else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SettingsError(f"{name}={value!r}: expected {'a whole number' if whole else 'a number'}, "
+                            f"got {type(value).__name__}")
+    if not math.isfinite(value) or value < least:
+        raise SettingsError(f"{name}={value!r}: must be a finite number >= {least:g}")
 
 
 def _train(model, train_data, epochs, val_data, metric, teacher, optimizer, hyper, warmup_steps, kd_alpha,

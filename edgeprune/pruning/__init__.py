@@ -13,6 +13,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .._copy import copy_model
 from ..costs import measure
+from ..finite import check_finite
 from ..plan import LayerDecision, Plan
 from .nm import apply_nm, reduction_size
 from .structured import Removal, remove_channels
@@ -93,6 +94,7 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     in `record_of(pruned).plan`, and a warning is issued.
     """
     inputs = plan.example() if example_inputs is None else example_inputs
+    check_finite(model, inputs)
     # masks already on the model are folded in first: torch-pruning shrinks plain weights
     work = finalize(model)
     was_training = work.training

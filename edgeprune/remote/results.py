@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Optional
+
+from ..errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -20,10 +24,36 @@ class BenchSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.min_runs < 1 or self.warmup_runs < 0 or self.min_seconds < 0 or self.warmup_seconds < 0:
-            raise ValueError(f"bench settings out of range: {self}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        # checked here, before any device is used: the harness would otherwise measure forever (inf, nan
+        # never compares) or fail on the device after the upload
+        for name, least in (("min_runs", 1), ("warmup_runs", 0), ("seed", 0)):
+            _whole(name, getattr(self, name), least)
+        for name in ("min_seconds", "warmup_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise SettingsError(f"BenchSettings({name}={value!r}): expected a number of seconds, "
+                                    f"got {type(value).__name__}")
+            if not math.isfinite(value) or value < 0:
+                raise SettingsError(f"BenchSettings({name}={value!r}): must be a finite number of seconds >= 0")
+        if self.threads is not None:
+            _whole("threads", self.threads, 1)
+        if self.cores is not None:
+            if not isinstance(self.cores, (tuple, list)) or not self.cores:
+                raise SettingsError(f"BenchSettings(cores={self.cores!r}): expected a non-empty tuple of CPU "
+                                    "numbers, e.g. (2, 3), or None")
+            object.__setattr__(self, "cores", tuple(self.cores))  # frozen: a list would make it unhashable
+            for core in self.cores:
+                if isinstance(core, bool) or not isinstance(core, numbers.Integral) or core < 0:
+                    raise SettingsError(f"BenchSettings(cores={self.cores!r}): {core!r} is not a CPU number >= 0")
+            if len(set(self.cores)) != len(self.cores):
+                raise SettingsError(f"BenchSettings(cores={self.cores!r}): a CPU is listed twice")
+
+
+def _whole(name: str, value, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingsError(f"BenchSettings({name}={value!r}): expected a whole number, got {type(value).__name__}")
+    if value < least:
+        raise SettingsError(f"BenchSettings({name}={value!r}): must be >= {least}")
 
 
 @dataclass(frozen=True)
