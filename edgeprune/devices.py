@@ -72,7 +72,8 @@ class Device:
     identity_files: tuple[Path, ...] = ()  # identity_file, else every IdentityFile of ssh_config
     known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
     python: str = "python3"
-    workdir: str = "/tmp/edgeprune"
+    # per user and private (0700) on the device; `~` is the login user's home there (see remote.trust)
+    workdir: str = "~/.cache/edgeprune"
     connect_timeout_s: float = 10.0
     command_timeout_s: float = 600.0
     deadline_s: float = 1800.0
@@ -93,9 +94,16 @@ class Device:
         return f"{self.user}@{self.hostname}:{self.port}"
 
 
+def local_cache_dir() -> Path:
+    """This user's cache dir ($XDG_CACHE_HOME when absolute, else ~/.cache): the `local` device's work dir
+    lives there, private to the user, rather than in a /tmp that every user of the machine can write."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+
+
 def local_device(**overrides) -> Device:
     defaults = dict(name=LOCAL, target="x86-64-host", python=sys.executable,
-                    workdir=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"edgeprune-local-{getpass.getuser()}"))
+                    workdir=str(local_cache_dir() / "edgeprune-local"))
     defaults.update({k: v for k, v in overrides.items() if v is not None})
     return Device(**defaults)
 
@@ -124,9 +132,9 @@ def _resolve(name: str, table: _DeviceTable, source: Path) -> Device:
             load_target(table.target)
         except TargetError as exc:
             raise DeviceError(f"{where}: key 'devices.{name}.target': {exc}") from None
-    if table.workdir is not None and not table.workdir.startswith("/"):
-        raise DeviceError(f"{where}: key 'devices.{name}.workdir': must be an absolute path on the device, "
-                          f"got {table.workdir!r}")
+    if table.workdir is not None and not (table.workdir.startswith(("/", "~/")) or table.workdir == "~"):
+        raise DeviceError(f"{where}: key 'devices.{name}.workdir': must be an absolute path on the device, or "
+                          f"start with ~/ (the login user's home there), got {table.workdir!r}")
     if table.lease_s is not None and table.lease_s < table.deadline_s:
         raise DeviceError(f"{where}: key 'devices.{name}.lease_s': {table.lease_s:g} s is shorter than the run's "
                           f"deadline_s ({table.deadline_s:g} s); another runner could take the lock of a live run")
@@ -163,7 +171,7 @@ def _resolve(name: str, table: _DeviceTable, source: Path) -> Device:
         identity_files=identities,
         known_hosts=known or Path("~/.ssh/known_hosts").expanduser(),
         python=table.python or "python3",
-        workdir=table.workdir or "/tmp/edgeprune",
+        workdir=table.workdir or Device.workdir,
         **common,
     )
 

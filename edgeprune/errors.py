@@ -56,3 +56,8 @@ class RemoteTimeoutError(DeviceError):
 
 class ConnectionLostError(DeviceError):
     """The SSH connection dropped while a command was running; no result was recorded."""
+
+
+class WorkdirError(DeviceError):
+    """The device's work dir, lock or run dir is not private to the benchmarking user (a symlink, another
+    user's, writable by group/others), or a file in it changed after its sha256 check; nothing was run."""

@@ -62,7 +62,9 @@ class SSHServer:
         config = root / "sshd_config"
         config.write_text("\n".join([
             f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_ed25519'}",
-            f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
+            # the second path lets other local users log in (sshd reads it as that user: see authorize)
+            f"AuthorizedKeysFile {root / 'authorized_keys'} {root / 'users' / '%u' / 'authorized_keys'}",
+            f"PidFile {root / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
             "MaxSessions 32", "MaxStartups 64:30:128", "LogLevel VERBOSE", "",
@@ -88,6 +90,17 @@ class SSHServer:
         self.stop()
         raise SSHServerUnavailable(f"sshd did not answer on 127.0.0.1:{self.port} within {timeout:.0f} s")
 
+    def authorize(self, name: str, uid: int, gid: int) -> None:
+        """Let local user `name` log in with the client key. sshd opens the key file as that user, so the
+        server root must be traversable by it (mode 0711, say) and the file is made theirs."""
+        folder = self.root / "users" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root / "users", 0o755)
+        keys = folder / "authorized_keys"
+        keys.write_text(self.client_key.with_name("client_ed25519.pub").read_text())
+        for path in (folder, keys):
+            os.chown(path, uid, gid)
+
     def public_host_key_line(self) -> str:
         kind, blob = (self.root / "host_ed25519.pub").read_text().split()[:2]
         return f"[127.0.0.1]:{self.port} {kind} {blob}\n"
@@ -104,7 +117,8 @@ class SSHServer:
                   "known_hosts": str(known_hosts), "target": "x86-64-host", "python": sys.executable,
                   "workdir": str(self.root / "device-work"), "ssh_config": str(self.root / "no-ssh-config"),
                   **settings}
-        lines = [f"[devices.{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()]
+        # a setting given as None is left out: the device's default (workdir=None: ~/.cache/edgeprune)
+        lines = [f"[devices.{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
         path.write_text("\n".join(lines) + "\n")
         return path
 

@@ -1,0 +1,252 @@
+"""The device's work dir is trusted only when the benchmarking user alone can write it, only the bytes whose
+sha256 was checked run, and a run deletes nothing it did not create (issue 11 item 1). Against the real
+loopback sshd, with a second local account (`other_user`) as the other user of a shared board."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import edgeprune as ep
+from edgeprune.devices import get_device, local_device
+from edgeprune.remote import BenchSettings
+
+from sshd_server import SSHServer, SSHServerUnavailable
+
+QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
+DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
+
+
+def loopback(server, tmp_path: Path, **settings) -> ep.Device:
+    settings.setdefault("workdir", str(tmp_path / "device-work"))  # workdir=None: the device's default
+    return get_device("loopback", server.write_devices_toml(tmp_path / "devices.toml", **settings))
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else b"" for p in sorted(path.rglob("*"))}
+
+
+def device_python_for_others(folder: Path) -> str:
+    """A python3 the second user can run, with this environment's numpy and runtimes: the venv's own
+    interpreter may live where only we can reach it (e.g. under /root)."""
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    found = subprocess.run([system, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True).stdout.strip() if system else None
+    if found != ours:
+        message = f"the second user needs a system python{ours} (found {found or 'none'}) to run our packages"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    wrapper = folder / "device-python"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={sysconfig.get_paths()['purelib']} exec {system} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.fixture(scope="module")
+def sshd_two_users(other_user):
+    """An sshd that `other_user` can log into too: its root must be traversable by that user."""
+    shadow = subprocess.run(["getent", "shadow", other_user.name], capture_output=True, text=True).stdout
+    if shadow.split(":")[1:2] and shadow.split(":")[1].startswith("!"):
+        # sshd without PAM refuses any login, keys included, to an account whose password is locked ("!");
+        # "*" is no password at all, and still no way to log in with one
+        subprocess.run(["usermod", "-p", "*", other_user.name], check=True)
+    root = Path(tempfile.mkdtemp(prefix="edgeprune-sshd-"))
+    root.chmod(0o711)
+    try:
+        server = SSHServer.start(root / "sshd")
+    except (SSHServerUnavailable, OSError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true but the loopback sshd is unavailable: {exc}")
+        pytest.skip(f"loopback sshd unavailable: {exc}")
+    (root / "sshd").chmod(0o711)
+    server.authorize(other_user.name, other_user.uid, other_user.gid)
+    server.python = device_python_for_others(root)
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- the work dir's checks
+
+def test_a_workdir_owned_by_another_user_is_refused_before_anything_runs(sshd, bench_artifacts, tmp_path,
+                                                                          other_user):
+    work = tmp_path / "shared-work"  # the other user made it first, as anyone can under /tmp
+    work.mkdir(mode=0o700)
+    (work / "their-notes.txt").write_text("theirs")
+    (work / "run-theirs").mkdir()
+    for path in (work, work / "their-notes.txt", work / "run-theirs"):
+        os.chown(path, other_user.uid, other_user.gid)
+    before = tree(work)
+    device = loopback(sshd, tmp_path, workdir=str(work))
+    with pytest.raises(ep.WorkdirError, match=rf"work dir {work} is owned by uid {other_user.uid} "
+                                              rf"\({other_user.name}\), not by you.*devices\.loopback\.workdir"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert tree(work) == before  # nothing uploaded, nothing deleted
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757])
+def test_a_workdir_writable_by_group_or_others_is_refused_with_the_fix(sshd, bench_artifacts, tmp_path, mode):
+    work = tmp_path / "open-work"
+    work.mkdir()
+    work.chmod(mode)
+    device = loopback(sshd, tmp_path, workdir=str(work))
+    with pytest.raises(ep.WorkdirError, match=rf"work dir {work} is writable by group/others \(mode 0{mode:o}\).*"
+                                              rf"`chmod 700 {work}`"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert list(work.iterdir()) == []
+
+
+def test_a_workdir_under_a_directory_others_can_write_is_refused(sshd, bench_artifacts, tmp_path):
+    above = tmp_path / "open"
+    above.mkdir()
+    above.chmod(0o777)  # no sticky bit: anyone could rename our work dir away and put theirs in its place
+    device = loopback(sshd, tmp_path, workdir=str(above / "work"))
+    with pytest.raises(ep.WorkdirError, match=rf"{above} \(above the work dir\) is writable by group/others"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert list(above.iterdir()) == []
+
+
+@pytest.mark.parametrize("which", ["workdir", "lock"])
+def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path, which):
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    (target / "keep.txt").write_text("keep")
+    work = tmp_path / "work"
+    if which == "workdir":
+        work.symlink_to(target)
+    else:
+        work.mkdir(mode=0o700)
+        (work / "lock").symlink_to(target)
+    device = loopback(sshd, tmp_path, workdir=str(work))
+    with pytest.raises(ep.WorkdirError, match=rf"{'work' if which == 'workdir' else 'lock'} dir \S+ is a symlink"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert tree(target) == {"keep.txt": b"keep"}
+    assert list(tmp_path.glob("**/run-*")) == []
+
+
+# ------------------------------------------------------------------------------ what runs is what was checked
+
+@pytest.mark.parametrize("swapped", ["harness.py", "device.py"])
+def test_a_file_replaced_after_its_sha256_check_does_not_run(sshd, bench_artifacts, tmp_path, swapped):
+    device = loopback(sshd, tmp_path)
+    marker = tmp_path / "the-replaced-code-ran"
+    evil = f"open({str(marker)!r}, 'w').write('ran')\n"
+
+    def swap(stage, info):  # after the sha256 check, before device.py or the harness runs
+        if stage == "lock":
+            (run,) = Path(device.workdir).glob("run-*")
+            (run / swapped).write_text(evil)
+
+    with pytest.raises(ep.WorkdirError, match=rf"{swapped} in \S+ changed after its sha256 check.*refused to run it"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=swap)
+    assert not marker.exists()
+    assert list(Path(device.workdir).glob("run-*")) == []
+    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK).n >= 10  # the next run is clean
+
+
+# --------------------------------------------------------------------------- nothing deleted it did not make
+
+def test_a_forged_lease_cannot_make_a_run_delete_another_directory(sshd, bench_artifacts, tmp_path):
+    victim = tmp_path / "run-victim"  # named like a run dir, outside the work dir
+    victim.mkdir()
+    (victim / "data.bin").write_bytes(b"precious")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.bin").write_bytes(b"precious too")
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    (work / "run-forger").symlink_to(elsewhere)  # run-<owner> itself a link out of the work dir
+    (work / "lock").mkdir(mode=0o700)
+    (work / "lock" / "lease.json").write_text(json.dumps(
+        {"owner": "forger", "host": "nowhere", "pid": 1, "rundir": str(victim), "since": 0, "expires": 0}))
+    device = loopback(sshd, tmp_path, workdir=str(work))
+    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert (victim / "data.bin").read_bytes() == b"precious"
+    assert (elsewhere / "data.bin").read_bytes() == b"precious too" and (work / "run-forger").is_symlink()
+    notes = " ".join(result.notes)
+    assert "reclaimed a stale benchmark lock: forger" in notes
+    assert f"not removed: '{victim}'" in notes and f"not removed: {work / 'run-forger'} (a symlink)" in notes
+
+
+# ---------------------------------------------------------------------------------------- per-user defaults
+
+def test_the_default_workdir_is_private_in_the_login_users_home(sshd_two_users, bench_artifacts, tmp_path,
+                                                                 other_user):
+    cache = other_user.home / ".cache"
+    shutil.rmtree(cache / "edgeprune", ignore_errors=True)
+    device = loopback(sshd_two_users, tmp_path, user=other_user.name, workdir=None, python=sshd_two_users.python)
+    assert device.workdir == "~/.cache/edgeprune"
+    try:
+        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)  # measured as the second user
+        work = (cache / "edgeprune").lstat()
+        assert result.n >= 10
+        assert stat.S_ISDIR(work.st_mode) and work.st_uid == other_user.uid and stat.S_IMODE(work.st_mode) == 0o700
+        assert [p.name for p in (cache / "edgeprune").iterdir()] in ([], ["lock.guard"])
+    finally:
+        shutil.rmtree(cache / "edgeprune", ignore_errors=True)
+
+
+def test_the_local_devices_default_workdir_is_private_in_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    device = local_device()
+    assert device.workdir == str(tmp_path / "cache" / "edgeprune-local")
+    assert ep.check(device).error is None
+    work = Path(device.workdir).lstat()
+    assert stat.S_IMODE(work.st_mode) == 0o700 and work.st_uid == os.geteuid()
+
+
+# ------------------------------------------------------------------------------------------- stale locks
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    import edgeprune as ep
+    from edgeprune.devices import local_device
+
+    def die(stage, info):  # killed while measuring, holding the lock: no clean-up runs
+        if stage == "measure":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    ep.bench(sys.argv[1], local_device(workdir=sys.argv[2]), progress=die,
+             settings=ep.BenchSettings(min_runs=10**9, min_seconds=600))
+""")
+
+
+def test_a_killed_runs_lock_is_reclaimed_at_once_not_after_its_lease(bench_artifacts, tmp_path):
+    work = tmp_path / "work"
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(bench_artifacts.onnx), str(work)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    lease = json.loads((work / "lock" / "lease.json").read_text())
+    assert lease["expires"] - lease["since"] >= 1800  # the default lease: half an hour of waiting, before
+    device = local_device(workdir=str(work), lock_wait_s=2.0)
+    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert any("has exited" in n and lease["owner"] in n for n in result.notes), result.notes
+    assert list(work.glob("run-*")) == [] and not (work / "lock").exists()
+
+
+def test_a_live_holders_lock_is_still_waited_for(bench_artifacts, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        subprocess.run([sys.executable, str(DEVICE_PY), "lock", str(work / "lock"), "--owner", "alive",
+                        "--lease-s", "300", "--holder-pid", str(holder.pid)], check=True, capture_output=True)
+        with pytest.raises(ep.DeviceBusyError, match=rf"held by alive \(pid {holder.pid} "):
+            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=0.5), settings=QUICK)
+    finally:
+        holder.kill()
+        holder.wait()
