@@ -130,9 +130,10 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, directory)
-    except OSError as exc:  # a full disk, a read-only directory
+    except (OSError, safetensors.SafetensorError) as exc:  # a full disk, a read-only directory
         shutil.rmtree(staging, ignore_errors=True)
-        raise ArtifactError(f"{directory}: cannot be written: {exc.strerror or exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ArtifactError(f"{directory}: cannot be written: {reason}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -169,6 +169,22 @@ def test_a_save_killed_while_replacing_a_model_gives_the_earlier_model_back(prun
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_a_save_to_a_full_disk_is_an_error_naming_the_directory_and_the_rerun_succeeds(pruned, tmpfs):
+    disk = tmpfs("4m")
+    (disk / "notes.txt").write_text("mine")
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 4 * PAGE))
+    with pytest.raises(ep.ArtifactError, match=r"model: cannot be written: .*No space left on device"):
+        ep.save(*pruned, disk / "model", factory=zoo.small_cnn)
+    assert sorted(p.name for p in disk.iterdir()) == ["ballast", "notes.txt"]
+    ballast.unlink()
+    ep.save(*pruned, disk / "model", factory=zoo.small_cnn)
+    loaded, inputs = ep.load(zoo.small_cnn, disk / "model").eval(), zoo.small_cnn.example_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), pruned[0].eval()(*inputs))
+    assert (disk / "notes.txt").read_text() == "mine"
+
+
 def test_a_checkpoint_write_killed_leaves_no_temporary_after_the_resumed_run(tmp_path):
     ckpt = tmp_path / "ckpt"
     killed_at(f"{ckpt}/epoch-0002.safetensors", f"""
