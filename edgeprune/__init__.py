@@ -13,12 +13,12 @@ from .export import Artifact, ExportError, export, verify
 from .devices import Device, load_devices
 from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
                      HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError, SettingsError,
-                     TargetError)
+                     TargetError, WorkdirError)
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
-from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check
+from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check, check_many
 from .serialization import load, load_weights, save
 from .sensitivity import LayerSensitivity, Sensitivity, sensitivity
 from .plots import plot_accuracy_vs_latency, plot_layer_sparsity
@@ -29,7 +29,7 @@ from ._version import __version__
 __all__ = [
     "FinetuneResult", "GradualSchedule", "finetune", "iterative_prune", "lottery", "recalibrate_bn",
     "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
-    "HostKeyError", "RemoteTimeoutError", "bench", "bench_many", "check", "load_devices",
+    "HostKeyError", "RemoteTimeoutError", "WorkdirError", "bench", "bench_many", "check", "check_many", "load_devices",
     "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "MalformedError", "ModelError", "SettingsError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",

@@ -503,10 +503,13 @@ def devices_check(
     except EdgepruneError as exc:
         _fail(exc)
     names = [name] if name else list(inventory)
-    with console.status(f"checking {', '.join(names)}…"):
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            checks = list(pool.map(lambda n: _check_one(inventory[n], trust_new_host_key, imports), names))
+    from .remote import check_many
+
+    try:
+        with console.status(f"checking {', '.join(names)}…"):
+            checks = check_many([inventory[n] for n in names], trust_new_host_key=trust_new_host_key, imports=imports)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     table = Table(title="device check")
     for col in ("device", "address", "reachable", "python / numpy", "runtimes", "state", "problem"):
         table.add_column(col, overflow="fold")
@@ -521,13 +524,12 @@ def devices_check(
         raise typer.Exit(code=1)
 
 
-def _check_one(device, trust_new_host_key: bool, imports: bool):
-    from .remote import DeviceCheck, check
-
-    try:
-        return check(device, trust_new_host_key=trust_new_host_key, imports=imports)
-    except Exception as exc:  # reported in its row; the other devices' rows still print
-        return DeviceCheck(device.name, device.address, False, f"unexpected {type(exc).__name__}: {exc}")
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C, once the remote work was stopped and cleaned up (the library does that before it raises, and
+    says in the exception what it did): one line, exit 130 as a shell reports SIGINT, no traceback."""
+    err_console.print(_styled("interrupted:", "bold yellow", str(exc) or "stopped before anything ran on a device"),
+                      highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
 
 
 def describe_state(state: dict) -> str:
@@ -618,8 +620,12 @@ def bench_cmd(
             else:
                 bar.update(tasks[name], description=stage, total=None)
 
-        results = bench_many([(inventory[d], artifact) for d in names], settings=settings, runtime=runtime,
-                             trust_new_host_key=trust_new_host_key, progress=on_progress)
+        try:
+            results = bench_many([(inventory[d], artifact) for d in names], settings=settings, runtime=runtime,
+                                 trust_new_host_key=trust_new_host_key, progress=on_progress)
+        except KeyboardInterrupt as exc:
+            bar.stop()
+            _interrupted(exc)
     ok = [r for r in results if not isinstance(r, Exception)]
     if ok:
         console.print(bench_table(ok))

@@ -6,18 +6,21 @@ Standard library only: a device has what its image ships.
 
     python3 device.py lock LOCKDIR --owner ID --lease-s S --wait-s W [--rundir DIR]
         Takes the device's benchmark lock (one benchmark at a time). Prints {"acquired": true, "reclaimed": [...]}.
-        A lock whose lease expired (its holder crashed or lost its connection) is reclaimed, and the holder's
-        run dir removed. Exit 6 when still busy after W seconds.
+        A lock whose lease expired, or whose holder process (--holder-pid, else the SSH connection's server
+        process) is known to have exited on this machine, is reclaimed at once, with the crashed run's dir:
+        WORKDIR/run-<its owner> only, if it is a real directory of ours. Exit 6 when still busy after W
+        seconds; exit 7 when the lock path is not private to this user.
     python3 device.py unlock LOCKDIR --owner ID
         Releases the lock if ID still holds it.
     python3 device.py probe [--imports]
         Prints the python, numpy and runtime versions present, and the device state. A runtime counts as
         present when its module is installed; with --imports, only when it also imports.
     python3 device.py exec --pidfile F --timeout S -- COMMAND...
-        Runs COMMAND in its own process group, kills the group after S seconds (exit 124) or when this
-        process is told to stop (SIGTERM/SIGHUP: the runner's kill, or sshd closing the session).
+        Runs COMMAND under supervisor.py: kills it, and every process it started (detached ones included),
+        after S seconds (exit 124), when told to stop (SIGTERM/SIGHUP/SIGINT: the runner's kill) or when
+        the host stops reading (the SSH session closed). Keeps bounded tails of its output.
     python3 device.py kill --pidfile F
-        Stops a command started by `exec` (SIGTERM, then SIGKILL after 2 s).
+        Kills a run started by `exec`, all of it; prints {"killed": [PID...], "survivors": [...]}.
 
 Errors: one line on stderr starting with "error: ", and a non-zero exit code.
 """
@@ -29,16 +32,17 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
-import signal
 import socket
-import subprocess
+import stat
 import sys
 import time
 
 BUSY = 6
-TIMED_OUT = 124
+UNTRUSTED = 7  # a lock path that is not private to this user (as runtimes/workdir.py)
 _LEASE_FILE = "lease.json"
+_OWNER = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def _fail(message, code=1):
@@ -47,11 +51,88 @@ def _fail(message, code=1):
 
 
 def _read_lease(lockdir):
-    try:
-        with open(os.path.join(lockdir, _LEASE_FILE)) as fh:
-            return json.load(fh)
+    try:  # never through a symlink, never blocking on a FIFO: the lease is data, not a path to follow
+        fd = os.open(os.path.join(lockdir, _LEASE_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            lease = json.load(fh)
     except (OSError, ValueError):
         return None
+    return lease if isinstance(lease, dict) else None
+
+
+def _check_private(path):
+    """`path`, if it exists, must be a directory of ours that only we can write (never followed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        _fail("%s is %s, not a directory of yours; remove it" % (path, "a symlink" if stat.S_ISLNK(st.st_mode)
+                                                                 else "not a directory"), UNTRUSTED)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        _fail("%s is owned by uid %d with mode %04o: not private to you (uid %d); remove it, or `chmod 700 %s`"
+              % (path, st.st_uid, stat.S_IMODE(st.st_mode), os.geteuid(), path), UNTRUSTED)
+
+
+def _start_time(pid):
+    """The start time of process `pid` (clock ticks since boot), None if it is gone or a zombie: with the
+    pid, it tells the holder apart from a later process that was given the same pid."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _parent(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _holder(holder_pid):
+    """The process whose life is the run's: the runner itself on the same machine (--holder-pid), or, over
+    SSH, the sshd (or dropbear) process of the runner's connection, which exits when the runner does. None
+    when it cannot be told (no /proc, another server): then only the lease's expiry frees the lock."""
+    if holder_pid is None:
+        if not os.environ.get("SSH_CONNECTION"):
+            holder_pid = os.getppid()
+        else:
+            pid = os.getppid()
+            for _ in range(8):  # past the login shell, if it did not exec us
+                if pid <= 1 or _comm(pid).startswith(("sshd", "dropbear")):
+                    break
+                pid = _parent(pid)
+            holder_pid = pid if pid > 1 else None
+    start = _start_time(holder_pid) if holder_pid else None
+    return {"holder_pid": holder_pid, "holder_start": start} if start else {}
+
+
+def _holder_gone(lease):
+    """Why the lease's holder is known to be gone (it was a process on this machine that has exited, or
+    its pid now belongs to another process), or None when it may still be running."""
+    pid, start = lease.get("holder_pid"), lease.get("holder_start")
+    if not isinstance(pid, int) or not start or lease.get("host") != socket.gethostname():
+        return None
+    now = _start_time(pid)
+    if now is None:
+        return "its holder, pid %d on %s, has exited" % (pid, lease.get("host"))
+    if now != start:
+        return "its holder, pid %d on %s, has exited (the pid is another process now)" % (pid, lease.get("host"))
+    return None
 
 
 def _try_lock(lockdir, lease):
@@ -59,7 +140,7 @@ def _try_lock(lockdir, lease):
     # directory onto an existing non-empty one fails, so exactly one contender wins, and the lock is
     # never seen without its lease.
     staging = "%s.new-%s" % (lockdir, lease["owner"])
-    os.makedirs(staging)
+    os.mkdir(staging, 0o700)
     with open(os.path.join(staging, _LEASE_FILE), "w") as fh:
         json.dump(lease, fh)
     try:
@@ -70,18 +151,41 @@ def _try_lock(lockdir, lease):
         return False
 
 
-def _reclaim(lockdir, holder):
+def _reclaim(lockdir, holder, with_rundir=True):
+    """Removes the lock, and with it the crashed run's dir: only WORKDIR/run-<the lease's owner>, a real
+    directory of ours. A lease is data anyone able to write it could forge: a path it names is never
+    deleted. Returns None when another runner reclaimed the lock first, else what was left alone."""
+    owner = holder.get("owner")
+    owner = owner if isinstance(owner, str) and _OWNER.match(owner) else None
     # Renamed away first: of two runners reclaiming the same stale lock, only one rename succeeds.
-    grave = "%s.stale-%s-%d" % (lockdir, holder.get("owner", "unknown"), os.getpid())
+    grave = "%s.stale-%s-%d" % (lockdir, owner or "unknown", os.getpid())
     try:
         os.rename(lockdir, grave)
     except OSError:
-        return False
+        return None
     shutil.rmtree(grave, ignore_errors=True)
-    rundir = holder.get("rundir")
-    if rundir and os.path.basename(rundir).startswith("run-"):
-        shutil.rmtree(rundir, ignore_errors=True)
-    return True
+    left_alone = []
+    if not with_rundir:
+        return left_alone
+    rundir = os.path.join(os.path.dirname(os.path.abspath(lockdir)), "run-%s" % owner) if owner else None
+    named = holder.get("rundir")
+    if named and named != rundir:
+        left_alone.append("%r (the lease names it, but the run's dir can only be run-<owner> in the work dir)"
+                          % (named,))
+    if rundir is None:
+        left_alone.append("the lease names no valid owner (%r): no run dir removed" % (holder.get("owner"),))
+        return left_alone
+    try:
+        st = os.lstat(rundir)
+    except OSError:
+        return left_alone
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        left_alone.append("%s (%s)" % (rundir, "a symlink" if stat.S_ISLNK(st.st_mode) else
+                                       "not a directory" if not stat.S_ISDIR(st.st_mode) else
+                                       "owned by uid %d" % st.st_uid))
+    else:
+        shutil.rmtree(rundir, ignore_errors=True)  # through dir fds: a symlink inside is removed, not followed
+    return left_alone
 
 
 @contextlib.contextmanager
@@ -89,7 +193,11 @@ def _guard(lockdir):
     """Serializes the read-check-rename of a lease (reclaim, unlock) between runners: without it, two
     runners that both saw the same expired lease could each rename away a lock, one of them a fresh one.
     flock is released by the kernel when a holder dies."""
-    fd = os.open(lockdir + ".guard", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lockdir + ".guard", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        _fail("%s.guard is not a regular file of yours (owner uid %d); remove it" % (lockdir, st.st_uid), UNTRUSTED)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -98,18 +206,23 @@ def _guard(lockdir):
 
 
 def cmd_lock(args):
-    os.makedirs(os.path.dirname(os.path.abspath(args.lockdir)), exist_ok=True)
+    if not _OWNER.match(args.owner):
+        _fail("--owner %r: letters, digits, '.', '_' and '-' only" % args.owner, 2)
     started = time.monotonic()  # waiting is timed on the monotonic clock; leases on the wall clock (shared)
     reclaimed = []
+    holder_process = _holder(args.holder_pid)
     while True:
         now = time.time()
         lease = {"owner": args.owner, "host": socket.gethostname(), "pid": os.getpid(),
                  "rundir": args.rundir, "since": now, "expires": now + args.lease_s}
+        lease.update(holder_process)
+        _check_private(args.lockdir)
         if _try_lock(args.lockdir, lease):
             print(json.dumps({"acquired": True, "reclaimed": reclaimed,
                               "waited_s": round(time.monotonic() - started, 3)}))
             return
         with _guard(args.lockdir):
+            _check_private(args.lockdir)
             holder = _read_lease(args.lockdir)
             if holder is None:
                 # A lock dir without a readable lease was not made by this script, or was just removed.
@@ -119,24 +232,33 @@ def cmd_lock(args):
                     holder = {}
                 else:
                     holder = {"owner": "unknown", "expires": now - age + args.lease_s}
-            if holder and holder.get("expires", 0) < now and _reclaim(args.lockdir, holder):
-                reclaimed.append({"owner": holder.get("owner"), "expired_s_ago": round(now - holder["expires"], 1)})
-                continue
+            expires = holder.get("expires", 0) if holder else 0
+            expires = expires if isinstance(expires, (int, float)) else 0
+            # a holder known to be dead frees the lock at once; one that may be alive, when its lease ends
+            gone = _holder_gone(holder) if holder and expires >= now else None
+            if holder and (expires < now or gone):
+                left_alone = _reclaim(args.lockdir, holder)
+                if left_alone is not None:
+                    reclaimed.append({"owner": holder.get("owner"), "holder_gone": gone, "left_alone": left_alone,
+                                      "expired_s_ago": None if gone else round(now - expires, 1)})
+                    continue
         waited = time.monotonic() - started
         if holder and waited >= args.wait_s:
             _fail("device busy: benchmark lock %s held by %s (pid %s on %s) until its lease ends in %.0f s; "
-                  "waited %.0f s" % (args.lockdir, holder.get("owner"), holder.get("pid"), holder.get("host"),
-                                     holder["expires"] - now, args.wait_s), BUSY)
+                  "waited %.0f s" % (args.lockdir, holder.get("owner"), holder.get("holder_pid") or holder.get("pid"),
+                                     holder.get("host"),
+                                     expires - now, args.wait_s), BUSY)
         time.sleep(min(0.25, max(0.01, args.wait_s - waited)))
 
 
 def cmd_unlock(args):
+    _check_private(args.lockdir)
     with _guard(args.lockdir):
         holder = _read_lease(args.lockdir)
         if holder is None or holder.get("owner") != args.owner:
             print(json.dumps({"released": False, "holder": holder and holder.get("owner")}))
             return
-        _reclaim(args.lockdir, {"owner": args.owner})
+        _reclaim(args.lockdir, {"owner": args.owner}, with_rundir=False)
     print(json.dumps({"released": True}))
 
 
@@ -212,63 +334,17 @@ def cmd_probe(args):
                       "runtimes": runtimes, "state": device_state.sample_state()}))
 
 
-def _kill_group(pid, grace_s=2.0, child=None):
-    """SIGTERM the process group, then SIGKILL what is left after `grace_s`. `child`: our own Popen of
-    the group leader, which we must reap ourselves (an unreaped zombie still answers killpg(pid, 0))."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except OSError:
-            return
-        end = time.time() + grace_s
-        while time.time() < end:
-            if child is not None and child.poll() is not None:
-                child = None  # leader reaped; keep waiting for the rest of its group
-            try:
-                os.killpg(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.05)
-
-
 def cmd_exec(args):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         _fail("exec: no command given", 2)
-    try:
-        child = subprocess.Popen(command, start_new_session=True)
-    except OSError as exc:
-        _fail("cannot start %s: %s" % (command[0], exc.strerror or exc), 127)
-    with open(args.pidfile, "w") as fh:
-        fh.write("%d %d\n" % (os.getpid(), child.pid))
-
-    def stop(signum, frame):
-        _kill_group(child.pid, child=child)
-        sys.exit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, stop)
-    try:
-        code = child.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(child.pid, child=child)
-        _fail("command ran past its %.0f s timeout and was killed (pid %d)" % (args.timeout, child.pid), TIMED_OUT)
-    sys.exit(code if code >= 0 else 128 - code)
+    import supervisor  # next to this file in the run dir
+    sys.exit(supervisor.supervise(command, args.timeout, args.pidfile))
 
 
 def cmd_kill(args):
-    try:
-        with open(args.pidfile) as fh:
-            supervisor, child = (int(v) for v in fh.read().split())
-    except (OSError, ValueError):
-        print(json.dumps({"killed": []}))
-        return
-    _kill_group(child)
-    try:
-        os.kill(supervisor, signal.SIGKILL)
-    except OSError:
-        pass
-    print(json.dumps({"killed": [supervisor, child]}))
+    import supervisor
+    print(json.dumps(supervisor.kill_run(args.pidfile)))
 
 
 def main(argv=None):
@@ -280,6 +356,9 @@ def main(argv=None):
     p.add_argument("--lease-s", type=float, required=True)
     p.add_argument("--wait-s", type=float, default=0.0)
     p.add_argument("--rundir", default=None)
+    p.add_argument("--holder-pid", type=int, default=None,
+                   help="the runner's process on this machine; default: the SSH connection's server process, "
+                        "else the parent process")
     p = sub.add_parser("unlock")
     p.add_argument("lockdir")
     p.add_argument("--owner", required=True)

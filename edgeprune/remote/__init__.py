@@ -18,13 +18,14 @@ on large output) and is killed on the device when a limit passes.
 Modules: `results` (what a run returns), `session` (run a command / copy a file: the local subprocess),
 `ssh` and `hostkeys` (the same over paramiko, host keys pinned), `artifacts` (which harness runs a file),
 `upload` (ship files and prove on the device that they arrived intact), `runner` (one benchmark, start to
-clean-up; several devices at once) and `probe` (`devices check`).
+clean-up; several devices at once), `probe` (`devices check`) and `interrupts` (Ctrl-C: stopping runs in
+other threads, clean-up a second Ctrl-C cannot cut short).
 """
 
 from .artifacts import HARNESSES, harness_for
-from .probe import check
+from .probe import check, check_many
 from .results import BenchResult, BenchSettings, DeviceCheck
 from .runner import bench, bench_many, open_session
 
-__all__ = ["HARNESSES", "BenchResult", "BenchSettings", "DeviceCheck", "bench", "bench_many", "check",
+__all__ = ["HARNESSES", "BenchResult", "BenchSettings", "DeviceCheck", "bench", "bench_many", "check", "check_many",
            "harness_for", "open_session"]

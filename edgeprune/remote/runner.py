@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
+import sys
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +21,16 @@ from ..devices import Device, get_device, load_devices
 from ..errors import ArtifactError, DeviceBusyError, DeviceError, EdgepruneError, RemoteTimeoutError
 from .artifacts import HARNESSES, harness_for, read_manifest
 from .results import BenchResult, BenchSettings
-from .session import KILL_GRACE_S, LocalSession, Session, error_line
+from .interrupts import run_parallel
+from .session import KILL_GRACE_S, LocalSession, Session, error_line, fmt_size
 from .ssh import SSHSession
-from .upload import SUPPORT_FILES, Progress, last_json, make_dir, runtimes_dir, upload_verified
+from .trust import device_py, harness_py, prepare, raise_if_untrusted, remove_argv
+from .upload import SUPPORT_FILES, Progress, last_json, runtimes_dir, upload_verified
+
+
+# what is kept of the harness's stdout: its JSON line, raw samples included (runtimes/supervisor.py keeps as
+# much on the device); far more is a flood, read and discarded
+RESULT_KEEP = 32 << 20
 
 
 class Deadline:
@@ -36,10 +45,14 @@ class Deadline:
         return min(timeout, left)
 
 
-def open_session(device: Device, trust_new_host_key: bool = False) -> Session:
+def open_session(device: Device, trust_new_host_key: bool = False,
+                 cancel: Optional[threading.Event] = None) -> Session:
+    """A session to `device`; setting `cancel` stops its work as Ctrl-C would (see Session.cancel)."""
     if device.is_local:
-        return LocalSession(device)
-    return SSHSession(device, device.connect_timeout_s, trust_new_host_key)
+        session = LocalSession(device)
+        session.cancel = cancel
+        return session
+    return SSHSession(device, device.connect_timeout_s, trust_new_host_key, cancel)
 
 
 def device_defaults(settings: BenchSettings, device: Device) -> BenchSettings:
@@ -49,11 +62,24 @@ def device_defaults(settings: BenchSettings, device: Device) -> BenchSettings:
                    cores=device.cores if settings.cores is None else settings.cores)
 
 
+def reclaim_notes(reclaimed: list[dict]) -> list[str]:
+    """What the lock step said about the stale locks it reclaimed, and about what it left alone."""
+    notes = []
+    for r in reclaimed:
+        why = r.get("holder_gone") or f"lease expired {r.get('expired_s_ago')} s before"
+        notes.append(f"reclaimed a stale benchmark lock: {r.get('owner')} ({why})")
+        notes += [f"the stale lock's run dir was not removed: {what}" for what in r.get("left_alone") or []]
+    return notes
+
+
 def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: "str | Path | None" = None,
           settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
-          trust_new_host_key: bool = False, progress: Optional[Progress] = None) -> BenchResult:
+          trust_new_host_key: bool = False, progress: Optional[Progress] = None,
+          cancel: Optional[threading.Event] = None) -> BenchResult:
     """Measure `artifact` on `device` (a name in `devices`, or a Device). Raises DeviceError (with a
-    subclass saying what went wrong) naming the device; nothing is returned unless the run was complete."""
+    subclass saying what went wrong) naming the device; nothing is returned unless the run was complete.
+    Ctrl-C, or setting `cancel` from another thread, stops the run: the harness is killed, the lock released
+    and the run dir removed, then KeyboardInterrupt is raised."""
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ArtifactError(f"{artifact}: " + ("is a directory; name the artifact file in it" if artifact.is_dir()
@@ -69,9 +95,9 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     report = progress or (lambda stage, info: None)
     deadline = Deadline(device, device.deadline_s)
     overhead: dict[str, float] = {}
-    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    rundir = f"{device.workdir.rstrip('/')}/run-{owner}"
-    lockdir = f"{device.workdir.rstrip('/')}/lock"
+    # the lease's owner and the run dir's name: letters, digits, '.', '_', '-' only (device.py checks)
+    owner = f"{re.sub(r'[^A-Za-z0-9._-]', '_', socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    rundir = lockdir = None  # on the device, once its work dir has passed the trust checks
     started = time.monotonic()
 
     def timed(name: str, fn, *args, **kwargs):
@@ -82,12 +108,16 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
             overhead[name] = overhead.get(name, 0.0) + time.monotonic() - t0
 
     report("connect", {"device": device.name, "address": device.address})
-    session = timed("connect_s", open_session, device, trust_new_host_key)
+    session = timed("connect_s", open_session, device, trust_new_host_key, cancel)
     lock_started = False
     try:
         cmd_timeout = lambda step: deadline.cap(device.command_timeout_s, step)  # noqa: E731
-        make_dir(session, device, rundir, cmd_timeout("mkdir"), timed)
-        # Everything is uploaded and checked before any of it runs (the lock step runs device.py).
+        # The work dir, its ancestors and the lock are checked to be private to the login user, and a fresh
+        # run dir made, by an inline program before anything is uploaded; raises WorkdirError if not.
+        space = prepare(session, device, f"run-{owner}", cmd_timeout("mkdir"), timed)
+        rundir, lockdir = space.path, space.lockdir
+        # Everything is uploaded and checked before any of it runs; then each command that runs uploaded code
+        # (device.py, the harness) checks the sha256 of the very bytes it runs (trust.verified_run).
         files = {f"{rundir}/{p.name}": p for p in (runtimes_dir() / n for n in (*SUPPORT_FILES, HARNESSES[kind]))}
         remote_artifact = f"{rundir}/{artifact.name}"
         files[remote_artifact] = artifact
@@ -96,11 +126,14 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         report("lock", {"wait_s": lock_wait})
         lock_started = True
         lock = timed("lock_s", session.run,
-                     [device.python, f"{rundir}/device.py", "lock", lockdir, "--owner", owner,
-                      "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}", "--rundir", rundir],
+                     device_py(device, rundir, "lock", lockdir, "--owner", owner,
+                               "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}", "--rundir", rundir,
+                               # this process is the holder on `local`: if it dies, the lock is free at once
+                               *(["--holder-pid", str(os.getpid())] if device.is_local else [])),
                      lock_wait + min(30.0, device.command_timeout_s), step="lock")
         if lock.rc == 6:
             raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
+        raise_if_untrusted(lock, device)
         if lock.rc != 0:
             raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
         lock_info = last_json(lock, device, "the lock step")
@@ -109,16 +142,15 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     finally:
         t0 = time.monotonic()
         # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
-        cleanup(session, device, rundir, lockdir if lock_started else None, owner)
+        if rundir is not None:  # nothing was made when the work dir failed its checks: nothing to remove
+            cleanup(session, device, rundir, lockdir if lock_started else None, owner)
         session.close()
         overhead["cleanup_s"] = time.monotonic() - t0
     overhead["total_s"] = time.monotonic() - started
     measured = result.get("warmup_s", 0.0) + result.get("measure_s", 0.0)
     overhead["outside_window_s"] = overhead["total_s"] - measured
     notes = list(result.get("notes", []))
-    if lock_info.get("reclaimed"):
-        notes.append("reclaimed a stale benchmark lock: " + ", ".join(
-            f"{r['owner']} (lease expired {r['expired_s_ago']} s before)" for r in lock_info["reclaimed"]))
+    notes += reclaim_notes(lock_info.get("reclaimed", []))
     artifact_target = (manifest or {}).get("target")
     if artifact_target and artifact_target != device.target:
         notes.append(f"proxy: the artifact was exported for {artifact_target}, timed on '{device.name}' "
@@ -155,8 +187,8 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
     if settings.cores:
         args += ["--cores", ",".join(str(c) for c in settings.cores)]
     pidfile = f"{rundir}/harness.pid"
-    argv = [device.python, f"{rundir}/device.py", "exec", "--pidfile", pidfile, "--timeout", f"{timeout:g}", "--",
-            device.python, f"{rundir}/{HARNESSES[kind]}", *args]
+    argv = device_py(device, rundir, "exec", "--pidfile", pidfile, "--timeout", f"{timeout:g}", "--",
+                     *harness_py(device, rundir, HARNESSES[kind], *args))
 
     def on_line(line: str):
         if line.startswith("PROGRESS "):
@@ -168,47 +200,125 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
     report("measure", {"stage": "start"})
     try:
         # a little longer than the supervisor's limit, so that normally the device reports its own kill
-        done = session.run(argv, timeout + KILL_GRACE_S, cwd=rundir, on_stderr_line=on_line, step="the benchmark")
+        done = session.run(argv, timeout + KILL_GRACE_S, cwd=rundir, on_stderr_line=on_line, step="the benchmark",
+                           keep_stdout=RESULT_KEEP)
     except RemoteTimeoutError as exc:
-        kill_remote(session, device, pidfile)
-        raise RemoteTimeoutError(f"{exc}; the harness was killed on the device") from None
+        raise RemoteTimeoutError(f"{exc}; {kill_remote(session, device, pidfile)}") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"device '{device.name}': {kill_remote(session, device, pidfile)}") from None
     except BaseException:
-        # a lost link, a progress callback that raised, Ctrl-C: never leave a harness running unlocked
+        # a lost link, a progress callback that raised: never leave a harness running unlocked
         kill_remote(session, device, pidfile)
         raise
+    raise_if_untrusted(done, device)  # a file changed after its check: refused, nothing of it ran
+    truncated = "; ".join(filter(None, (device_truncation(done.stderr), done.truncation())))
+    tail = f"; {truncated}" if truncated else ""
+    killed = supervisor_report(done.stderr, "KILLED")
     if done.rc == 124:
+        if killed and killed.get("survivors"):
+            raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
+                                     f"(command_timeout_s); {describe_kill(killed)}{tail}")
         raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
-                                 f"(command_timeout_s) and was killed on the device: {error_line(done.stderr)}")
+                                 f"(command_timeout_s) and was killed on the device: {error_line(done.stderr)}{tail}")
     if done.rc != 0:
         raise DeviceError(f"device '{device.name}': the {kind} harness failed (exit {done.rc}): "
-                          f"{error_line(done.stderr)}")
-    result = last_json(done, device, f"the {kind} harness")
+                          f"{error_line(done.stderr)}{tail}")
+    try:
+        result = last_json(done, device, f"the {kind} harness")
+    except DeviceError as exc:
+        raise DeviceError(f"{exc}{tail}") from None
     missing = [k for k in ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples") if k not in result]
     if missing:
-        raise DeviceError(f"device '{device.name}': the {kind} harness's result lacks {', '.join(missing)}")
+        raise DeviceError(f"device '{device.name}': the {kind} harness's result lacks {', '.join(missing)}{tail}")
+    extra = [truncated] if truncated else []
+    if killed:  # it exited, but left processes behind, which the supervisor killed
+        left = len(killed.get("killed") or [])
+        extra.append(f"the harness left {left} process{'es' if left != 1 else ''} running when it exited; "
+                     + (describe_kill(killed) if killed.get("survivors") else "the supervisor killed them"))
+    if extra:
+        result["notes"] = [*result.get("notes", []), *extra]
     return result
 
 
-def kill_remote(session: Session, device: Device, pidfile: str) -> None:
+def supervisor_report(stderr: str, kind: str) -> Optional[dict]:
+    """The supervisor's `KILLED {...}` or `OUTPUT {...}` line (runtimes/supervisor.py), if it wrote one."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith(kind + " {"):
+            try:
+                value = json.loads(line[len(kind) + 1:])
+            except json.JSONDecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def device_truncation(stderr: str) -> Optional[str]:
+    info = supervisor_report(stderr, "OUTPUT")
+    if not info:
+        return None
+    parts = [f"the first {fmt_size(info.get(f'{name}_dropped', 0))} of {fmt_size(info.get(f'{name}_bytes', 0))} "
+             f"on {name}" for name in ("stdout", "stderr") if info.get(f"{name}_dropped")]
+    return "output truncated on the device: discarded " + " and ".join(parts) if parts else None
+
+
+def describe_kill(info: Optional[dict]) -> str:
+    """What a kill on the device did, as the device reported it: never 'killed' unless nothing survived."""
+    if not info:
+        return "the device did not report the kill"
+    survivors = info.get("survivors") or []
+    if survivors:
+        return (f"{len(survivors)} of the harness's processes survived the kill on the device: "
+                + ", ".join(f"pid {s.get('pid')} ({s.get('name')})" for s in survivors))
+    killed = info.get("killed") or []
+    if not killed:
+        return "the harness is stopped: no process of it is left on the device"
+    return (f"the harness was killed on the device ({len(killed)} process{'es' if len(killed) > 1 else ''}: "
+            f"pid {', '.join(map(str, killed))})")
+
+
+def kill_remote(session: Session, device: Device, pidfile: str) -> str:
+    """Kill the harness's whole run on the device (device.py kill); returns what the device reported."""
+    with session.uninterruptible():
+        try:
+            done = session.run(device_py(device, pidfile.rsplit("/", 1)[0], "kill", "--pidfile", pidfile),
+                               min(30.0, device.command_timeout_s), step="kill")
+        except DeviceError as exc:
+            # the supervisor's own timeout and the harness's --max-seconds still stop it
+            return f"the harness could not be killed on the device ({exc})"
     try:
-        session.run([device.python, pidfile.rsplit("/", 1)[0] + "/device.py", "kill", "--pidfile", pidfile],
-                    min(30.0, device.command_timeout_s), step="kill")
-    except DeviceError:
-        pass  # the supervisor's own timeout and the harness's --max-seconds still stop it
+        return describe_kill(last_json(done, device, "the kill"))
+    except DeviceError as exc:
+        return f"the harness could not be killed on the device ({exc})"
 
 
 def cleanup(session: Session, device: Device, rundir: str, lockdir: Optional[str], owner: str) -> None:
-    """Release the lock, then remove the run dir; each step tried on its own. Best effort when the link
-    is gone: the lease then expires and the next run reclaims both."""
+    """Release the lock, then remove the run dir; each step tried on its own, neither cut short by a stop
+    request or a second Ctrl-C. Best effort when the link is gone: the lease then expires and the next run
+    reclaims both. When a Ctrl-C is on its way out, its message says what the clean-up did."""
     timeout = min(30.0, device.command_timeout_s)
-    steps = [["rm", "-rf", "--", rundir]]
+    # this run's own dir, lstat-checked on the device; nothing else
+    steps = [("removed the run dir", "remove the run dir", remove_argv(device, rundir))]
     if lockdir:
-        steps.insert(0, [device.python, f"{rundir}/device.py", "unlock", lockdir, "--owner", owner])
-    for argv in steps:
-        try:
-            session.run(argv, timeout, step="clean-up")
-        except DeviceError:
-            pass
+        steps.insert(0, ("released the lock", "release the lock",
+                         device_py(device, rundir, "unlock", lockdir, "--owner", owner)))
+    done_steps, failed = [], []
+    with session.uninterruptible():
+        for did, do, argv in steps:
+            try:
+                done = session.run(argv, timeout, step="clean-up")
+            except DeviceError as exc:
+                failed.append(f"could not {do} ({exc})")
+                continue
+            if done.rc == 0:
+                done_steps.append(did)
+            else:
+                failed.append(f"could not {do} ({error_line(done.stderr)})")
+    interrupt = sys.exc_info()[1]  # called from a `finally`: the exception under way, if any
+    if isinstance(interrupt, KeyboardInterrupt):
+        parts = [str(interrupt) or f"device '{device.name}': stopped"]
+        if done_steps:
+            parts.append(" and ".join(done_steps))
+        interrupt.args = ("; ".join(parts + failed),)
 
 
 def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: "str | Path | None" = None,
@@ -224,18 +334,20 @@ def bench_many(jobs: Sequence[tuple["str | Device", "str | Path"]], *, devices: 
         by_device.setdefault(dev.name, []).append(i)
     results: list = [None] * len(resolved)
 
-    def worker(indices: list[int]):
+    def worker(indices: list[int], cancel: threading.Event):
         for i in indices:
+            if cancel.is_set():
+                raise KeyboardInterrupt
             dev, art = resolved[i]
             report = (lambda stage, info, _n=dev.name: progress(_n, stage, info)) if progress else None
             try:
                 results[i] = bench(art, dev, settings=settings, runtime=runtime,
-                                   trust_new_host_key=trust_new_host_key, progress=report)
+                                   trust_new_host_key=trust_new_host_key, progress=report, cancel=cancel)
             except EdgepruneError as exc:
                 results[i] = exc
             except Exception as exc:  # one device's surprise must not take the others' results with it
                 results[i] = DeviceError(f"device '{dev.name}': unexpected {type(exc).__name__}: {exc}")
 
-    with ThreadPoolExecutor(max_workers=max(1, len(by_device))) as pool:
-        list(pool.map(worker, by_device.values()))
+    # Ctrl-C: every device's harness is killed, its lock released and run dir removed, then it is raised here
+    run_parallel(list(by_device.values()), worker)
     return results

@@ -15,28 +15,41 @@ import paramiko
 from ..devices import Device
 from ..errors import ConnectionLostError, DeviceError, HostKeyError, RemoteTimeoutError
 from .hostkeys import RecordNewKey, RefuseUnknownKey, fingerprint, load_known_hosts
-from .session import KILL_GRACE_S, Completed, LineSplitter, Session
+from .session import KILL_GRACE_S, STDERR_KEEP, STDOUT_KEEP, Completed, LineSplitter, Session, Tail
+
+
+READS_PER_ROUND = 64  # of at most 64 KiB each
 
 
 class Watchdog:
     """Closes the SSH connection when a step outlives `limit`: the one way to unblock the paramiko calls
-    that wait without a limit of their own (opening a channel, the SFTP handshake, a write to a dead link)."""
+    that wait without a limit of their own (opening a channel, the SFTP handshake, a write to a dead link).
+    With `cancel` (connecting only, where nothing is left to clean up) a stop request closes it too."""
 
-    def __init__(self, session: "SSHSession", limit: float, step: str):
-        self.session, self.limit, self.step, self.fired = session, limit, step, False
-        self._timer = threading.Timer(limit, self._fire)
-        self._timer.daemon = True
+    def __init__(self, session: "SSHSession", limit: float, step: str, cancel: Optional[threading.Event] = None):
+        self.session, self.limit, self.step, self.fired, self.cancelled = session, limit, step, False, False
+        self._cancel, self._done = cancel, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _fire(self) -> None:
-        self.fired = True
-        self.session.client.close()
+    def _watch(self) -> None:
+        end = time.monotonic() + self.limit
+        poll = 0.1 if self._cancel is not None else float("inf")
+        while not self._done.wait(max(0.0, min(poll, end - time.monotonic()))):
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancelled = True
+            elif time.monotonic() < end:
+                continue
+            else:
+                self.fired = True
+            self.session.client.close()
+            return
 
     def __enter__(self) -> "Watchdog":
-        self._timer.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._timer.cancel()
+        self._done.set()
 
     def error(self) -> Optional[RemoteTimeoutError]:
         if not self.fired:
@@ -46,8 +59,9 @@ class Watchdog:
 
 
 class SSHSession(Session):
-    def __init__(self, device: Device, timeout: float, trust_new_host_key: bool = False):
-        self.device = device
+    def __init__(self, device: Device, timeout: float, trust_new_host_key: bool = False,
+                 cancel: Optional[threading.Event] = None):
+        self.device, self.cancel = device, cancel
         missing = [p for p in device.identity_files if not p.is_file()]
         if device.identity_files and len(missing) == len(device.identity_files):
             raise DeviceError(f"{device.source}: device '{device.name}': no identity file exists "
@@ -59,7 +73,7 @@ class SSHSession(Session):
             RecordNewKey(device) if trust_new_host_key else RefuseUnknownKey(device))
         where = f"device '{device.name}' ({device.address})"
         started = time.monotonic()
-        watchdog = Watchdog(self, timeout, "connecting")
+        watchdog = Watchdog(self, timeout, "connecting", cancel)
         try:
             with watchdog:
                 self.client.connect(
@@ -85,12 +99,17 @@ class SSHSession(Session):
             raise DeviceError(f"{where}: authentication failed with {keys}: {exc}") from None
         except Exception as exc:  # paramiko raises plain Exceptions too (e.g. for an unsupported key type)
             self.client.close()
+            if watchdog.cancelled:  # stopped while connecting: nothing ran, nothing to clean up
+                raise KeyboardInterrupt from None
             # A handshake that timed out surfaces as one of several SSHExceptions ("Error reading SSH
             # protocol banner", "No existing session"): judge by the clock, not the message.
             if watchdog.fired or isinstance(exc, socket.timeout) or time.monotonic() - started >= 0.9 * timeout:
                 raise RemoteTimeoutError(f"{where}: no SSH connection (TCP, banner, key exchange and "
                                          f"authentication) within {timeout:g} s (connect_timeout_s)") from None
             raise DeviceError(f"{where}: cannot connect: {type(exc).__name__}: {exc}") from None
+        if watchdog.cancelled:
+            self.client.close()
+            raise KeyboardInterrupt
         # Keepalives make sshd's side notice us gone; a dead link is caught by each step's own limit.
         self.client.get_transport().set_keepalive(5)
 
@@ -98,7 +117,8 @@ class SSHSession(Session):
         return ConnectionLostError(f"device '{self.device.name}' ({self.device.address}): the SSH connection "
                                    f"was lost during {step}; no result recorded")
 
-    def run(self, argv, timeout, *, cwd=None, on_stderr_line=None, step="command"):
+    def run(self, argv, timeout, *, cwd=None, on_stderr_line=None, step="command", keep_stdout=STDOUT_KEEP):
+        self.check_cancel()
         command = shlex.join(argv)
         if cwd is not None:
             command = f"cd {shlex.quote(cwd)} && exec {command}"
@@ -112,18 +132,20 @@ class SSHSession(Session):
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise watchdog.error() or self._failed_channel(step, exc) from None
             try:
-                out, err = self._read_until_done(channel, transport, timeout, on_stderr_line, step)
+                out, err = Tail(keep_stdout), Tail(STDERR_KEEP)
+                self._read_until_done(channel, transport, timeout, on_stderr_line, step, out, err)
             except (OSError, EOFError, paramiko.SSHException):
                 raise watchdog.error() or self._lost(step) from None
             finally:
                 channel.close()
-        return Completed(channel.exit_status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        return Completed(channel.exit_status, out.value().decode("utf-8", "replace"),
+                         err.value().decode("utf-8", "replace"), out.dropped, err.dropped)
 
-    def _read_until_done(self, channel, transport, timeout, on_stderr_line, step) -> tuple[bytearray, bytearray]:
+    def _read_until_done(self, channel, transport, timeout, on_stderr_line, step, out: Tail, err: Tail) -> None:
         """Read both streams while waiting (a full channel window blocks the remote side, and
         recv_exit_status() would wait forever) until the exit status AND the end of the output have come:
-        OpenSSH may send the status before the last data."""
-        out, err = bytearray(), bytearray()
+        OpenSSH may send the status before the last data. Only the tails are kept: the device is not
+        trusted to bound its output. A stop request abandons the command (the caller kills it)."""
         splitter = LineSplitter(on_stderr_line)
         end = time.monotonic() + timeout
         # The channel's fileno wakes select() for data but not for the exit status, so the wait starts
@@ -135,18 +157,24 @@ class SSHSession(Session):
             else:
                 select.select([channel], [], [], pause)
             pause = min(0.2, pause * 2)
-            while channel.recv_ready():
-                out += channel.recv(65536)
+            # a bounded number of reads per round, so that a command that never stops writing still meets
+            # its timeout and a stop request
+            for _ in range(READS_PER_ROUND):
+                if not channel.recv_ready():
+                    break
+                out.feed(channel.recv(65536))
                 pause = 0.002
-            while channel.recv_stderr_ready():
+            for _ in range(READS_PER_ROUND):
+                if not channel.recv_stderr_ready():
+                    break
                 chunk = channel.recv_stderr(65536)
-                err += chunk
+                err.feed(chunk)
                 splitter.feed(chunk)
                 pause = 0.002
             drained = not channel.recv_ready() and not channel.recv_stderr_ready()
             done = drained and (channel.eof_received or channel.closed) and channel.status_event.is_set()
             if done and channel.exit_status != -1:
-                return out, err
+                return
             if done or (channel.closed and drained):
                 # No exit status: either the link died (the transport notices within moments) or sshd
                 # closed the channel on a command killed by a signal.
@@ -160,6 +188,7 @@ class SSHSession(Session):
                 raise self._lost(step)
             if time.monotonic() > end:
                 raise RemoteTimeoutError(f"device '{self.device.name}': {step} ran past its {timeout:g} s timeout")
+            self.check_cancel()
 
     def _failed_channel(self, step: str, exc: BaseException) -> DeviceError:
         transport = self.client.get_transport()
@@ -169,10 +198,12 @@ class SSHSession(Session):
         return DeviceError(f"device '{self.device.name}': sshd refused a session for {step}: {exc}")
 
     def put(self, local, remote, timeout, on_bytes=None):
+        self.check_cancel()
         name = Path(local).name
         end = time.monotonic() + timeout
 
         def callback(done, total):
+            self.check_cancel()
             if time.monotonic() > end:
                 raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} ran past its {timeout:g} s "
                                          "timeout")

@@ -12,7 +12,7 @@ from ..devices import Device
 from ..errors import ArtifactError, DeviceError
 from .session import Completed, Session, error_line
 
-SUPPORT_FILES = ("device.py", "device_state.py", "harness.py")
+SUPPORT_FILES = ("device.py", "device_state.py", "supervisor.py", "harness.py")
 Progress = Callable[[str, dict], None]
 
 
@@ -26,15 +26,6 @@ HASHER = ("import hashlib, json, sys\n"
            "            digest.update(block)\n"
            "    out[path] = digest.hexdigest()\n"
            "print(json.dumps(out))\n")
-
-
-def make_dir(session: Session, device: Device, path: str, timeout: float, timed) -> None:
-    # private (0700): another user of the device must not swap files between our checksum and their use
-    made = timed("setup_s", session.run, ["sh", "-c", 'umask 077 && mkdir -p -- "$1"', "mkdir", path], timeout,
-                 step="mkdir")
-    if made.rc != 0:
-        raise DeviceError(f"device '{device.name}': remote work dir '{device.workdir}' (workdir) is not "
-                          f"writable: {error_line(made.stderr)}")
 
 
 def untimed(name: str, fn, *args, **kwargs):
