@@ -27,6 +27,7 @@ KILL_GRACE_S = 10.0
 STDOUT_KEEP = 1 << 20
 STDERR_KEEP = 64 << 10
 LINE_MAX = 64 << 10  # a longer stderr line is no PROGRESS line: skipped, never buffered whole
+ERROR_LINE_MAX = 500
 POLL_S = 0.1  # how often a local wait looks for a stop request (`Session.cancel`)
 STOP_GRACE_S = 3.0  # SIGTERM first: device.py's supervisor then kills the harness's whole tree itself
 
@@ -82,10 +83,10 @@ def error_line(stderr: str) -> str:
     # the supervisor's reports (runtimes/supervisor.py) and progress lines are no error
     lines = [line for line in stderr.strip().splitlines()
              if line.strip() and not line.startswith(("PROGRESS {", "OUTPUT {", "KILLED {"))]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    return lines[-1] if lines else "no error output"
+    found = next((line[len("error: "):] for line in reversed(lines) if line.startswith("error: ")),
+                 lines[-1] if lines else "no error output")
+    # a flood's last "line" can be the whole kept tail: an error message quotes the start of it
+    return found if len(found) <= ERROR_LINE_MAX else found[:ERROR_LINE_MAX] + f"… ({len(found)} characters)"
 
 
 class Session:
