@@ -42,6 +42,9 @@ AFTER_EXIT_S = 0.5      # how long a command's leftovers may hold its output ope
 WRITE_S = 20.0          # for writing the kept output to a host that has stopped reading
 TIMED_OUT = 124
 PR_SET_CHILD_SUBREAPER = 36
+# Without /proc (not Linux) a run's processes cannot be listed: only the command's process group is
+# signalled, and the reports say the kill is unverified rather than claim that nothing is left.
+VERIFIABLE = os.path.isdir("/proc/self")
 
 
 class Tail(object):
@@ -354,13 +357,19 @@ class Supervisor(object):
             lines.append(b"OUTPUT " + json.dumps({
                 "stdout_bytes": self.out.seen, "stdout_dropped": self.out.dropped,
                 "stderr_bytes": self.err.tail.seen, "stderr_dropped": self.err.tail.dropped}).encode() + b"\n")
-        if killed or survivors:
+        if killed or survivors or (why != "left running" and not VERIFIABLE):
             lines.append(b"KILLED " + json.dumps({"why": why, "killed": killed, "survivors": survivors,
-                                                  "subreaper": subreaper}).encode() + b"\n")
+                                                  "subreaper": subreaper, "verified": VERIFIABLE}).encode() + b"\n")
         if why == "timeout":
-            what = ("killed (pid %d) with everything it started (%d process%s)" % (self.child.pid, len(killed), "" if len(killed) == 1 else "es") if not survivors else
-                    "killed (pid %d), but %d of its processes survived the kill: %s" % (
-                        self.child.pid, len(survivors), ", ".join("%d %s" % (s["pid"], s["name"]) for s in survivors)))
+            if not VERIFIABLE:
+                what = "signalled (pid %d and its process group; without /proc the rest cannot be checked)" % (
+                    self.child.pid,)
+            elif survivors:
+                what = "killed (pid %d), but %d of its processes survived the kill: %s" % (
+                    self.child.pid, len(survivors), ", ".join("%d %s" % (s["pid"], s["name"]) for s in survivors))
+            else:
+                what = "killed (pid %d) with everything it started (%d process%s)" % (
+                    self.child.pid, len(killed), "" if len(killed) == 1 else "es")
             lines.append(("error: command ran past its %.0f s timeout and was %s\n" % (self.timeout, what)).encode())
         if lines[0] and not lines[0].endswith(b"\n") and len(lines) > 1:
             lines[0] += b"\n"
@@ -414,4 +423,9 @@ def kill_run(pidfile):
         return found
 
     killed, survivors = kill_all(find)
-    return {"killed": killed, "survivors": survivors}
+    if not VERIFIABLE:  # without /proc only the supervisor is known: signal it, it kills its group
+        try:
+            os.kill(supervisor, signal.SIGTERM)
+        except OSError:
+            pass
+    return {"killed": killed, "survivors": survivors, "verified": VERIFIABLE}

@@ -215,7 +215,7 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
     tail = f"; {truncated}" if truncated else ""
     killed = supervisor_report(done.stderr, "KILLED")
     if done.rc == 124:
-        if killed and killed.get("survivors"):
+        if killed and (killed.get("survivors") or killed.get("verified") is False):
             raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
                                      f"(command_timeout_s); {describe_kill(killed)}{tail}")
         raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
@@ -265,6 +265,8 @@ def describe_kill(info: Optional[dict]) -> str:
     """What a kill on the device did, as the device reported it: never 'killed' unless nothing survived."""
     if not info:
         return "the device did not report the kill"
+    if info.get("verified") is False:
+        return "the harness was signalled on the device, which has no /proc to confirm that all of it is gone"
     survivors = info.get("survivors") or []
     if survivors:
         return (f"{len(survivors)} of the harness's processes survived the kill on the device: "
