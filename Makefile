@@ -27,8 +27,9 @@ demo: $(VENV)/.installed-base
 test: $(VENV)/.installed-all sshd
 	$(BIN)/python -m pytest -q
 
-# The remote runner's tests start a real OpenSSH server on loopback. Installed when missing and we are root
-# (CI is); otherwise those tests skip with the reason (and fail when CI=true).
+# The remote runner's tests start real OpenSSH and dropbear servers on loopback (dropbear: what OpenWrt and
+# Yocto/Buildroot boards run; its SFTP uses openssh-server's sftp-server). Installed when missing and we are
+# root (CI is); otherwise those tests skip with the reason (and fail when CI=true).
 sshd:
 	@if command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -36,6 +37,12 @@ sshd:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null \
 		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; }; \
 	else echo "note: sshd not installed and not root: the SSH tests will skip"; fi
+	@if command -v dropbear >/dev/null 2>&1 || [ -x /usr/sbin/dropbear ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing dropbear-bin (for the remote runner's tests against dropbear)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dropbear-bin >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dropbear-bin >/dev/null; }; \
+	else echo "note: dropbear not installed and not root: the dropbear tests will skip"; fi
 
 bench: $(VENV)/.installed-all
 	$(BIN)/python bench/plan_prune.py --out bench/out/plan_prune.md

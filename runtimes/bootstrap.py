@@ -1,10 +1,11 @@
 """Runs an uploaded script from the bytes whose sha256 was checked, and nothing else.
 
-Never uploaded: the runner passes this file's text to the device's python3 inline (`python3 -c`), with the
-digests it computed from its own copies, so this check cannot itself have been tampered with on the device.
+Uploaded with the rest, and run only through the runner's inline loader (edgeprune/remote/trust.py LOADER),
+which checks this file's sha256 first; the digests below come from the runner's own copies, so this check
+cannot itself have been tampered with on the device.
 Standard library only, python3 3.8+.
 
-    python3 -c SRC RUNDIR SCRIPT NAME=SHA256 [NAME=SHA256 ...] -- ARGS...
+    python3 -c LOADER RUNDIR BOOTSTRAP_SHA256 SCRIPT NAME=SHA256 [NAME=SHA256 ...] -- ARGS...
 
 Opens RUNDIR once (no symlink followed; it must be ours and mode 0700) and reads each NAME in it once,
 through that open directory, checking the bytes against SHA256. Then runs SCRIPT's verified bytes as

@@ -165,17 +165,17 @@ def bench_artifacts(small_cnn, tmp_path_factory) -> BenchArtifacts:
     )
 
 
-def _ssh_server_or_skip(root: Path):
-    """A real sshd on loopback. Outside CI a machine without sshd skips these tests with the reason;
-    with CI=true they fail instead, so CI can never pass by skipping them."""
-    from sshd_server import SSHServer, SSHServerUnavailable
+def _ssh_server_or_skip(root: Path, server: str = "sshd"):
+    """A real SSH server on loopback: OpenSSH's sshd, or dropbear. Outside CI a machine without it skips
+    these tests with the reason; with CI=true they fail instead, so CI can never pass by skipping them."""
+    from sshd_server import DropbearServer, SSHServer, SSHServerUnavailable
 
     try:
-        return SSHServer.start(root)
-    except (SSHServerUnavailable, OSError) as exc:
+        return (DropbearServer if server == "dropbear" else SSHServer).start(root)
+    except (SSHServerUnavailable, OSError, subprocess.CalledProcessError) as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true but the loopback sshd is unavailable: {exc}")
-        pytest.skip(f"loopback sshd unavailable: {exc}")
+            pytest.fail(f"CI=true but the loopback {server} is unavailable: {exc}")
+        pytest.skip(f"loopback {server} unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +190,14 @@ def sshd(tmp_path_factory):
 def sshd_private(tmp_path):
     """An sshd of this test's own, for tests that kill or restart it."""
     server = _ssh_server_or_skip(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dropbear(tmp_path_factory):
+    """One dropbear (the SSH server of OpenWrt and many Yocto/Buildroot images) for the session's tests."""
+    server = _ssh_server_or_skip(tmp_path_factory.mktemp("dropbear"), "dropbear")
     yield server
     server.stop()
 

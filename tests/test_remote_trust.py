@@ -140,7 +140,7 @@ def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path,
 
 # ------------------------------------------------------------------------------ what runs is what was checked
 
-@pytest.mark.parametrize("swapped", ["harness.py", "device.py"])
+@pytest.mark.parametrize("swapped", ["harness.py", "device.py", "bootstrap.py"])
 def test_a_file_replaced_after_its_sha256_check_does_not_run(sshd, bench_artifacts, tmp_path, swapped):
     device = loopback(sshd, tmp_path)
     marker = tmp_path / "the-replaced-code-ran"

@@ -14,7 +14,7 @@ from .results import DeviceCheck
 from .interrupts import run_parallel
 from .runner import cleanup, open_session
 from .session import error_line
-from .trust import DEVICE_MODULES, device_py, prepare, raise_if_untrusted
+from .trust import BOOTSTRAP, DEVICE_MODULES, device_py, prepare, raise_if_untrusted
 from .upload import last_json, runtimes_dir, untimed, upload_verified
 
 
@@ -43,7 +43,7 @@ def check(device: "str | Device", *, devices: "str | Path | None" = None,
             if isinstance(exc, ConnectionLostError):
                 raise
             return DeviceCheck(device.name, device.address, True, str(exc), workdir_writable=False, connect_s=connect_s)
-        files = {f"{probe_dir}/{n}": runtimes_dir() / n for n in ("device.py", *DEVICE_MODULES)}
+        files = {f"{probe_dir}/{n}": runtimes_dir() / n for n in (BOOTSTRAP, "device.py", *DEVICE_MODULES)}
         upload_verified(session, device, files, {}, cmd_timeout)
         done = session.run(device_py(device, probe_dir, "probe", *(["--imports"] if imports else [])),
                            device.command_timeout_s, step="probe")

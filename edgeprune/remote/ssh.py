@@ -19,6 +19,9 @@ from .session import KILL_GRACE_S, STDERR_KEEP, STDOUT_KEEP, Completed, LineSpli
 
 
 READS_PER_ROUND = 64  # of at most 64 KiB each
+# The longest command every SSH server takes: dropbear (OpenWrt, Yocto/Buildroot images) drops the whole
+# connection on a longer exec request (its MAX_CMD_LEN); OpenSSH takes far more.
+MAX_COMMAND_BYTES = 9000
 
 
 class Watchdog:
@@ -122,6 +125,10 @@ class SSHSession(Session):
         command = shlex.join(argv)
         if cwd is not None:
             command = f"cd {shlex.quote(cwd)} && exec {command}"
+        if len(command.encode()) > MAX_COMMAND_BYTES:
+            raise DeviceError(f"device '{self.device.name}': the command for {step} is {len(command.encode())} "
+                              f"bytes, more than the {MAX_COMMAND_BYTES} every SSH server takes (dropbear drops the "
+                              f"connection on more); nothing was sent (a very long workdir or python path?)")
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise self._lost(step)

@@ -1,9 +1,11 @@
 """What may run on a device, and from where: a work dir only the benchmarking user can write, and only the
 bytes whose sha256 was checked.
 
-Both device-side programs (runtimes/workdir.py, runtimes/bootstrap.py) travel inline, as `python3 -c`
-arguments built from this package's own copies: they decide whether uploaded files may run, so they are
-never themselves read from the device's disk."""
+The device-side programs that decide whether uploaded files may run are never trusted from the device's disk:
+runtimes/workdir.py travels inline, as a `python3 -c` argument built from this package's own copy;
+runtimes/bootstrap.py is uploaded with the rest and run only through LOADER, an inline program that checks its
+sha256 first. Not the bootstrap itself inline: a command runs the bootstrap twice (device.py exec, then the
+harness), and an SSH command must fit in MAX_COMMAND_BYTES (ssh.py): dropbear drops the connection on more."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .session import Completed, Session, error_line
 from .upload import last_json, runtimes_dir
 
 UNTRUSTED = 7  # the exit code of both programs when a path is not private or a file changed after its check
+BOOTSTRAP = "bootstrap.py"  # uploaded; run only through LOADER
 DEVICE_MODULES = ("device_state.py", "supervisor.py")  # what device.py imports
 HARNESS_MODULES = ("harness.py", "device_state.py")  # what every bench_*.py imports
 
@@ -66,11 +69,31 @@ def prepare(session: Session, device: Device, name: str, timeout: float, timed: 
     return Workspace(info["workdir"], info["dir"])
 
 
+# python3 -c LOADER RUNDIR SHA256 ARGS...: runs RUNDIR/bootstrap.py with ARGS if its bytes have SHA256, else
+# exits UNTRUSTED; read once, never through a symlink or from a FIFO or device.
+LOADER = (
+    "import hashlib, os, stat, sys\n"
+    "path = os.path.join(sys.argv[1], 'bootstrap.py')\n"
+    "try:\n"
+    "    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)\n"
+    "    with os.fdopen(fd, 'rb') as fh:\n"
+    "        data = fh.read() if stat.S_ISREG(os.fstat(fd).st_mode) else b''\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write('error: %s: %s; nothing was run\\n' % (path, exc.strerror or exc))\n"
+    "    os._exit(7)\n"
+    "if hashlib.sha256(data).hexdigest() != sys.argv[2]:\n"
+    "    sys.stderr.write('error: bootstrap.py in %s changed after its sha256 check: another process wrote to '\n"
+    "                     'the run dir; refused to run it\\n' % sys.argv[1])\n"
+    "    os._exit(7)\n"
+    "del sys.argv[2]\n"
+    "exec(compile(data, path, 'exec', dont_inherit=True))\n")
+
+
 def verified_run(device: Device, rundir: str, script: str, modules: tuple[str, ...], *args: str) -> list[str]:
-    """argv running `script` from `rundir` on the device through the inline bootstrap: `script` and
-    `modules` are read once, checked against our sha256, and only those bytes run."""
+    """argv running `script` from `rundir` on the device through the bootstrap (itself checked by LOADER):
+    `script` and `modules` are read once, checked against our sha256, and only those bytes run."""
     sums = [f"{name}={digest(name)}" for name in (script, *modules)]
-    return [device.python, "-c", program("bootstrap.py"), rundir, script, *sums, "--", *args]
+    return [device.python, "-c", LOADER, rundir, digest(BOOTSTRAP), script, *sums, "--", *args]
 
 
 def device_py(device: Device, rundir: str, *args: str) -> list[str]:
