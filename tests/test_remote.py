@@ -119,6 +119,19 @@ def test_settings_reach_the_harness(bench_artifacts, local):
     assert result.n >= 33 and result.threads == 1 and result.cores == (0,)
 
 
+
+def test_the_noise_limits_in_the_settings_judge_the_run(bench_artifacts, local):
+    strict = ep.bench(bench_artifacts.onnx, local, settings=dataclasses.replace(QUICK, max_cv=1e-9))
+    assert any(f.startswith("noisy: CV") and f.endswith("> 0.0 %") for f in strict.flags) and not strict.valid
+    lenient = ep.bench(bench_artifacts.onnx, local, settings=dataclasses.replace(QUICK, max_cv=1e6, max_busy=1e6))
+    assert not [f for f in lenient.flags if f.startswith(("noisy", "busy"))]
+
+
+@pytest.mark.parametrize("limit", [float("nan"), -0.1, 0, "5%", True])
+def test_noise_limits_must_be_positive_fractions(limit):
+    with pytest.raises(ep.SettingsError, match="max_cv"):
+        BenchSettings(max_cv=limit)
+
 def test_check_reports_the_runtimes_present_on_the_local_device(local):
     found = ep.check(local)
     assert found.reachable and found.error is None and found.workdir_writable

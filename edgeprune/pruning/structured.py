@@ -296,11 +296,3 @@ def remove_channels(
     if accepted:
         replay(model, accepted)
     return model, accepted, failures
-
-
-def replay_removals(model: nn.Module, example_inputs: Any, removals: list[Removal]) -> nn.Module:
-    """Rebuild a pruned architecture from its dense model and the recorded removals (used by `load`)."""
-    graph = ChannelGraph(model, example_inputs)
-    for item in removals:
-        graph.remove(item.root, list(item.idxs))
-    return model

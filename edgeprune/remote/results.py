@@ -22,6 +22,10 @@ class BenchSettings:
     threads: Optional[int] = None  # None: the device's `threads` in devices.toml (else the runtime's default)
     cores: Optional[tuple[int, ...]] = None  # None: the device's `cores` (else no pinning)
     seed: int = 0
+    # a run whose CV exceeds max_cv is flagged "noisy", one whose CPUs other processes used for more than
+    # max_busy of the measuring window "busy"; None: the harness's defaults (5 % and 25 %, README says why)
+    max_cv: Optional[float] = None
+    max_busy: Optional[float] = None
 
     def __post_init__(self):
         # checked here, before any device is used: the harness would otherwise measure forever (inf, nan
@@ -35,6 +39,15 @@ class BenchSettings:
                                     f"got {type(value).__name__}")
             if not math.isfinite(value) or value < 0:
                 raise SettingsError(f"BenchSettings({name}={value!r}): must be a finite number of seconds >= 0")
+        for name in ("max_cv", "max_busy"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise SettingsError(f"BenchSettings({name}={value!r}): expected a fraction such as 0.05, "
+                                    f"got {type(value).__name__}")
+            if not math.isfinite(value) or value <= 0:
+                raise SettingsError(f"BenchSettings({name}={value!r}): must be a finite fraction > 0")
         if self.threads is not None:
             _whole("threads", self.threads, 1)
         if self.cores is not None:

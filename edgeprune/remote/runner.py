@@ -186,6 +186,9 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
         args += ["--threads", str(settings.threads)]
     if settings.cores:
         args += ["--cores", ",".join(str(c) for c in settings.cores)]
+    for flag, limit in (("--max-cv", settings.max_cv), ("--max-busy", settings.max_busy)):
+        if limit is not None:
+            args += [flag, f"{limit:g}"]
     pidfile = f"{rundir}/harness.pid"
     argv = device_py(device, rundir, "exec", "--pidfile", pidfile, "--timeout", f"{timeout:g}", "--",
                      *harness_py(device, rundir, HARNESSES[kind], *args))
