@@ -28,6 +28,7 @@ from ._version import __version__
 from ._atomic import (abandoned, check_dir_output, foreign_files, in_the_way, make_dir, remove_abandoned, remove_path,
                       temporary_path)
 from .costs import PRUNABLE_TYPES
+from ._jsonfile import read_json_object
 from .errors import ArtifactError
 from .factory import Factory, build, spec_of
 from .plan import Plan
@@ -146,16 +147,10 @@ def read_structure(directory: "str | Path") -> dict:
     if directory.exists() and not directory.is_dir():
         raise ArtifactError(f"{directory}: is a file; a saved model is the directory edgeprune.save "
                             "(or `edgeprune prune --out`) wrote, holding structure.json and weights.safetensors")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found — is {directory} a directory written by edgeprune.save?") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ArtifactError(f"{path}: 'schema' is {data.get('schema') if isinstance(data, dict) else None!r}, expected {SCHEMA!r}")
+    data = read_json_object(path, "the structure edgeprune.save writes",
+                            missing=f"is {directory} a directory written by edgeprune.save?")
+    if data.get("schema") != SCHEMA:
+        raise ArtifactError(f"{path}: 'schema' is {data.get('schema')!r}, expected {SCHEMA!r}")
     return data
 
 

@@ -215,8 +215,8 @@ def _edit_manifest(exported, tmp_path, edit):
 
 
 @pytest.mark.parametrize("edit, says", [
-    (lambda m: "{ not json", "not valid JSON"),
-    (lambda m: json.dumps([m]), "a JSON list, not the object export writes"),
+    (lambda m: "{ not json", r"not the manifest export writes \(not valid JSON"),
+    (lambda m: json.dumps([m]), r"not the manifest export writes \(a JSON list, not an object\)"),
     (lambda m: json.dumps({k: v for k, v in m.items() if k != "format"}), "key 'format' is missing"),
     (lambda m: json.dumps({**m, "precision": 8}), "key 'precision' is 8"),
     (lambda m: json.dumps({**m, "sha256": None}), "key 'sha256' is None"),
@@ -229,6 +229,15 @@ def test_verify_names_the_key_of_a_hand_edited_manifest(exported, tmp_path, edit
     with pytest.raises(ep.MalformedError, match=rf"{manifest.name}: {says}"):
         ep.verify(model, inputs, artifact)
 
+
+
+@pytest.mark.parametrize("content, says", [(b'{"format": "caf\xe9"}', "not UTF-8 text: byte 0xe9"),
+                                           (b"[1, 2]", "a JSON list, not an object")])
+def test_bench_names_a_damaged_manifest_before_the_device_is_used(exported, tmp_path, content, says):
+    artifact, manifest = _edit_manifest(exported, tmp_path, json.dumps)
+    manifest.write_bytes(content)
+    with pytest.raises(ep.MalformedError, match=rf"{manifest.name}: not the manifest export writes \({says}"):
+        ep.bench(artifact, "local")
 
 # ------------------------------------------------------------------------------------------ TOML files
 

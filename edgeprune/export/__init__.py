@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._atomic import check_dir_output, make_dir, sha256_file
+from .._jsonfile import read_json_object
 from ..errors import ArtifactError, MalformedError
 from ..inputs import InputSpec, call, normalize, output_shapes
 from ..plan import Plan
@@ -308,16 +309,8 @@ _MANIFEST_KEYS = {"format": (str,), "precision": (str,), "sha256": (str,), "plan
 def _read_manifest(manifest_path: Path) -> dict:
     """The manifest export wrote, checked for what verify reads: a hand-edited one with a key missing or of
     the wrong type is a MalformedError naming the file and the key, before anything runs."""
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{manifest_path}: not found — verify needs the manifest written by export") from None
-    except OSError as exc:
-        raise ArtifactError(f"{manifest_path}: cannot read: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise MalformedError(f"{manifest_path}: a JSON {type(manifest).__name__}, not the object export writes")
+    manifest = read_json_object(manifest_path, "the manifest export writes",
+                                missing="verify needs the manifest written by export")
     for key, kinds in _MANIFEST_KEYS.items():
         if key not in manifest and type(None) not in kinds:
             raise MalformedError(f"{manifest_path}: key {key!r} is missing")

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .._atomic import sha256_file, write_file, write_text
-from ..errors import ArtifactError, MalformedError
+from .._jsonfile import read_json_object
+from ..errors import MalformedError
 
 __all__ = ["CHECKPOINT_SCHEMA", "save_checkpoint", "latest_checkpoint", "optimizer_state"]
 
@@ -91,15 +92,7 @@ def _read_record(marker: Path) -> dict:
     fresh start (which would delete it with the next epoch's clean-up). Another schema is returned as is
     (the caller skips it)."""
     remedy = "move it out of the checkpoint directory to resume from an older checkpoint, or start afresh"
-    try:
-        record = json.loads(marker.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ArtifactError(f"{marker}: cannot read the checkpoint record: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedError(f"{marker}: not a checkpoint record (not valid JSON: {exc}); {remedy}") from None
-    if not isinstance(record, dict):
-        raise MalformedError(f"{marker}: not a checkpoint record (a JSON {type(record).__name__}, not an object); "
-                             f"{remedy}")
+    record = read_json_object(marker, "a checkpoint record", remedy=remedy)
     if record.get("schema") != CHECKPOINT_SCHEMA:
         return record
     for key, kinds in _RECORD_KEYS.items():

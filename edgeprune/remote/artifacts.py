@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from .._jsonfile import read_json_object
 from ..errors import ArtifactError
 from ..export.manifest import manifest_file
 
@@ -20,10 +20,7 @@ def read_manifest(artifact: Path) -> Optional[dict]:
     path = manifest_file(artifact)
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    return read_json_object(path, "the manifest export writes")
 
 
 def harness_for(artifact: "str | Path", runtime: Optional[str] = None) -> str:
