@@ -156,8 +156,10 @@ def test_a_flooding_command_on_local_keeps_only_a_bounded_tail_of_its_output(tmp
     assert done.truncation().startswith("output truncated on this host: discarded the first 2")
 
 
-def test_a_flooding_command_over_ssh_keeps_only_a_bounded_tail_of_its_output(sshd, tmp_path):
-    session = remote.open_session(get_device("loopback", sshd.write_devices_toml(tmp_path / "devices.toml")))
+@pytest.mark.parametrize("server", ["sshd", "dropbear"])
+def test_a_flooding_command_over_ssh_keeps_only_a_bounded_tail_of_its_output(server, request, tmp_path):
+    server = request.getfixturevalue(server)
+    session = remote.open_session(get_device("loopback", server.write_devices_toml(tmp_path / "devices.toml")))
     script = flood_script(96, 96, last_out='{"result": 1}\n', last_err="error: the last line\n")
     try:
         done, growth = peak_growth(lambda: session.run(["python3", "-c", script], timeout=60))
