@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,29 @@ def test_a_killed_runs_lock_is_reclaimed_at_once_not_after_its_lease(bench_artif
     result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
     assert any("has exited" in n and lease["owner"] in n for n in result.notes), result.notes
     assert list(work.glob("run-*")) == [] and not (work / "lock").exists()
+
+
+def test_a_second_run_waits_the_whole_lock_wait_for_a_live_holder(bench_artifacts, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    asked: dict = {}
+
+    def progress(stage, info):
+        if stage == "lock":
+            asked.update(info, at=time.monotonic())
+
+    try:
+        subprocess.run([sys.executable, str(DEVICE_PY), "lock", str(work / "lock"), "--owner", "alive",
+                        "--lease-s", "300", "--holder-pid", str(holder.pid)], check=True, capture_output=True)
+        with pytest.raises(ep.DeviceBusyError, match=r"waited 3 s"):
+            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=3.0), settings=QUICK,
+                     progress=progress)
+        waited = time.monotonic() - asked["at"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert asked["wait_s"] == 3.0 and waited >= 3.0  # the whole lock_wait_s, not lock_wait_s - 5 s
 
 
 def test_a_live_holders_lock_is_still_waited_for(bench_artifacts, tmp_path):

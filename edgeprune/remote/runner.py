@@ -122,7 +122,8 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
         remote_artifact = f"{rundir}/{artifact.name}"
         files[remote_artifact] = artifact
         upload_verified(session, device, files, {remote_artifact: sha}, cmd_timeout, timed, report)
-        lock_wait = max(0.0, min(device.lock_wait_s, deadline.cap(device.lock_wait_s, "lock") - 5.0))
+        # the whole lock_wait_s, cut only by what is left of the run's deadline
+        lock_wait = deadline.cap(device.lock_wait_s, "the lock")
         report("lock", {"wait_s": lock_wait})
         lock_started = True
         lock = timed("lock_s", session.run,
