@@ -51,6 +51,7 @@ class Row:
     proxy: bool
     memory: str
     flash: str = ""  # the plan's weights against the target's flash (MCU targets)
+    flags: tuple[str, ...] = ()  # what makes either measurement suspect ("dense: noisy: CV 40 % > 5 %")
 
 
 def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -130,6 +131,7 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
             row.size = (dense_art.path.stat().st_size, pruned_art.path.stat().st_size)
             row.p50 = (timed[0].p50, timed[1].p50)
             row.device, row.runtime, row.proxy = timed[1].device, timed[1].runtime, timed[1].proxy
+            row.flags = tuple(f"{label}: {flag}" for label, r in zip(("dense", "pruned"), timed) for flag in r.flags)
             row.memory = memory_cell(pruned_art.manifest.get("memory") or {})
             rows.append(row)
             for label, r, acc in (("dense", timed[0], acc_dense), ("pruned+KD", timed[1], acc_tuned)):
@@ -190,7 +192,8 @@ def summary(rows: list[Row], splits: Splits) -> Table:
     table = Table(title="edgeprune demo: small CNN on digits, half the MACs, fine-tuned with KD", box=box.SIMPLE_HEAD,
                   caption=f"accuracy: the held-out test split ({splits.test} digits); the sensitivity plots' baseline: "
                           f"the {splits.sensitivity}.\n* proxy: timed here, not on the target: never that board's "
-                          "latency.", caption_justify="left")
+                          "latency. † flagged: a run was noisy, busy or lost clock speed (below, and bench.json): "
+                          "repeat it before trusting the speed-up.", caption_justify="left")
     # a target name cut to "jetson-orin-nan…" names no target: that column is never cut or wrapped
     table.add_column("target", no_wrap=True)
     table.add_column("test accuracy\ndense → pruned → FT", no_wrap=True)
@@ -203,14 +206,16 @@ def summary(rows: list[Row], splits: Splits) -> Table:
             f"{r.macs[0] / 1e3:.0f}k → {r.macs[1] / 1e3:.0f}k", f"{r.params[0]} → {r.params[1]}",
             f"{r.size[0] / 1024:.0f} → {r.size[1] / 1024:.0f} KiB" if timed else "—",
             f"{r.p50[0] * 1000:.1f} → {r.p50[1] * 1000:.1f}" if timed else "—",
-            f"{r.p50[0] / r.p50[1]:.2f}×" if timed else "—",
+            (f"{r.p50[0] / r.p50[1]:.2f}×" + ("†" if r.flags else "")) if timed else "—",
             (f"{r.device} / {r.runtime}" + ("*" if r.proxy else "")) if timed else "not exported")
     return table
 
 
 def notes(rows: list[Row]) -> list[str]:
-    """Per target, what does not fit a table cell: memory against the target's budgets."""
-    return [f"{r.target}: " + "; ".join(x for x in (r.flash, r.memory) if x) for r in rows if r.flash or r.memory]
+    """Per target, what does not fit a table cell: memory against the target's budgets, and why a
+    measurement is flagged."""
+    lines = [f"{r.target}: " + "; ".join(x for x in (r.flash, r.memory) if x) for r in rows if r.flash or r.memory]
+    return lines + [f"{r.target}: † " + "; ".join(r.flags) for r in rows if r.flags]
 
 
 if __name__ == "__main__":

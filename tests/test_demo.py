@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import edgeprune as ep
 from edgeprune.cli import app
-from edgeprune.demo import TARGETS, Row, Splits, fits_flash, flash_cell, summary
+from edgeprune.demo import TARGETS, Row, Splits, fits_flash, flash_cell, notes, summary
 
 
 def test_the_demo_runs_the_whole_flow_and_leaves_a_report(tmp_path):
@@ -90,3 +90,13 @@ def test_the_summary_keeps_every_proxy_mark_at_the_demos_width():
     console.print(summary(rows, Splits(validation=216, test=360)))
     text = console.file.getvalue()
     assert all(f"{runtime}*" in text for runtime in ("onnxruntime", "executorch", "tflm")), text
+
+
+def test_a_flagged_measurement_is_marked_in_the_summary_and_says_why():
+    rows = [_row(TARGETS[0], flags=("dense: noisy: CV 40.0 % > 5.0 %",)), _row(TARGETS[1])]
+    console = Console(width=150, file=io.StringIO(), color_system=None)
+    console.print(summary(rows, Splits(validation=216, test=360)))
+    marked = [line for line in console.file.getvalue().splitlines() if "×" in line]
+    assert "†" in marked[0] and "†" not in marked[1]
+    assert f"{TARGETS[0]}: † dense: noisy: CV 40.0 % > 5.0 %" in notes(rows)
+    assert not any(line.startswith(TARGETS[1]) for line in notes(rows))
