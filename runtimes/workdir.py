@@ -7,9 +7,10 @@ Standard library only, python3 3.8+.
     python3 -c SRC prepare WORKDIR NAME
         Expands WORKDIR on the device (`~/...` is the login user's home), checks its ancestors as
         OpenSSH's StrictModes does (each owned by root or the user, not writable by group/others unless
-        sticky, like /tmp), makes the missing parts with mode 0700, refuses a WORKDIR, lock path or run dir
+        sticky, like /tmp; a symlink on the way only when root or the user owns it), makes the missing parts
+        with mode 0700, refuses a WORKDIR, lock path or run dir
         that is a symlink, not a directory, owned by another user or writable by group/others, then makes
-        WORKDIR/NAME (0700, fresh). Prints {"workdir": ..., "dir": ...}.
+        WORKDIR/NAME (0700, fresh). Prints {"workdir": ..., "dir": ...}, symlinks resolved.
     python3 -c SRC remove WORKDIR NAME
         Removes WORKDIR/NAME, a run-*/check-* dir of this user's, and nothing else (lstat: never follows a
         symlink). Prints {"removed": bool, "left_alone": reason or null}.
@@ -55,6 +56,16 @@ def check_ancestor(path, uid):
                         % (path, stat.S_IMODE(st.st_mode), path))
 
 
+def check_link(path, uid):
+    """A symlink on the way to the work dir is followed only when root or we made it: another user's link
+    could be repointed after these checks, and every later command would follow it somewhere else."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
+        raise Untrusted("%s (on the way to the work dir) is a symlink owned by %s, not by root or you (%s): that "
+                        "user can repoint it; choose a workdir that does not pass through it"
+                        % (path, who(st.st_uid), who(uid)))
+
+
 def check_private(path, uid, what):
     """`path` (never followed) must be a directory of ours that only we can write."""
     st = os.lstat(path)
@@ -89,7 +100,8 @@ def prepare(workdir, name, uid):
     path = expand(workdir)
     for ancestor in chain(path)[:-1]:
         if os.path.lexists(ancestor):
-            check_ancestor(ancestor, uid)  # a symlinked ancestor is followed here; its target's chain below
+            check_link(ancestor, uid)
+            check_ancestor(ancestor, uid)  # a symlink of root's or ours is followed here; its target's chain below
         else:
             os.mkdir(ancestor, 0o700)
             check_private(ancestor, uid, "new directory")
@@ -110,6 +122,8 @@ def prepare(workdir, name, uid):
                                who(st.st_uid)))
     if not NAME.match(name):
         raise Untrusted("bad run dir name %r" % name)
+    # every later command (upload, cd, lock, remove) uses the resolved path, never the symlinks again
+    path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     run = os.path.join(path, name)
     os.mkdir(run, 0o700)  # fresh: never a directory that was there before
     check_private(run, uid, "run dir")

@@ -121,6 +121,30 @@ def test_a_workdir_under_a_directory_others_can_write_is_refused(sshd, bench_art
     assert list(above.iterdir()) == []
 
 
+def test_a_workdir_reached_through_another_users_symlink_is_refused(other_user, sshd, bench_artifacts, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # sticky, like /tmp: passes as an ancestor, but anyone may put a link in it
+    (shared / "x").symlink_to(mine)
+    os.lchown(shared / "x", other_user.uid, other_user.gid)  # the other user's link (pytest's tmp is 0700 to them)
+    device = loopback(sshd, tmp_path, workdir=str(shared / "x" / "edgeprune"))
+    with pytest.raises(ep.WorkdirError, match=rf"{shared / 'x'} \(on the way to the work dir\) is a symlink owned by "
+                                              rf"uid {other_user.uid} \({other_user.name}\)"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert list(mine.iterdir()) == []  # nothing made or run behind the link
+
+
+def test_a_workdir_reached_through_ones_own_symlink_runs_from_the_resolved_path(sshd, bench_artifacts, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    device = loopback(sshd, tmp_path, workdir=str(tmp_path / "link" / "edgeprune"))
+    ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    assert (real / "edgeprune").is_dir() and list((real / "edgeprune").glob("run-*")) == []
+
+
 @pytest.mark.parametrize("which", ["workdir", "lock"])
 def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path, which):
     target = tmp_path / "elsewhere"
