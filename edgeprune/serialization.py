@@ -120,25 +120,37 @@ def save(pruned: nn.Module, plan: Plan, directory: "str | Path", *, factory: Opt
         staging.mkdir()
     except OSError as exc:
         raise ArtifactError(f"{directory}: cannot be written: {exc.strerror or exc}") from None
+    retired = temporary_path(directory, "old")
     try:
         _write_json(staging / STRUCTURE, structure)
         safetensors.torch.save_model(pruned, str(staging / WEIGHTS), metadata={"schema": SCHEMA})
         if directory.exists():  # swap in the new directory, then drop the old one (a kill between: see _recover)
             check_save_dir(directory, overwrite=overwrite)  # again: files may have arrived while we worked
-            retired = temporary_path(directory, "old")
             os.replace(directory, retired)
             os.replace(staging, directory)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, directory)
     except (OSError, safetensors.SafetensorError) as exc:  # a full disk, a read-only directory
-        shutil.rmtree(staging, ignore_errors=True)
+        _abandon(staging, retired, directory)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise ArtifactError(f"{directory}: cannot be written: {reason}") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _abandon(staging, retired, directory)
         raise
     return directory
+
+
+def _abandon(staging: Path, retired: Path, directory: Path) -> None:
+    """Undo a failed save: its staging directory goes, and a model it had moved aside comes back. _recover
+    cannot do the latter later: it skips temporaries of a live writer, and this process is one."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if retired.exists() and not (directory.exists() or directory.is_symlink()):
+        try:
+            os.replace(retired, directory)
+        except OSError as exc:
+            raise ArtifactError(f"{directory}: the saved model it held could not be put back "
+                                f"({exc.strerror or exc}); it is kept in {retired}") from None
 
 
 def read_structure(directory: "str | Path") -> dict:

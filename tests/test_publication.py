@@ -185,6 +185,53 @@ def test_a_save_to_a_full_disk_is_an_error_naming_the_directory_and_the_rerun_su
     assert (disk / "notes.txt").read_text() == "mine"
 
 
+def failing_renames(monkeypatch, fails) -> None:
+    """os.replace raises EIO (as a failing disk would) on every rename for which `fails(src, dst)` is true."""
+    replace = os.replace
+
+    def replace_or_fail(src, dst, *args, **kwargs):
+        if fails(os.fspath(src), os.fspath(dst)):
+            raise OSError(5, "Input/output error", os.fspath(dst))
+        return replace(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", replace_or_fail)
+
+
+def test_a_forced_export_whose_rollback_fails_keeps_the_earlier_export_for_the_next_run(earlier, tmp_path, monkeypatch):
+    out = shutil.copytree(earlier, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # the manifest cannot be put in place, and the rollback cannot move the earlier .onnx back either
+    failing_renames(monkeypatch, lambda src, dst: (dst.endswith(".manifest.json") and "/new/" in src)
+                    or "/old/" in src)
+    with pytest.raises(ep.ArtifactError, match="the next export"):
+        ep.export(small_cnn(0.5), zoo.small_cnn.example_inputs(), JETSON, out, force=True)
+    kept = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    assert all(content in kept for content in before.values()), "the earlier export was deleted"
+    monkeypatch.undo()
+    # the next run (same process) puts the earlier export back: not replaced without force, byte for byte
+    with pytest.warns(UserWarning, match="left files behind"), pytest.raises(ep.ArtifactError, match="already exists"):
+        ep.export(small_cnn(0.5), zoo.small_cnn.example_inputs(), JETSON, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    art = ep.export(small_cnn(0.5), zoo.small_cnn.example_inputs(), JETSON, out, force=True)
+    assert art.path.read_bytes() != before[ONNX] and hidden(out) == []
+
+
+def test_a_save_over_a_model_that_fails_to_put_the_new_one_in_place_keeps_the_old_model(pruned, tmp_path, monkeypatch):
+    directory = ep.save(*pruned, tmp_path / "model", factory=zoo.small_cnn)
+    before = (directory / "weights.safetensors").read_bytes()
+    model, inputs = small_cnn(0.5), zoo.small_cnn.example_inputs()
+    plan = ep.plan(model, inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.6))
+    other = ep.prune(model, plan)
+    # the old model was moved aside; the new one cannot be renamed into its place
+    failing_renames(monkeypatch, lambda src, dst: src.endswith(".stage") and dst == str(directory))
+    with pytest.raises(ep.ArtifactError, match=rf"{directory}: cannot be written: Input/output error"):
+        ep.save(other, plan, directory, factory=zoo.small_cnn, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (directory / "weights.safetensors").read_bytes() == before
+    loaded = ep.load(zoo.small_cnn, directory).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), pruned[0].eval()(*inputs))
+
+
 def test_a_checkpoint_write_killed_leaves_no_temporary_after_the_resumed_run(tmp_path):
     ckpt = tmp_path / "ckpt"
     killed_at(f"{ckpt}/epoch-0002.safetensors", f"""

@@ -11,7 +11,8 @@ fails there, before anything the user had is touched. Publishing then only renam
 A run killed at any step leaves the staging directory, which says how far it got. The next export into the
 same directory rolls it back: new files that came before the manifest are removed, replaced ones moved back,
 so an earlier complete export is intact again and an incomplete one never blocks a rerun. A failure inside
-step 2 is rolled back the same way at once.
+step 2 is rolled back the same way at once; should that rollback fail too, the staging directory is kept
+(not discarded with the files it had moved aside) for the next export, even in the same process, to roll back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from .manifest import legacy_manifest, legacy_manifest_path, owned_files
 KIND = "export"
 JOURNAL = "publish.json"
 
+# Staging directories of this process whose publication ended neither committed nor rolled back (the rollback
+# itself failed or was interrupted): they hold the files it replaced. abandoned() skips them (their writer,
+# this process, is alive), but no publication is in progress in them any more, so recover() takes them too.
+_unsettled: set[Path] = set()
+
 
 def recover(out_dir: Path) -> None:
     """Roll back what exports killed in `out_dir` left (see the module docstring), and remove abandoned
@@ -37,6 +43,12 @@ def recover(out_dir: Path) -> None:
         what = _roll_back(left.path, out_dir)
         remove_path(left.path)
         warnings.warn(f"{left.final}: an export interrupted before it completed (process {left.pid}, now gone) "
+                      f"left files behind; {what}", stacklevel=3)
+    for root in sorted(r for r in _unsettled if r.parent == out_dir):
+        what = _roll_back(root, out_dir)
+        remove_path(root)
+        _unsettled.discard(root)
+        warnings.warn(f"{out_dir}: an earlier export in this process that failed and could not be undone "
                       f"left files behind; {what}", stacklevel=3)
     remove_abandoned(out_dir, ("tmp", "stage"))
 
@@ -63,6 +75,8 @@ class Staging:
         self.out_dir, self.artifact_name = out_dir, artifact_name
         self.root = temporary_path(out_dir / artifact_name, KIND)
         self.new = self.root / "new"
+        # False from the journal until the commit or a completed rollback: meanwhile `old/` may hold the user's files
+        self.settled = True
         try:
             self.new.mkdir(parents=True)
         except OSError as exc:
@@ -81,6 +95,7 @@ class Staging:
         retire = []
         if legacy_manifest(self.out_dir / self.artifact_name) is not None:
             retire = [legacy_manifest_path(self.out_dir / self.artifact_name).name]
+        self.settled = False
         write_text(self.root / JOURNAL, json.dumps({"moves": moves, "retire": retire}))
         try:
             for rel in retire:
@@ -90,8 +105,16 @@ class Staging:
                 dest = self.out_dir / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.new / rel, dest)
+            self.settled = True
         except BaseException as exc:
-            _roll_back(self.root, self.out_dir)
+            try:
+                _roll_back(self.root, self.out_dir)
+            except OSError as undo:
+                reason = (exc.strerror or exc) if isinstance(exc, OSError) else type(exc).__name__
+                raise ArtifactError(f"{self.out_dir}: cannot put {self.artifact_name} in place ({reason}), nor undo "
+                                    f"it ({undo.strerror or undo}): the files it replaced are kept in {self.root}; "
+                                    f"the next export into {self.out_dir} puts them back") from None
+            self.settled = True
             if isinstance(exc, OSError):
                 raise ArtifactError(f"{self.out_dir}: cannot put {self.artifact_name} in place "
                                     f"({exc.strerror or exc}); nothing was changed") from None
@@ -106,6 +129,11 @@ class Staging:
             os.replace(dest, kept)
 
     def discard(self) -> None:
+        """Remove the staging directory, unless it holds files of an unfinished publication: then it is left
+        for the next export's recover() to roll back."""
+        if not self.settled:
+            _unsettled.add(self.root)
+            return
         shutil.rmtree(self.root, ignore_errors=True)
 
 
