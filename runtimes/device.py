@@ -9,7 +9,8 @@ Standard library only: a device has what its image ships.
         A lock whose lease expired, or whose holder process (--holder-pid, else the SSH connection's server
         process) is known to have exited on this machine, is reclaimed at once, with the crashed run's dir:
         WORKDIR/run-<its owner> only, if it is a real directory of ours. Exit 6 when still busy after W
-        seconds; exit 7 when the lock path is not private to this user.
+        seconds; exit 7 when the lock path is not private to this user; exit 8, the lock not taken (or
+        released again), when the runner closed the connection while it waited.
     python3 device.py unlock LOCKDIR --owner ID
         Releases the lock if ID still holds it.
     python3 device.py probe [--imports]
@@ -41,6 +42,7 @@ import time
 
 BUSY = 6
 UNTRUSTED = 7  # a lock path that is not private to this user (as runtimes/workdir.py)
+HOST_GONE = 8  # the runner closed the connection while the lock was waited for: not taken
 _LEASE_FILE = "lease.json"
 _OWNER = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -48,6 +50,15 @@ _OWNER = re.compile(r"^[A-Za-z0-9._-]+$")
 def _fail(message, code=1):
     sys.stderr.write("error: %s\n" % message)
     sys.exit(code)
+
+
+def _host_gone():
+    """Exits without a word: nobody reads stdout/stderr any more, and Python's exit-time flush of a broken
+    pipe would only add an error of its own."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.dup2(1, 2)
+    sys.exit(HOST_GONE)
 
 
 def _read_lease(lockdir):
@@ -211,15 +222,25 @@ def cmd_lock(args):
     started = time.monotonic()  # waiting is timed on the monotonic clock; leases on the wall clock (shared)
     reclaimed = []
     holder_process = _holder(args.holder_pid)
+    import supervisor  # next to this file in the run dir, verified with it
+    host = supervisor.host_poller()
     while True:
+        if supervisor.reader_gone(host):
+            # the runner stopped waiting (Ctrl-C closes the SSH channel; sshd signals no command without a
+            # terminal): a lock taken now would be held by nobody until its lease ends
+            _host_gone()
         now = time.time()
         lease = {"owner": args.owner, "host": socket.gethostname(), "pid": os.getpid(),
                  "rundir": args.rundir, "since": now, "expires": now + args.lease_s}
         lease.update(holder_process)
         _check_private(args.lockdir)
         if _try_lock(args.lockdir, lease):
-            print(json.dumps({"acquired": True, "reclaimed": reclaimed,
-                              "waited_s": round(time.monotonic() - started, 3)}))
+            try:
+                print(json.dumps({"acquired": True, "reclaimed": reclaimed,
+                                  "waited_s": round(time.monotonic() - started, 3)}), flush=True)
+            except OSError:  # the runner went away as the lock was taken: nobody would ever release it
+                _release(args.lockdir, args.owner)
+                _host_gone()
             return
         with _guard(args.lockdir):
             _check_private(args.lockdir)
@@ -251,14 +272,22 @@ def cmd_lock(args):
         time.sleep(min(0.25, max(0.01, args.wait_s - waited)))
 
 
+def _release(lockdir, owner):
+    """Removes the lock if `owner` holds it. Returns None when released, else the holder's lease."""
+    with _guard(lockdir):
+        holder = _read_lease(lockdir)
+        if holder is None or holder.get("owner") != owner:
+            return holder or {}
+        _reclaim(lockdir, {"owner": owner}, with_rundir=False)
+    return None
+
+
 def cmd_unlock(args):
     _check_private(args.lockdir)
-    with _guard(args.lockdir):
-        holder = _read_lease(args.lockdir)
-        if holder is None or holder.get("owner") != args.owner:
-            print(json.dumps({"released": False, "holder": holder and holder.get("owner")}))
-            return
-        _reclaim(args.lockdir, {"owner": args.owner}, with_rundir=False)
+    holder = _release(args.lockdir, args.owner)
+    if holder is not None:
+        print(json.dumps({"released": False, "holder": holder.get("owner")}))
+        return
     print(json.dumps({"released": True}))
 
 

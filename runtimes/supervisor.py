@@ -241,6 +241,20 @@ def _write_all(fd, data, until):
     return True
 
 
+def reader_gone(poller):
+    """True when the reader of an fd registered in `poller` with no events (as in host_poller) is gone:
+    stdout/stderr are pipes or sockets to sshd (or to the runner on `local`), and poll() reports POLLERR or
+    POLLHUP on them once the SSH channel is closed. sshd sends no signal to a command without a terminal."""
+    return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+
+
+def host_poller(fds=(1, 2)):
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)  # no events asked: poll() reports only POLLERR/POLLHUP, the reader gone
+    return poller
+
+
 class Supervisor(object):
     def __init__(self, command, timeout, pidfile):
         self.command, self.timeout, self.pidfile = command, timeout, pidfile
@@ -250,10 +264,9 @@ class Supervisor(object):
         self.host_gone = False
         self.out = Tail(STDOUT_KEEP)
         self.err = Stderr(self._forward)
-        self.host = select.poll()
         for fd in (1, 2):
             _set_nonblocking(fd)
-            self.host.register(fd, 0)  # no events asked: poll() reports only POLLERR/POLLHUP, the reader gone
+        self.host = host_poller()
 
     def _forward(self, line):
         try:
@@ -279,7 +292,7 @@ class Supervisor(object):
 
     def _host_gone(self):
         if not self.host_gone:
-            self.host_gone = any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in self.host.poll(0))
+            self.host_gone = reader_gone(self.host)
         return self.host_gone
 
     def _read(self, streams, wait):

@@ -383,3 +383,55 @@ def test_ctrl_c_during_devices_check_stops_the_probe_and_removes_its_dir(tmp_pat
     wait_for(marker.exists, proc)
     elapsed, err = interrupt(proc)
     assert_interrupted_cleanly(proc, elapsed, err, [int(marker.read_text())], [device])
+
+
+def lock_waiters(lockdir: Path) -> list[int]:
+    """The device-side `device.py lock` processes waiting for `lockdir` (found by their command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"device.py" in argv and b"lock" in argv and str(lockdir).encode() in argv and b"--wait-s" in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_ctrl_c_while_waiting_for_the_lock_over_ssh_leaves_no_waiter_and_claims_no_release(sshd, tmp_path,
+                                                                                          bench_artifacts):
+    toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "device-work"), lock_wait_s=30)
+    device = get_device("loopback", toml)
+    lockdir = Path(device.workdir) / "lock"
+    Path(device.workdir).mkdir(mode=0o700)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    waiters: list[int] = []
+    try:
+        subprocess.run([sys.executable, str(DEVICE_PY), "lock", str(lockdir), "--owner", "alive",
+                        "--lease-s", "300", "--holder-pid", str(holder.pid)], check=True, capture_output=True)
+        proc = cli("bench", "--devices", str(toml), "-d", "loopback", str(bench_artifacts.onnx), cwd=tmp_path)
+        wait_for(lambda: lock_waiters(lockdir), proc)
+        waiters = lock_waiters(lockdir)
+        elapsed, err = interrupt(proc)
+        end = time.monotonic() + 2.0  # the waiter notices the closed channel within a poll (0.25 s)
+        while any(alive(pid) for pid in waiters) and time.monotonic() < end:
+            time.sleep(0.05)
+        survivors = [pid for pid in waiters if alive(pid)]
+        subprocess.run([sys.executable, str(DEVICE_PY), "unlock", str(lockdir), "--owner", "alive"],
+                       check=True, capture_output=True)
+        end = time.monotonic() + 1.0  # a surviving waiter would take the freed lock within 0.25 s
+        taken = False
+        while not taken and time.monotonic() < end:
+            taken = locked(device)
+            time.sleep(0.05)
+    finally:
+        for pid in waiters:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 130 and elapsed < PROMPT_S, f"exit {proc.returncode} {elapsed:.1f} s after Ctrl-C: {err}"
+    assert survivors == [], f"`device.py lock` {survivors} still waits for the lock after the host went away"
+    assert not taken, "an orphaned `device.py lock` took the lock once its holder released it"
+    assert "released the lock" not in err, err
+    assert "left the lock alone (held by alive, not by this run)" in err, err

@@ -303,19 +303,32 @@ def cleanup(session: Session, device: Device, rundir: str, lockdir: Optional[str
     reclaims both. When a Ctrl-C is on its way out, its message says what the clean-up did."""
     timeout = min(30.0, device.command_timeout_s)
     # this run's own dir, lstat-checked on the device; nothing else
-    steps = [("removed the run dir", "remove the run dir", remove_argv(device, rundir))]
+    steps = [("removed the run dir", "remove the run dir", remove_argv(device, rundir), False)]
     if lockdir:
         steps.insert(0, ("released the lock", "release the lock",
-                         device_py(device, rundir, "unlock", lockdir, "--owner", owner)))
+                         device_py(device, rundir, "unlock", lockdir, "--owner", owner), True))
     done_steps, failed = [], []
     with session.uninterruptible():
-        for did, do, argv in steps:
+        for did, do, argv, is_unlock in steps:
             try:
                 done = session.run(argv, timeout, step="clean-up")
             except DeviceError as exc:
                 failed.append(f"could not {do} ({exc})")
                 continue
-            if done.rc == 0:
+            if done.rc == 0 and is_unlock:
+                # unlock exits 0 also when the lock is not ours (never taken: Ctrl-C while waiting for it)
+                try:
+                    unlocked = last_json(done, device, "the unlock")
+                except DeviceError as exc:
+                    failed.append(f"could not {do} ({exc})")
+                    continue
+                if unlocked.get("released") is True:
+                    done_steps.append(did)
+                elif unlocked.get("holder"):
+                    done_steps.append(f"left the lock alone (held by {unlocked['holder']}, not by this run)")
+                else:
+                    done_steps.append("found no lock of this run to release")
+            elif done.rc == 0:
                 done_steps.append(did)
             else:
                 failed.append(f"could not {do} ({error_line(done.stderr)})")
