@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -165,7 +166,54 @@ def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path,
 
 # ------------------------------------------------------------------------------ what runs is what was checked
 
-@pytest.mark.parametrize("swapped", ["harness.py", "device.py", "bootstrap.py"])
+# Every file a run of an ONNX artifact uploads, by its name in the run dir ("artifact": the model file).
+UPLOADED = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "bench_onnx.py",
+            "artifact")
+CODE = [name for name in UPLOADED if name.endswith(".py")]
+
+
+def the_run_dir(device: ep.Device) -> Path:
+    (run,) = Path(device.workdir).glob("run-*")
+    return run
+
+
+def test_the_sha256_tests_cover_every_uploaded_file(sshd, bench_artifacts, tmp_path):
+    device = loopback(sshd, tmp_path)
+    arrived: list[str] = []
+
+    def look(stage, info):  # everything is uploaded, nothing checked or run yet
+        if stage == "verify":
+            arrived.extend(p.name for p in the_run_dir(device).iterdir())
+
+    ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=look)
+    assert sorted(arrived) == sorted(bench_artifacts.onnx.name if n == "artifact" else n for n in UPLOADED)
+
+
+@pytest.mark.parametrize("changed", UPLOADED)
+def test_a_file_changed_on_the_device_before_its_sha256_check_is_refused_naming_it(sshd, bench_artifacts, tmp_path,
+                                                                                   changed):
+    device = loopback(sshd, tmp_path)
+    name = bench_artifacts.onnx.name if changed == "artifact" else changed
+    marker = tmp_path / "the-changed-code-ran"
+
+    def tamper(stage, info):  # on the device, between the upload and the sha256 check
+        if stage == "verify":
+            path = the_run_dir(device) / name
+            if changed == "artifact":  # one weight byte: still a model the harness would measure
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                path.write_bytes(bytes(data))
+            else:
+                path.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+
+    with pytest.raises(ep.ArtifactError, match=rf"device 'loopback': {re.escape(name)} arrived corrupted: sha256 on "
+                                               rf"the device [0-9a-f]{{16}}… != local [0-9a-f]{{16}}…; nothing was run"):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=tamper)
+    assert not marker.exists()
+    assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()
+
+
+@pytest.mark.parametrize("swapped", CODE)
 def test_a_file_replaced_after_its_sha256_check_does_not_run(sshd, bench_artifacts, tmp_path, swapped):
     device = loopback(sshd, tmp_path)
     marker = tmp_path / "the-replaced-code-ran"
