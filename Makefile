@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # torch first, pinned: this resolves to the local CPU wheel; an unpinned torch pulls the CUDA build (GBs).
 TORCH   := torch==2.13.0
 
-.PHONY: demo test bench clean sshd
+.PHONY: demo test bench mutate clean sshd
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,15 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/export_time.py --out bench/out/export_time.md
 	$(BIN)/python bench/runner_overhead.py --out bench/out/runner_overhead.md
 	$(BIN)/python bench/quality.py --out bench/out/quality.md --json bench/out/quality.json
+
+# Mutation testing of the core modules (bench/mutate.toml): how many planted bugs the tests catch, per module.
+# Not part of `make test`: it runs the suite once per mutant (see BENCHMARKS.md for how long it takes).
+$(VENV)/.installed-mutate: $(VENV)/.installed-all
+	$(BIN)/pip install -q -e '.[hf,export,test,mutate]'
+	touch $@
+
+mutate: $(VENV)/.installed-mutate sshd
+	$(BIN)/python bench/mutate.py --out bench/out/mutate.md --json bench/out/mutate.json
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

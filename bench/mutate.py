@@ -1,0 +1,260 @@
+"""Mutation testing of the core: how many deliberate bugs the test suite catches, per module.
+
+mutmut (3.x) rewrites each function of a module into many mutants (a flipped comparison, an off-by-one,
+a dropped argument, a returned None...) and runs, for each mutant, the tests that call that function; a
+mutant that no test fails on "survived": a bug of that shape would ship unnoticed. We chose mutmut over
+cosmic-ray because mutmut 3 imports the suite once and forks per mutant, and runs only the tests that
+reach the mutated function: with torch imported by every test module, a fresh interpreter per mutant
+(cosmic-ray's model) costs seconds before the first assertion, ×thousands of mutants.
+
+Groups, their modules and their tests are data: bench/mutate.toml. Mutants judged equivalent (no test
+can tell them apart from the original, because the behaviour is the same) are listed with the reason in
+bench/mutants_equivalent.toml and leave the denominator. Each group runs in its own scratch copy of the
+repository under build/mutate/<group>/ (mutmut writes its `mutants/` tree there), so the working tree
+is never touched.
+
+    .venv/bin/python bench/mutate.py --out bench/out/mutate.md [--group nm-masks ...] [--jobs 2] [--resume]
+
+Kill rate = (killed + timed out) / (all mutants - equivalent). A "no tests" mutant (its function is
+never called by the group's tests) counts as surviving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _report import emit
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "mutate"
+GROUPS_FILE = Path(__file__).resolve().parent / "mutate.toml"
+EQUIVALENT_FILE = Path(__file__).resolve().parent / "mutants_equivalent.toml"
+GOAL = 0.90
+
+# mutmut's exit-code meanings (mutmut.stats.status_by_exit_code), folded to what the score needs.
+KILLED = {1, 3}
+TIMEOUT = {-24, 24, 152, 255, 36}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+NOT_RUN = {None}
+SKIPPED = {34}
+
+
+@dataclass
+class Group:
+    name: str
+    what: str
+    modules: list[str]
+    tests: list[str]
+    functions: list[str] = field(default_factory=list)
+
+    @property
+    def device_side(self) -> bool:
+        return any(m.startswith("runtimes/") for m in self.modules)
+
+    def module_name(self, path: str) -> str:
+        """The dotted name mutmut gives a module: device scripts are top-level, as on the device."""
+        stem = path[: -len(".py")]
+        if path.startswith("runtimes/"):
+            return stem.split("/", 1)[1]
+        return stem.replace("/", ".").replace(".__init__", "")
+
+
+@dataclass
+class ModuleScore:
+    group: str
+    module: str
+    counts: Counter
+    survivors: list[str]
+    equivalent: dict[str, str]
+    seconds: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def scored(self) -> int:
+        return self.total - len(self.equivalent) - self.counts["skipped"] - self.counts["not run"]
+
+    @property
+    def killed(self) -> int:
+        return self.counts["killed"] + self.counts["timeout"]
+
+    @property
+    def rate(self) -> float:
+        return self.killed / self.scored if self.scored else 1.0
+
+
+def load_groups(selected: list[str]) -> list[Group]:
+    groups = [Group(**g) for g in tomllib.loads(GROUPS_FILE.read_text())["group"]]
+    unknown = set(selected) - {g.name for g in groups}
+    if unknown:
+        sys.exit(f"{GROUPS_FILE}: no group named {', '.join(sorted(unknown))}")
+    return [g for g in groups if not selected or g.name in selected]
+
+
+def load_equivalent() -> dict[str, str]:
+    if not EQUIVALENT_FILE.exists():
+        return {}
+    return {name: reason for name, reason in tomllib.loads(EQUIVALENT_FILE.read_text()).items()}
+
+
+def prepare(group: Group, resume: bool) -> Path:
+    """A scratch copy of the repository laid out for mutmut, with the group's config in its pyproject."""
+    ws = BUILD / group.name
+    if ws.exists() and not resume:
+        shutil.rmtree(ws)
+    ws.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("edgeprune", "targets", "tests"):
+        shutil.rmtree(ws / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, ws / name, ignore=ignore)
+    shutil.copy2(ROOT / "devices.toml", ws / "devices.toml")
+    # Device scripts import each other as top-level modules; under src/ mutmut names them that way
+    # (it strips "src."), and mutants/runtimes points edgeprune's uploads at the mutated copies.
+    runtimes_dir = "src" if group.device_side else "runtimes"
+    shutil.rmtree(ws / runtimes_dir, ignore_errors=True)
+    shutil.copytree(ROOT / "runtimes", ws / runtimes_dir, ignore=ignore)
+    if group.device_side:
+        (ws / "mutants").mkdir(exist_ok=True)
+        link = ws / "mutants" / "runtimes"
+        if not link.is_symlink():
+            link.symlink_to("src")
+    modules = [m.replace("runtimes/", "src/", 1) if group.device_side else m for m in group.modules]
+    source_paths = ["src"] if group.device_side else ["edgeprune"]
+    also_copy = ["targets", "devices.toml"] + (["edgeprune"] if group.device_side else ["runtimes"])
+    config = "\n".join([
+        "[tool.mutmut]",
+        f"source_paths = {json.dumps(source_paths)}",
+        f"only_mutate = {json.dumps(modules)}",
+        f"also_copy = {json.dumps(also_copy)}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+        # torch is not fork-safe once its thread pools have started: fork from a server that never ran a test
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+        "",
+        "[tool.pytest.ini_options]",
+        'testpaths = ["tests"]',
+        'markers = ["e2e: end-to-end tests through the CLI"]',
+        "",
+    ])
+    (ws / "pyproject.toml").write_text(config)
+    return ws
+
+
+def run_mutmut(ws: Path, jobs: int) -> float:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    started = time.monotonic()
+    with open(ws / "mutmut.log", "w") as log:
+        proc = subprocess.run([str(mutmut), "run", "--max-children", str(jobs)], cwd=ws, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"mutmut failed in {ws} (exit {proc.returncode}); see {ws / 'mutmut.log'}")
+    return time.monotonic() - started
+
+
+def status(code) -> str:
+    for name, codes in (("killed", KILLED), ("timeout", TIMEOUT), ("survived", SURVIVED),
+                        ("no tests", NO_TESTS), ("not run", NOT_RUN), ("skipped", SKIPPED)):
+        if code in codes:
+            return name
+    return "suspicious"
+
+
+def function_of(mutant: str) -> str:
+    """`harness.x_noise_flags__mutmut_3` -> `noise_flags`; methods as `Class.method`."""
+    mangled = mutant.rpartition(".")[2].partition("__mutmut_")[0]
+    if "ǁ" in mangled:
+        _, cls, method = mangled.split("ǁ")[:3]
+        return f"{cls}.{method}"
+    return mangled[2:]
+
+
+def score(group: Group, ws: Path, seconds: float, equivalent: dict[str, str]) -> list[ModuleScore]:
+    scores = []
+    for module in group.modules:
+        meta_path = ws / "mutants" / (module.replace("runtimes/", "src/", 1) if group.device_side else module)
+        meta = json.loads(meta_path.with_name(meta_path.name + ".meta").read_text())
+        results = {name: code for name, code in meta["exit_code_by_key"].items()
+                   if not group.functions or function_of(name).split(".")[-1] in group.functions}
+        counts = Counter(status(code) for code in results.values())
+        judged = {n: r for n, r in equivalent.items() if n in results}
+        survivors = sorted(n for n, code in results.items()
+                           if status(code) in ("survived", "no tests", "suspicious") and n not in judged)
+        scores.append(ModuleScore(group.name, module, counts, survivors, judged, seconds))
+    return scores
+
+
+def diff_of(ws: Path, mutant: str) -> str:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    proc = subprocess.run([str(mutmut), "show", mutant], cwd=ws, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines) or proc.stdout.strip()
+
+
+def report(groups: list[Group], scores: list[ModuleScore], workspaces: dict[str, Path]) -> list[str]:
+    lines = [
+        "# Mutation testing (mutmut)", "",
+        f"Machine: {os.cpu_count()} CPUs, {sys.platform}, Python {sys.version.split()[0]}. "
+        f"Goal: at least {GOAL:.0%} of non-equivalent mutants killed per module.", "",
+        "| group | module | mutants | killed | timed out | survived | no tests | equivalent | kill rate | minutes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in scores:
+        c = s.counts
+        mark = "" if s.rate >= GOAL else " ✗"
+        lines.append(f"| {s.group} | `{s.module}` | {s.total} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+                     f"{c['no tests']} | {len(s.equivalent)} | {s.rate:.1%}{mark} | {s.seconds / 60:.1f} |")
+    for s in scores:
+        if s.equivalent:
+            lines += ["", f"## Equivalent in `{s.module}`", ""]
+            lines += [f"- `{n}`: {r}" for n, r in sorted(s.equivalent.items())]
+        if s.survivors:
+            lines += ["", f"## Surviving in `{s.module}` ({len(s.survivors)})", ""]
+            for name in s.survivors:
+                lines += [f"- `{name}`", "```diff", diff_of(workspaces[s.group], name), "```"]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--json", type=Path, help="per-module counts and survivors, for tooling")
+    parser.add_argument("--group", action="append", default=[], help="run only these groups (repeatable)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once")
+    parser.add_argument("--resume", action="store_true", help="keep earlier results of unchanged functions")
+    parser.add_argument("--report-only", action="store_true", help="re-score the last run without running mutmut")
+    args = parser.parse_args()
+
+    groups = load_groups(args.group)
+    equivalent = load_equivalent()
+    scores, workspaces = [], {}
+    for group in groups:
+        ws = BUILD / group.name if args.report_only else prepare(group, args.resume)
+        print(f"== {group.name}: {group.what} ({', '.join(group.modules)})", flush=True)
+        seconds = 0.0 if args.report_only else run_mutmut(ws, args.jobs)
+        workspaces[group.name] = ws
+        scores += score(group, ws, seconds, equivalent)
+    emit(report(groups, scores, workspaces), args.out)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([dict(group=s.group, module=s.module, counts=dict(s.counts), rate=s.rate,
+                                              survivors=s.survivors, equivalent=s.equivalent, seconds=s.seconds)
+                                         for s in scores], indent=1))
+
+
+if __name__ == "__main__":
+    main()
