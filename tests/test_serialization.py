@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +31,32 @@ def _outputs(model, inputs):
         return main_output(call(model.eval(), inputs))
 
 
+def _perturb(model, seed):
+    """Move every weight and statistic (masks aside) away from the factory's seeded values, as training would:
+    a load that ignored the weights file and kept the factory's would then be caught."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not name.endswith("_mask"):
+                tensor.add_(0.05 * torch.rand(tensor.shape, generator=g))  # positive: running variances stay so
+    return model
+
+
+@dataclass(frozen=True)
+class Saved:
+    factory: Any
+    inputs: Any
+    plan: ep.Plan
+    pruned: torch.nn.Module  # with perturbed weights
+    directory: Path  # where it is saved
+    untrained: torch.Tensor  # the outputs of the same pruned model with the factory's weights
+
+
+def _same_tensors(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     out = {}
@@ -35,34 +65,43 @@ def saved(tmp_path_factory):
         model, inputs = factory(), factory.example_inputs()
         plan = ep.plan(model, inputs, target, budget)
         pruned = ep.prune(model, plan)
+        untrained = _outputs(pruned, inputs)
+        _perturb(pruned, seed=len(out))
         directory = tmp_path_factory.mktemp(name) / "saved"
         ep.save(pruned, plan, directory, factory=factory)
-        out[(name, target)] = (factory, inputs, plan, pruned, directory)
+        out[(name, target)] = Saved(factory, inputs, plan, pruned, directory, untrained)
     return out
 
 
 @pytest.mark.parametrize("name,target", [(n, t) for n, t, _ in CASES])
-def test_save_then_load_gives_bit_identical_outputs(saved, name, target):
-    factory, inputs, _, pruned, directory = saved[(name, target)]
-    loaded = ep.load(factory, directory)
-    assert torch.equal(_outputs(pruned, inputs), _outputs(loaded, inputs))
+def test_save_then_load_gives_back_every_tensor_and_bit_identical_outputs(saved, name, target):
+    case = saved[(name, target)]
+    loaded = ep.load(case.factory, case.directory)
+    assert _same_tensors(loaded, case.pruned)
+    assert torch.equal(_outputs(case.pruned, case.inputs), _outputs(loaded, case.inputs))
+    assert not torch.equal(_outputs(loaded, case.inputs), case.untrained)  # the saved weights, not the factory's
 
 
 def test_load_by_factory_spec_string(saved):
-    factory, inputs, _, pruned, directory = saved[("small_cnn", "stm32h743")]
-    loaded = ep.load("edgeprune.zoo:small_cnn", directory)
-    assert torch.equal(_outputs(pruned, inputs), _outputs(loaded, inputs))
+    case = saved[("small_cnn", "stm32h743")]
+    loaded = ep.load("edgeprune.zoo:small_cnn", case.directory)
+    assert _same_tensors(loaded, case.pruned)
+    assert torch.equal(_outputs(case.pruned, case.inputs), _outputs(loaded, case.inputs))
 
 
 def test_loaded_model_keeps_masks_for_fine_tuning(saved):
-    factory, _, _, pruned, directory = saved[("small_cnn", "corstone-300-ethos-u55-128")]
-    loaded = ep.load(factory, directory)
+    case = saved[("small_cnn", "corstone-300-ethos-u55-128")]
+    loaded = ep.load(case.factory, case.directory)
     masked = [n for n, m in loaded.named_modules() if hasattr(m, "weight_mask")]
-    assert masked and masked == [n for n, m in pruned.named_modules() if hasattr(m, "weight_mask")]
+    assert masked and masked == [n for n, m in case.pruned.named_modules() if hasattr(m, "weight_mask")]
+    modules = dict(case.pruned.named_modules())
+    for name in masked:
+        mask = dict(loaded.named_modules())[name].weight_mask
+        assert torch.equal(mask, modules[name].weight_mask) and 0 < float(mask.mean()) < 1  # the plan's mask itself
 
 
 def test_saved_directory_holds_only_safetensors_and_json(saved):
-    *_, directory = saved[("tiny_vit", "stm32h743")]
+    directory = saved[("tiny_vit", "stm32h743")].directory
     assert sorted(p.name for p in directory.iterdir()) == ["structure.json", "weights.safetensors"]
     structure = json.loads((directory / "structure.json").read_text())
     assert structure["schema"] == "edgeprune.model/1"
@@ -71,19 +110,21 @@ def test_saved_directory_holds_only_safetensors_and_json(saved):
 
 
 def test_save_refuses_to_overwrite_an_existing_directory(saved):
-    _, _, plan, pruned, directory = saved[("small_cnn", "stm32h743")]
-    before = (directory / "weights.safetensors").read_bytes()
+    case = saved[("small_cnn", "stm32h743")]
+    before = (case.directory / "weights.safetensors").read_bytes()
     with pytest.raises(ep.ArtifactError, match="already exists"):
-        ep.save(pruned, plan, directory)
-    assert (directory / "weights.safetensors").read_bytes() == before
+        ep.save(case.pruned, case.plan, case.directory)
+    assert (case.directory / "weights.safetensors").read_bytes() == before
 
 
 def test_save_with_overwrite_replaces_the_directory_and_leaves_no_temporaries(saved, tmp_path):
-    factory, inputs, plan, pruned, _ = saved[("small_cnn", "stm32h743")]
+    case = saved[("small_cnn", "stm32h743")]
     target = tmp_path / "model"
-    ep.save(pruned, plan, target)
-    ep.save(pruned, plan, target, overwrite=True)
+    ep.save(case.pruned, case.plan, target)
+    newer = _perturb(copy.deepcopy(case.pruned), seed=99)
+    ep.save(newer, case.plan, target, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert _same_tensors(ep.load(case.factory, target), newer) and not _same_tensors(newer, case.pruned)
 
 
 def test_load_of_a_missing_directory_names_the_file(tmp_path):
@@ -92,22 +133,23 @@ def test_load_of_a_missing_directory_names_the_file(tmp_path):
 
 
 def test_load_of_corrupt_weights_is_an_error(saved, tmp_path):
-    factory, _, plan, pruned, _ = saved[("small_cnn", "stm32h743")]
-    target = ep.save(pruned, plan, tmp_path / "m")
+    case = saved[("small_cnn", "stm32h743")]
+    target = ep.save(case.pruned, case.plan, tmp_path / "m")
     weights = target / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ep.ArtifactError, match="weights.safetensors"):
-        ep.load(factory, target)
+        ep.load(case.factory, target)
 
 
-def test_load_with_the_wrong_factory_is_an_error(saved):
-    *_, directory = saved[("small_cnn", "stm32h743")]
-    with pytest.raises(ep.ArtifactError):
+def test_load_with_the_wrong_factory_is_an_error_naming_both_factories(saved):
+    directory = saved[("small_cnn", "stm32h743")].directory
+    with pytest.raises(ep.ArtifactError, match=r"cannot rebuild the pruned architecture from "
+                                                r"edgeprune\.zoo:tiny_mobilenet_v2.*saved from edgeprune\.zoo:small_cnn"):
         ep.load(zoo.tiny_mobilenet_v2, directory)
 
 
 def test_load_never_unpickles(saved, monkeypatch):
-    factory, _, _, _, directory = saved[("small_cnn", "stm32h743")]
+    case = saved[("small_cnn", "stm32h743")]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("torch.load / pickle must not be used")
@@ -115,4 +157,4 @@ def test_load_never_unpickles(saved, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr("pickle.load", forbidden)
     monkeypatch.setattr("pickle.loads", forbidden)
-    ep.load(factory, directory)
+    assert _same_tensors(ep.load(case.factory, case.directory), case.pruned)
