@@ -30,7 +30,8 @@ def test_targets_lists_every_builtin_profile():
 def test_targets_show_prints_the_profile_with_its_sources():
     result = run("targets", "show", "jetson-orin-nano-8gb")
     assert result.returncode == 0, result.stderr
-    assert "min_in_channels" in result.stdout and "#" in result.stdout
+    assert "min_in_channels = 256" in result.stdout  # the profile's values
+    assert "# Sources:" in result.stdout and "[TRT#] #3282" in result.stdout  # and the sources cited for them
 
 
 def test_plan_prints_the_table_and_writes_json(tmp_path):
@@ -44,9 +45,13 @@ def test_plan_prints_the_table_and_writes_json(tmp_path):
 
 
 def test_plan_with_input_shape_and_keyword_name(tmp_path):
+    out = tmp_path / "plan.json"
     result = run("plan", "-t", "stm32h743", "-m", "edgeprune.zoo:tiny_resnet", "--input-shape", "1,3,32,32",
-                 "--input-name", "pixel_values", "--budget", "sparsity=0.3")
+                 "--input-name", "pixel_values", "--budget", "sparsity=0.3", "--json", str(out))
     assert result.returncode == 0, result.stderr
+    plan = ep.Plan.from_json(out.read_text())
+    assert [(t.name, t.shape) for t in plan.inputs.tensors] == [("pixel_values", (1, 3, 32, 32))]
+    assert (plan.target, plan.budget) == ("stm32h743", ep.Budget(sparsity=0.3))
 
 
 def test_plan_refuses_to_overwrite_json_without_flag(tmp_path):
@@ -98,9 +103,12 @@ def test_prune_saves_a_model_that_loads_with_identical_outputs(tmp_path):
     result = run("prune", "-t", "stm32h743", "-m", "edgeprune.zoo:small_cnn", "--budget", "macs=0.5", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "dense vs pruned" in result.stdout
-    loaded = ep.load("edgeprune.zoo:small_cnn", out)
-    dense = zoo.small_cnn()
-    x = zoo.small_cnn.example_inputs()
+    loaded = ep.load("edgeprune.zoo:small_cnn", out).eval()
+    plan = ep.record_of(loaded).plan
+    assert (plan.target, plan.budget) == ("stm32h743", ep.Budget(macs_ratio=0.5))
+    # the CLI pruned the factory's (seeded) weights by this plan: the same pruning here gives the same model
+    expected = ep.prune(zoo.small_cnn(), plan).eval()
+    x = (torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(3)),)
     with torch.no_grad():
-        assert loaded(*x).shape == dense(*x).shape
-    assert ep.measure(loaded, x).macs <= 0.5 * ep.measure(dense, x).macs
+        assert torch.equal(loaded(*x), expected(*x))
+    assert ep.measure(loaded, x).macs <= 0.5 * ep.measure(zoo.small_cnn(), x).macs

@@ -56,7 +56,7 @@ def test_bench_settings_out_of_range_or_of_the_wrong_type_are_refused_naming_the
 
 
 def test_bench_settings_errors_are_still_value_errors_for_existing_callers():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"BenchSettings\(min_seconds=nan\): must be a finite number"):
         ep.BenchSettings(min_seconds=math.nan)
 
 

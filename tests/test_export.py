@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune.export import ExportError, export, verify
+from edgeprune.export import onnx as onnx_format
+from edgeprune.export.verify import COSINE_MIN, TOP1_MIN
+from edgeprune.pruning.nm import satisfies_nm
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +45,26 @@ def test_manifest_is_written_beside_the_artifact(onnx_artifact):
     assert "onnxruntime" in manifest["versions"] and "torch" in manifest["versions"]
 
 
-def test_onnx_outputs_match_pytorch_within_fp32_tolerance(onnx_artifact):
-    outputs = onnx_artifact.manifest["verification"]["outputs"]
-    assert outputs and all(o["passed"] for o in outputs)
-    assert outputs[0]["max_abs_err"] < 1e-4
+def test_onnx_outputs_match_pytorch_within_fp32_tolerance(onnx_artifact, pruned_for_jetson):
+    _, _, _, pruned = pruned_for_jetson
+    (output,) = onnx_artifact.manifest["verification"]["outputs"]
+    assert output["tolerance"] == "|a-b| <= 0.001 + 0.001*|b|" and output["inputs"] > 0
+    assert output["max_abs_err"] < 1e-4  # as recorded at export
+    x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(7))  # and on an input of our own
+    (got,) = onnx_format.run(onnx_artifact.path, [x.numpy()])
+    with torch.no_grad():
+        np.testing.assert_allclose(got, pruned(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_two_four_sparsity_is_checked_inside_the_onnx_file(onnx_artifact, pruned_for_jetson):
     _, _, plan, _ = pruned_for_jetson
     layers = onnx_artifact.manifest["verification"]["weights"]["layers"]
-    for d in plan.by_method("n:m"):
-        assert layers[d.layer]["passed"] and layers[d.layer]["check"].startswith("2:4")
+    two_four = {d.layer for d in plan.by_method("n:m")}
+    assert {name for name, r in layers.items() if r["check"] == "2:4 along the input dimension"} == two_four
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_artifact.path)).graph.initializer}
+    for layer in two_four:  # the tensor it was checked on is that layer's, and 2:4 holds in the file
+        assert layers[layer]["stored_as"] == f"{layer}.weight"
+        assert satisfies_nm(torch.from_numpy(stored[f"{layer}.weight"].copy()), 2, 4), layer
 
 
 def test_structured_channel_counts_are_checked_inside_the_artifact(onnx_artifact, pruned_for_jetson):
@@ -59,7 +73,8 @@ def test_structured_channel_counts_are_checked_inside_the_artifact(onnx_artifact
     structured = plan.by_method("structured")
     assert structured
     for d in structured:
-        assert layers[d.layer]["shape"][0] == d.out_channels[1]
+        assert layers[d.layer]["check"] == f"{d.out_channels[1]} output channels"
+        assert layers[d.layer]["shape"][0] == d.out_channels[1] < d.out_channels[0]
 
 
 def test_verification_catches_weights_tampered_with_after_export(onnx_artifact, pruned_for_jetson, tmp_path):
@@ -72,13 +87,19 @@ def test_verification_catches_weights_tampered_with_after_export(onnx_artifact, 
     target.CopyFrom(numpy_helper.from_array(tampered, target.name))
     onnx.save(model, str(copy))
     (tmp_path / onnx_artifact.manifest_path.name).write_text(onnx_artifact.manifest_path.read_text())
-    with pytest.raises(ExportError, match="layer .*2:4"):
+    layer = target.name.removesuffix(".weight")
+    with pytest.raises(ExportError, match=rf"layer {re.escape(layer)}: 2:4 along the input dimension does not "
+                                          rf"hold in {re.escape(target.name)}"):
         verify(pruned, inputs, copy)
 
 
 def test_verify_passes_on_the_untouched_artifact(onnx_artifact, pruned_for_jetson):
-    _, inputs, _, pruned = pruned_for_jetson
-    assert verify(pruned, inputs, onnx_artifact)["weights"]["passed"]
+    _, inputs, plan, pruned = pruned_for_jetson
+    checks = verify(pruned, inputs, onnx_artifact)
+    # every pruned layer checked again, with the findings export recorded, and the outputs compared again
+    assert set(checks["weights"]["layers"]) == {d.layer for d in plan.layers if d.method != "keep"}
+    assert checks["weights"]["layers"] == onnx_artifact.manifest["verification"]["weights"]["layers"]
+    assert checks["runtime"] == "onnxruntime" and checks["outputs"][0]["max_abs_err"] < 1e-4
 
 
 def test_existing_artifact_is_not_overwritten(onnx_artifact, pruned_for_jetson, jetson_small):
@@ -114,9 +135,13 @@ def test_onnx_int8_is_qdq_and_keeps_two_four(pruned_for_jetson, jetson_small, tm
     calibration = [tuple(t + 0.1 * i for t in inputs) for i in range(4)]
     art = export(pruned, inputs, jetson_small, tmp_path, precision="int8", calibration=calibration)
     assert art.manifest["export"]["ops"].get("DequantizeLinear")
-    assert all(o["passed"] for o in art.manifest["verification"]["outputs"])
+    (output,) = art.manifest["verification"]["outputs"]
+    assert output["cosine"] >= COSINE_MIN and output["top1_agreement"] >= TOP1_MIN
     layers = art.manifest["verification"]["weights"]["layers"]
-    assert all(layers[d.layer]["passed"] for d in plan.by_method("n:m"))
+    stored = {t.name: t.array for t in onnx_format.weights(art.path).tensors}
+    for d in plan.by_method("n:m"):  # the int8 weights in the file keep the pattern
+        array = stored[layers[d.layer]["stored_as"]]
+        assert array.dtype == np.int8 and satisfies_nm(torch.from_numpy(array.copy()), 2, 4), d.layer
 
 
 def test_corrupt_onnx_artifact_is_an_error(onnx_artifact, pruned_for_jetson, tmp_path):
@@ -124,7 +149,7 @@ def test_corrupt_onnx_artifact_is_an_error(onnx_artifact, pruned_for_jetson, tmp
     broken = tmp_path / onnx_artifact.path.name
     broken.write_bytes(onnx_artifact.path.read_bytes()[:200])
     (tmp_path / onnx_artifact.manifest_path.name).write_text(onnx_artifact.manifest_path.read_text())
-    with pytest.raises(ep.ArtifactError):
+    with pytest.raises(ep.ArtifactError, match=rf"{re.escape(str(broken))}: not a loadable ONNX model"):
         verify(pruned, inputs, broken)
 
 
@@ -138,5 +163,6 @@ def test_an_int8_export_calibrated_on_real_data_is_verified_on_held_out_real_dat
     art = ep.export(trained, (x[:1],), "stm32h743", tmp_path, precision="int8",
                     calibration=[(x[i : i + 1],) for i in range(64)],
                     verify_inputs=[(test_x[i : i + 1],) for i in range(16)])
-    outputs = art.manifest["verification"]["outputs"]
-    assert outputs[0]["passed"] and outputs[0]["top1_agreement"] >= 0.75
+    (output,) = art.manifest["verification"]["outputs"]
+    assert art.manifest["verification"]["inputs"] == 16
+    assert output["cosine"] >= COSINE_MIN and output["top1_agreement"] >= TOP1_MIN

@@ -10,6 +10,7 @@ import torch
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune.export import ExportError
+from edgeprune.export.verify import COSINE_MIN, TOP1_MIN
 from edgeprune.inputs import InputSpec
 
 COMBINATIONS = [
@@ -47,12 +48,23 @@ def test_artifact_round_trips_and_verifies(pruned_models, model_name, target, pr
     needs_calibration = precision == "int8" or ep.load_target(target).family == "mcu"
     art = ep.export(pruned, inputs, target, tmp_path, precision=precision, format=fmt, allow_other_target=True,
                     calibration=_calibration(factory) if needs_calibration else None)
-    manifest = art.manifest
+    manifest, checks = art.manifest, art.manifest["verification"]
     assert art.path.is_file() and art.manifest_path.is_file()
-    assert all(o["passed"] for o in manifest["verification"]["outputs"])
-    weights = manifest["verification"]["weights"]
-    assert weights["checked"], weights.get("note")
-    assert weights["passed"] and weights["layers"]
+    # the artifact's outputs in its runtime, as recorded: fp32 equal to PyTorch's up to float rounding,
+    # int8 pointing the same way and picking the same class
+    (output,) = checks["outputs"]
+    assert output["inputs"] == checks["inputs"] > 0
+    if manifest["precision"] == "int8":
+        assert output["cosine"] >= COSINE_MIN and output["top1_agreement"] >= TOP1_MIN
+    else:
+        assert output["max_abs_err"] < 1e-4
+    # every layer the plan pruned (all structured on the Pi) was found in the artifact with its pruned width
+    plan = ep.record_of(pruned).plan
+    pruned_layers = {d.layer: d for d in plan.layers if d.method != "keep"}
+    assert pruned_layers and {d.method for d in pruned_layers.values()} == {"structured"}
+    assert checks["weights"]["checked"], checks["weights"].get("note")
+    assert {name: (r["check"], r["shape"][0]) for name, r in checks["weights"]["layers"].items()} == {
+        name: (f"{d.out_channels[1]} output channels", d.out_channels[1]) for name, d in pruned_layers.items()}
 
 
 @pytest.mark.parametrize("target", ["stm32h743", "corstone-300-ethos-u55-128"])
@@ -60,7 +72,8 @@ def test_mcu_artifact_runs_in_tflite_micro_and_records_its_fit(pruned_models, ta
     factory, inputs, pruned = pruned_models["small_cnn"]
     memory = ep.export(pruned, inputs, target, tmp_path, calibration=_calibration(factory),
                        allow_other_target=True).manifest["memory"]
-    assert all(o["passed"] for o in memory["tflm_outputs"])
+    (tflm,) = memory["tflm_outputs"]  # TFLite-Micro's outputs against PyTorch's
+    assert tflm["inputs"] > 0 and tflm["cosine"] >= COSINE_MIN and tflm["top1_agreement"] >= TOP1_MIN
     assert 0 < memory["tflm_arena_bytes"] <= memory["sram_bytes"] and memory["fits_sram"] and memory["fits_flash"]
 
 
@@ -87,7 +100,7 @@ def test_model_too_big_for_sram_says_by_how_many_kib(pruned_models, tmp_path):
 
 def test_failed_export_leaves_no_artifact_looking_valid(pruned_models, tmp_path):
     factory, inputs, pruned = pruned_models["small_cnn"]
-    with pytest.raises(ExportError):
+    with pytest.raises(ExportError, match=r"unknown export format 'pdf': expected one of pte, tflite, onnx"):
         ep.export(pruned, inputs, "raspberry-pi-5", tmp_path, format="pdf")
     assert not list(tmp_path.iterdir())
 

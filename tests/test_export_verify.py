@@ -3,6 +3,8 @@ read from its own tensor in the artifact, and the target the model was pruned fo
 
 from __future__ import annotations
 
+import copy
+import re
 import shutil
 from dataclasses import replace
 
@@ -19,8 +21,11 @@ from edgeprune.export import executorch as et_format
 from edgeprune.export import litert as litert_format
 from edgeprune.export import onnx as onnx_format
 from edgeprune.export.formats import WeightReadback
+from edgeprune.export.verify import ATOL, COSINE_MIN, RTOL, TOP1_MIN, compare_outputs
 
 READERS = {"onnx": onnx_format, "pte": et_format, "tflite": litert_format}
+RUNTIMES = {"onnx": "onnxruntime", "pte": "ExecuTorch (XNNPACK)", "tflite": "LiteRT"}
+OUTPUT_FAILED = re.compile(r"output \d+: .* does not hold")  # how a verification error names an output
 
 
 # ------------------------------------------------------------------------ item 3: what int8 is verified on
@@ -41,7 +46,8 @@ def test_int8_export_with_real_calibration_is_verified_on_held_out_calibration_s
     checks = art.manifest["verification"]
     assert checks["source"] == "held-out calibration"
     assert checks["inputs"] == 8 and art.manifest["calibration_samples"] == 32  # 20 % of 40 held out
-    assert all(o["passed"] and o["top1_agreement"] >= 0.75 for o in checks["outputs"])
+    (output,) = checks["outputs"]
+    assert output["inputs"] == 8 and output["cosine"] >= COSINE_MIN and output["top1_agreement"] >= TOP1_MIN
 
 
 def test_verify_inputs_are_used_as_given_and_all_calibration_samples_calibrate(trained_cnn, tmp_path):
@@ -98,7 +104,9 @@ def test_reverifying_an_int8_artifact_needs_data_like_its_calibration(trained_cn
     with pytest.raises(ExportError, match="int8.*verify_inputs="):
         verify(model, calibration[0], art)
     checks = verify(model, calibration[0], art, verify_inputs=calibration[:8])
-    assert checks["source"] == "verify_inputs" and all(o["passed"] for o in checks["outputs"])
+    (output,) = checks["outputs"]
+    assert checks["source"] == "verify_inputs" and output["inputs"] == 8
+    assert output["cosine"] >= COSINE_MIN and output["top1_agreement"] >= TOP1_MIN
 
 
 # --------------------------------------------------------------- item 4: each layer checked on its own tensor
@@ -136,9 +144,17 @@ def twin_artifacts(twins, jetson_small, tmp_path_factory):
     return {fmt: export(pruned, inputs, jetson_small, tmp_path_factory.mktemp(fmt), format=fmt) for fmt in READERS}
 
 
-def _tampered_copy(artifact, fmt: str, layer: str, tmp_path, *, keep_names: bool = True):
-    """A copy of the export's directory in which one weight `layer` had pruned is non-zero again inside the
-    artifact's bytes: that layer's 2:4 pattern is broken and nothing else changed."""
+def _one_zero_set(stored: np.ndarray) -> np.ndarray:
+    """The first zero made 0.01: one N:M group broken."""
+    broken = stored.copy()
+    broken.flat[np.flatnonzero(broken == 0)[0]] = 0.01
+    return broken
+
+
+def _tampered_copy(artifact, fmt: str, layer: str, tmp_path, *, keep_names: bool = True, tamper=_one_zero_set):
+    """A copy of the export's directory in which `layer`'s weight is `tamper(stored weight)` inside the
+    artifact's bytes (by default one weight it had pruned is non-zero again: its 2:4 pattern is broken) and
+    nothing else changed."""
     directory = shutil.copytree(artifact.path.parent, tmp_path / "copy")
     path = directory / artifact.path.name
     if not keep_names:
@@ -146,8 +162,8 @@ def _tampered_copy(artifact, fmt: str, layer: str, tmp_path, *, keep_names: bool
     stored = next(t for t in READERS[fmt].weights(artifact.path).tensors if t.name == f"{layer}.weight")
     data, raw = path.read_bytes(), stored.array.tobytes()
     assert data.count(raw) == 1, f"the {layer} weight's bytes are not stored once, as is, in {path.name}"
-    broken = stored.array.copy()
-    broken.flat[np.flatnonzero(broken == 0)[0]] = 0.01
+    broken = tamper(stored.array)
+    assert broken.dtype == stored.array.dtype and broken.shape == stored.array.shape
     path.write_bytes(data.replace(raw, broken.tobytes()))
     return path
 
@@ -168,8 +184,9 @@ def test_a_tamper_in_either_of_two_equal_shaped_layers_is_caught_on_that_layers_
 @pytest.mark.parametrize("fmt", list(READERS))
 def test_every_pruned_layer_is_read_from_the_tensor_named_after_it(twin_artifacts, fmt):
     layers = twin_artifacts[fmt].manifest["verification"]["weights"]["layers"]
-    assert {name: (r["stored_as"], r["matched_by"], r["passed"]) for name, r in layers.items()} == {
-        "first": ("first.weight", "name", True), "second": ("second.weight", "name", True)}
+    assert {name: (r["stored_as"], r["matched_by"], r["check"]) for name, r in layers.items()} == {
+        "first": ("first.weight", "name", "2:4 along the input dimension"),
+        "second": ("second.weight", "name", "2:4 along the input dimension")}
 
 
 def test_without_recorded_names_each_layer_is_matched_to_the_tensor_holding_its_weights(twins, twin_artifacts, tmp_path):
@@ -204,10 +221,166 @@ def test_vit_attention_projections_in_tflite_are_each_checked_on_their_own_weigh
     plan, pruned = planned(tiny_vit, "raspberry-pi-5", ep.Budget(macs_ratio=0.7))
     art = export(pruned, tiny_vit.inputs, "raspberry-pi-5", tmp_path, format="tflite")
     layers = art.manifest["verification"]["weights"]["layers"]
-    projections = [d.layer for d in plan.layers if d.layer.endswith(("k_proj", "v_proj")) and d.method != "keep"]
-    assert projections and all(layers[p]["passed"] for p in projections)
+    projections = {d.layer: d for d in plan.layers if d.layer.endswith(("k_proj", "v_proj")) and d.method != "keep"}
+    assert projections and {d.method for d in projections.values()} == {"structured"}
+    # each found with its own pruned width
+    assert {p: layers[p]["shape"][0] for p in projections} == {p: d.out_channels[1] for p, d in projections.items()}
     stored = [layers[p]["stored_as"] for p in projections]
     assert len(set(stored)) == len(stored)  # no tensor checked for two layers
+
+
+# ----------------------------------------------------- outputs: the artifact's in its runtime against PyTorch's
+
+def _shifted(model: nn.Module, by: float) -> nn.Module:
+    """A copy of the small CNN whose every output is `by` higher (its classifier's bias shifted): checked
+    against the small CNN's artifact, that artifact's outputs genuinely differ from the model's by `by`."""
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.classifier.bias += by
+    return shifted
+
+
+@pytest.mark.parametrize("fmt", list(RUNTIMES))
+def test_an_artifact_whose_outputs_differ_beyond_the_fp32_tolerance_fails_naming_runtime_output_and_difference(
+        small_cnn, bench_artifacts, fmt):
+    with pytest.raises(ExportError, match=rf"{re.escape(RUNTIMES[fmt])} output 0: \|a-b\| <= 0\.001 \+ "
+                                          rf"0\.001\*\|b\| does not hold \(max abs err 0\.05, ") as caught:
+        verify(_shifted(small_cnn.model, 0.05), small_cnn.inputs, getattr(bench_artifacts, fmt))
+    assert isinstance(caught.value, ep.EdgepruneError) and "layer" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", list(RUNTIMES))
+def test_outputs_within_the_fp32_tolerance_pass_with_the_difference_recorded(small_cnn, bench_artifacts, fmt):
+    checks = verify(_shifted(small_cnn.model, 2e-4), small_cnn.inputs, getattr(bench_artifacts, fmt))
+    (output,) = checks["outputs"]
+    assert checks["runtime"] == RUNTIMES[fmt] and output["inputs"] == checks["inputs"] > 1
+    assert output["max_abs_err"] == pytest.approx(2e-4, abs=2e-5)  # the shift, plus float rounding
+
+
+def _fp32(reference: list[float], got: list[float]) -> dict:
+    (result,) = compare_outputs([[np.array([reference])]], [[np.array([got])]], "fp32")
+    return result
+
+
+def test_fp32_outputs_agree_within_atol_plus_rtol_times_the_pytorch_value_and_not_beyond():
+    assert (ATOL, RTOL) == (1e-3, 1e-3)
+    reference = [0.0, 10.0]  # bounds: 1e-3 where PyTorch gives 0, 1e-3 + 1e-3 * 10 = 1.1e-2 where it gives 10
+    assert _fp32(reference, [0.99e-3, 10 - 0.99 * 1.1e-2])["passed"]
+    assert not _fp32(reference, [1.01e-3, 10.0])["passed"]  # beyond the absolute part
+    assert not _fp32(reference, [0.0, 10 + 1.01 * 1.1e-2])["passed"]  # beyond the relative part
+    assert _fp32(reference, [0.0, 10 + 1.01 * 1.1e-2])["max_abs_err"] == pytest.approx(1.111e-2)
+
+
+def test_fp32_outputs_are_compared_on_every_verification_input():
+    same, off = np.zeros((1, 4)), np.full((1, 4), 0.01)
+    results = compare_outputs([[same], [same], [same]], [[same], [same], [off]], "fp32")
+    assert [(r["inputs"], r["passed"], r["max_abs_err"]) for r in results] == [(3, False, pytest.approx(0.01))]
+
+
+def test_each_model_output_is_compared_on_its_own():
+    first, second = np.ones((1, 3)), np.ones((1, 5))
+    results = compare_outputs([[first, second]], [[first, second + 0.5]], "fp32")
+    assert [(r["output"], r["passed"]) for r in results] == [(0, True), (1, False)]
+
+
+def _int8(reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    (result,) = compare_outputs([[r] for r in reference], [[g] for g in got], "int8")
+    return result
+
+
+def test_int8_outputs_need_a_cosine_of_at_least_0_97():
+    assert COSINE_MIN == 0.97
+    reference = np.zeros((1, 10))
+    reference[0, 0] = 10.0
+    off_axis = np.zeros((1, 10))
+    off_axis[0, 2:4] = [10 / np.sqrt(2), -10 / np.sqrt(2)]  # orthogonal to the reference, as long
+
+    def at(cosine: float) -> np.ndarray:  # the reference turned by the angle of `cosine`, its top-1 kept
+        return reference + np.sqrt(1 / cosine**2 - 1) * off_axis
+
+    assert _int8([reference], [at(0.975)])["passed"]
+    failed = _int8([reference], [at(0.965)])
+    assert not failed["passed"] and failed["cosine"] == pytest.approx(0.965) and failed["top1_agreement"] == 1.0
+
+
+def test_int8_outputs_need_the_top1_class_of_at_least_three_quarters_of_the_inputs():
+    assert TOP1_MIN == 0.75
+    agree, swapped = np.array([[1.0, 0.999, 0.0]]), np.array([[0.999, 1.0, 0.0]])  # cosine ~1, top-1 differs
+    assert _int8([agree] * 4, [agree] * 3 + [swapped])["passed"]
+    failed = _int8([agree] * 4, [agree] * 2 + [swapped] * 2)
+    assert not failed["passed"] and failed["top1_agreement"] == 0.5 and failed["cosine"] > 0.999
+
+
+# --------------------------------- sparsity and channel counts of a plan with every kind of layer, in each format
+
+MIXED_RECIPE = {"layers": {"expand.0": {"method": "unstructured", "amount": 0.5}}}
+MIXED_CHECKS = {"res.0": "16 output channels", "branch_b.0": "24 output channels",
+                "expand.0": "zero fraction >= 0.5000"}
+
+
+@pytest.fixture(scope="module")
+def mixed(small_cnn):
+    """small_cnn planned for the Pi with half of expand.0's weights zeroed (a recipe's unstructured layer) and
+    the rest of the budget met by removing channels of res.0 and branch_b.0: (plan, pruned model)."""
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.7),
+                   recipe=MIXED_RECIPE)
+    assert {d.layer: (d.method, d.amount if d.method == "unstructured" else d.out_channels)
+            for d in plan.layers if d.method != "keep"} == {
+        "res.0": ("structured", (32, 16)), "branch_b.0": ("structured", (32, 24)), "expand.0": ("unstructured", 0.5)}
+    return plan, ep.prune(small_cnn.model, plan)
+
+
+@pytest.fixture(scope="module")
+def mixed_artifacts(small_cnn, mixed, tmp_path_factory):
+    _, pruned = mixed
+    return {fmt: export(pruned, small_cnn.inputs, "raspberry-pi-5", tmp_path_factory.mktemp(fmt), format=fmt)
+            for fmt in READERS}
+
+
+@pytest.mark.parametrize("fmt", list(READERS))
+def test_each_pruned_layer_is_checked_inside_the_artifact_for_what_the_plan_did_to_it(mixed_artifacts, fmt):
+    layers = mixed_artifacts[fmt].manifest["verification"]["weights"]["layers"]
+    assert {name: r["check"] for name, r in layers.items()} == MIXED_CHECKS
+    # what was measured in the stored tensors, not only the verdict
+    assert (layers["res.0"]["shape"][0], layers["branch_b.0"]["shape"][0]) == (16, 24)
+    assert layers["expand.0"]["zero_fraction"] == pytest.approx(0.5, abs=1e-9)
+
+
+def _zeros_filled_in(stored: np.ndarray) -> np.ndarray:
+    """Every zero made 1e-30: the zero fraction drops to 0, the outputs move by far less than the tolerance."""
+    return np.where(stored == 0, np.float32(1e-30), stored).astype(stored.dtype)
+
+
+@pytest.mark.parametrize("fmt", list(READERS))
+def test_an_unstructured_layer_whose_zeros_were_filled_in_inside_the_artifact_fails_verification_naming_it(
+        mixed, mixed_artifacts, fmt, small_cnn, tmp_path):
+    _, pruned = mixed
+    copy_path = _tampered_copy(mixed_artifacts[fmt], fmt, "expand.0", tmp_path, tamper=_zeros_filled_in)
+    with pytest.raises(ExportError) as caught:
+        verify(pruned, small_cnn.inputs, copy_path)
+    message = str(caught.value)
+    assert "layer expand.0: zero fraction >= 0.5000 does not hold in expand.0.weight" in message
+    # the weight check alone caught it: the outputs still agree, and no other layer is blamed
+    assert not OUTPUT_FAILED.search(message) and "layer res.0" not in message and "layer branch_b.0" not in message
+
+
+@pytest.mark.parametrize("fmt", list(READERS))
+def test_verifying_against_a_plan_the_artifacts_model_was_not_pruned_with_names_each_layer_it_breaks(
+        mixed, bench_artifacts, small_cnn, fmt):
+    """The bench artifacts are the dense small CNN: the plan's channel counts and zeros are all missing."""
+    plan, _ = mixed
+    with pytest.raises(ExportError) as caught:
+        verify(small_cnn.model, small_cnn.inputs, getattr(bench_artifacts, fmt), plan=plan)
+    failed = dict(re.findall(r"layer ([\w.]+): (.+?) does not hold in \1\.weight", str(caught.value)))
+    assert failed == MIXED_CHECKS
+    assert not OUTPUT_FAILED.search(str(caught.value))  # the dense model and its dense artifact agree
+
+
+def test_an_export_given_a_plan_its_model_was_not_pruned_with_fails_and_writes_nothing(mixed, small_cnn, tmp_path):
+    plan, _ = mixed
+    with pytest.raises(ExportError, match=r"layer res\.0: 16 output channels does not hold in res\.0\.weight"):
+        export(small_cnn.model, small_cnn.inputs, "raspberry-pi-5", tmp_path / "out", format="onnx", plan=plan)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 # ------------------------------------------------------------------------------ item 5: the plan's target

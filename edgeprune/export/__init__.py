@@ -230,7 +230,7 @@ def _verify(module, model, example_inputs, path, precision, plan, inputs: list, 
     aliases = {k.removesuffix(".weight"): v.removesuffix(".weight")
                for k, v in (facts.get("weight_names") or {}).items()}
     weights = check_weights(plan, model, module.weights(path), aliases)
-    return {"inputs": len(inputs), "outputs": outputs, "weights": weights,
+    return {"runtime": module.RUNTIME, "inputs": len(inputs), "outputs": outputs, "weights": weights,
             "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
 
 
@@ -289,8 +289,8 @@ def _over_budget(budget: str, need: int, have: int) -> str:
 
 def _failures(checks: dict, memory: dict) -> list[str]:
     failures = [
-        f"output {o['output']}: {o['tolerance']} does not hold (max abs err {o['max_abs_err']:.3g}, "
-        f"cosine {o['cosine']:.4f}, top-1 {o['top1_agreement']:.2f})"
+        f"{checks['runtime']} output {o['output']}: {o['tolerance']} does not hold "
+        f"(max abs err {o['max_abs_err']:.3g}, cosine {o['cosine']:.4f}, top-1 {o['top1_agreement']:.2f})"
         for o in checks["outputs"] if not o["passed"]
     ]
     for layer, result in checks["weights"].get("layers", {}).items():

@@ -56,6 +56,7 @@ from .formats import ExportError, StoredTensor, WeightReadback, first_line
 NOISE = TORCH_EXPORT + TORCHAO_IMPORT + XNNPACK_CPUINFO
 
 BACKEND_ID = "XnnpackBackend"
+RUNTIME = "ExecuTorch (XNNPACK)"
 QUANTIZER_NAME = "executorch.backends.xnnpack.quantizer.xnnpack_quantizer.XNNPACKQuantizer"
 QUANTIZER_CONFIG = "get_symmetric_quantization_config(is_per_channel=True): int8 symmetric per-channel weights, " \
                    "int8 per-tensor static activations (HistogramObserver)"

@@ -21,6 +21,8 @@
         artifact records that. When the format keeps weights where they cannot be read back, return an
         empty list and say why in `note`.
 
+    and a constant RUNTIME: the runtime `run` loads the artifact in, as verification errors name it.
+
     `export`'s facts may hold "weight_names": {parameter name as the artifact records it: the model's
     parameter name}, for formats whose recorded names leave out parts of the module path.
 """

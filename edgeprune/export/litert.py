@@ -44,6 +44,7 @@ from .formats import ExportError, StoredTensor, WeightReadback, first_line
 # what torch.export, torchao's import, TensorFlow's converter and LiteRT print (edgeprune/_quiet.py)
 NOISE = TORCH_EXPORT + TORCHAO_IMPORT + TFLITE
 
+RUNTIME = "LiteRT"
 FILE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 
 # The weight operand (input 1) of these builtin ops, and the layout TFLite stores it in.

@@ -23,6 +23,7 @@ from .formats import ExportError, StoredTensor, WeightReadback, first_line
 
 # what torch.export and torch.onnx's op registration print (edgeprune/_quiet.py)
 NOISE = TORCH_EXPORT + TORCH_ONNX
+RUNTIME = "onnxruntime"
 
 
 def _names(example_inputs: Any) -> tuple[tuple, dict, list[str]]:
