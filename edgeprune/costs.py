@@ -40,11 +40,19 @@ class ModelCost:
     params: int
     layers: dict[str, LayerCost] = field(default_factory=dict)
     order: tuple[str, ...] = ()  # prunable layers in the order the forward pass ran them
+    module_macs: dict[str, int] = field(default_factory=dict)  # MACs run inside each module that holds others
 
     @property
     def other_macs(self) -> int:
-        """MACs outside the prunable layers (attention matmuls, pooling...): pruning leaves these."""
+        """MACs outside the prunable layers (attention matmuls, pooling...): channel pruning leaves these,
+        except attention's, which shrink with the heads (`macs_outside_layers` of the attention module)."""
         return max(0, self.macs - sum(c.macs for c in self.layers.values()))
+
+    def macs_outside_layers(self, module: str) -> int:
+        """MACs that run inside `module` but not in its Conv/Linear layers: an attention module's
+        query-key and attention-value matmuls."""
+        inner = sum(c.macs for n, c in self.layers.items() if n.startswith(f"{module}."))
+        return max(0, self.module_macs.get(module, 0) - inner)
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -75,11 +83,29 @@ def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
 
         return record
 
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_OPS)
+    inside: dict[str, int] = {}
+    started: dict[str, list[int]] = {}
+
+    def enter(name):
+        def record(_module, _inputs):
+            started.setdefault(name, []).append(counter.get_total_flops())
+
+        return record
+
+    def leave(name):
+        def record(_module, _inputs, _output):
+            inside[name] = inside.get(name, 0) + (counter.get_total_flops() - started[name].pop()) // 2
+
+        return record
+
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    holders = [(n, m) for n, m in model.named_modules() if n and next(m.children(), None) is not None]
+    handles += [m.register_forward_pre_hook(enter(n)) for n, m in holders]
+    handles += [m.register_forward_hook(leave(n)) for n, m in holders]
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_OPS)
         with counter:
             call(model, example_inputs)
     finally:
@@ -91,7 +117,7 @@ def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
         w = _weight(module)
         per_layer[name] = LayerCost(macs.get(name, 0), w.numel(), int(torch.count_nonzero(w)))
     params = sum(p.numel() for p in model.parameters())
-    return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order))
+    return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order), inside)
 
 
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}

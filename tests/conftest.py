@@ -42,6 +42,13 @@ def macs_budget(model: str, jetson: bool = False) -> ep.Budget:
     return ep.Budget(macs_ratio=0.5 if jetson else 0.7)
 
 
+# A plan lands just inside its budget, not anywhere inside it: after the search the policy gives channels
+# back, one aligned unit (or attention head) at a time, while the budget holds. On the tiny models, at
+# alignments of 4-8 channels, that leaves the measured MACs or sparsity within this much of the budget
+# (measured over budgets 0.4-0.9 of the MACs and 0.2-0.5 sparsity: at most 0.031 and 0.015).
+BUDGET_TOLERANCE = 0.05
+
+
 def _build(name: str) -> ZooModel:
     factory = getattr(zoo, name)
     return ZooModel(name, factory(), factory.example_inputs())

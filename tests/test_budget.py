@@ -28,8 +28,9 @@ def test_budget_with_two_fields_is_an_error():
 
 
 @pytest.mark.parametrize("ratio", [1e-6, 0.5, 1.0])
-def test_macs_ratio_in_range_is_accepted(ratio):
-    assert ep.Budget(macs_ratio=ratio).macs_ratio == ratio
+def test_macs_ratio_in_range_is_accepted_and_reads_back_from_its_text(ratio):
+    budget = ep.Budget(macs_ratio=ratio)
+    assert (budget.kind, ep.Budget.parse(str(budget))) == ("macs_ratio", budget)
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.5, 1.0000001, 2.0, float("nan")])
@@ -39,8 +40,9 @@ def test_macs_ratio_outside_zero_one_is_an_error(ratio):
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.999])
-def test_sparsity_in_range_is_accepted(sparsity):
-    assert ep.Budget(sparsity=sparsity).sparsity == sparsity
+def test_sparsity_in_range_is_accepted_and_reads_back_from_its_text(sparsity):
+    budget = ep.Budget(sparsity=sparsity)
+    assert (budget.kind, ep.Budget.parse(str(budget))) == ("sparsity", budget)
 
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan")])
@@ -49,9 +51,10 @@ def test_sparsity_outside_zero_one_is_an_error(sparsity):
         ep.Budget(sparsity=sparsity)
 
 
-def test_budget_is_a_budget_error_and_an_edgeprune_error():
-    with pytest.raises(ep.EdgepruneError):
+def test_budget_error_is_an_edgeprune_error():
+    with pytest.raises(ep.EdgepruneError, match=r"Budget\(sparsity=2.0\): must be in") as info:
         ep.Budget(sparsity=2.0)
+    assert isinstance(info.value, ep.BudgetError)
 
 
 @pytest.mark.parametrize(

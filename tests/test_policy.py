@@ -3,8 +3,10 @@ pruned model, recipes, and errors for bad input."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,10 @@ from rich.console import Console
 
 import edgeprune as ep
 from edgeprune import zoo
-from conftest import TINY_MODELS, layer_channels, macs_budget
+from conftest import BUDGET_TOLERANCE, TINY_MODELS, layer_channels, macs_budget
 from edgeprune.costs import prunable_layers
 from edgeprune.inputs import call, output_shapes
-from edgeprune.pruning.nm import reduction_size
+from edgeprune.pruning.nm import reduction_size, satisfies_nm
 
 JETSON, PI5, STM32, ETHOS = "jetson_small", "raspberry-pi-5", "stm32h743", "corstone-300-ethos-u55-128"
 SPARSITY = 0.3
@@ -181,14 +183,65 @@ def test_jetson_gives_nm_to_every_layer_that_qualifies(case, jetson_small):
         assert d.method == "n:m" or "after channel pruning" in d.reason, (name, d.method, d.reason)
 
 
-def test_jetson_shrinks_nm_layers_only_when_2_4_alone_misses_the_budget(small_cnn, jetson_small, planned):
-    loose, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.7))  # 2:4 alone gives ~0.51
-    tight, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.4))
-    assert loose.by_method("n:m") and all(d.group is None for d in loose.by_method("n:m"))
+# -- 2:4 against the shipped Jetson profiles' thresholds (256 channels in and out) -----------------------
+
+SHIPPED_JETSONS = ("jetson-orin-nano-8gb", "jetson-agx-orin-64gb")
+WIDE_NM_LAYERS = {"res.0", "res.3", "expand.0", "branch_a.0", "branch_b.0", "fc1"}  # all but stem, depthwise, head
+
+
+def _wide_cnn(width: int):
+    """SmallCNN at `width` channels on 2x2 images: the policy decides by channel counts, and the small
+    images keep a 512-wide model's MACs (and the test's time) small."""
+    torch.manual_seed(0)
+    return zoo.SmallCNN(width=width).eval(), (torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module", params=SHIPPED_JETSONS)
+def shipped_jetson(request):
+    """(target, model, inputs, plan at 0.7 of the MACs, plan at 0.4) for SmallCNN(width=512): its layers are
+    512-1024 channels wide, so 2:4 layers can lose channels and stay above the 256 threshold."""
+    model, inputs = _wide_cnn(512)
+    loose = ep.plan(model, inputs, request.param, ep.Budget(macs_ratio=0.7))  # 2:4 alone gives ~0.50
+    tight = ep.plan(model, inputs, request.param, ep.Budget(macs_ratio=0.4))
+    return request.param, model, inputs, loose, tight
+
+
+@pytest.mark.parametrize("target", SHIPPED_JETSONS)
+def test_shipped_jetson_gives_2_4_from_256_channels_in_and_out_and_not_below(target):
+    nm = ep.load_target(target).sparsity.nm
+    assert (nm.min_in_channels, nm.min_out_channels) == (256, 256)
+    model, inputs = _wide_cnn(128)  # fc1 is 256→256, exactly the threshold; every other layer has a side below
+    plan = ep.plan(model, inputs, target, ep.Budget(macs_ratio=1.0))
+    assert [d.layer for d in plan.by_method("n:m")] == ["fc1"]
+    for name in ("res.0", "res.3", "expand.0", "branch_a.0", "branch_b.0"):
+        assert plan.layer(name).method != "n:m", name
+        assert "channels is below the sparse-kernel threshold 256→256" in plan.layer(name).reason, name
+
+
+def test_jetson_shrinks_nm_layers_only_when_2_4_alone_misses_the_budget(shipped_jetson):
+    _, _, _, loose, tight = shipped_jetson
+    assert {d.layer for d in loose.by_method("n:m")} == WIDE_NM_LAYERS
+    assert all(d.group is None for d in loose.by_method("n:m")) and not loose.groups
     shrunk = [d for d in tight.by_method("n:m") if d.out_channels[1] < d.out_channels[0]]
     assert shrunk
     assert all("the budget asks for more than 2:4 gives" in d.reason for d in shrunk)
-    assert tight.macs_ratio <= 0.4
+    assert 0.4 - BUDGET_TOLERANCE <= tight.macs_ratio <= 0.4
+
+
+def test_jetson_keeps_2_4_only_on_layers_still_at_the_threshold_after_channel_pruning(shipped_jetson):
+    _, _, _, _, tight = shipped_jetson
+    assert {d.layer for d in tight.by_method("n:m")} == WIDE_NM_LAYERS
+    for d in tight.by_method("n:m"):
+        assert d.in_channels[1] >= 256 and d.out_channels[1] >= 256, d.layer
+
+
+def test_jetson_2_4_pattern_holds_on_the_pruned_model(shipped_jetson):
+    _, model, inputs, _, tight = shipped_jetson
+    modules = dict(ep.finalize(ep.prune(model, tight, inputs)).named_modules())
+    for d in tight.by_method("n:m"):
+        weight = modules[d.layer].weight.detach()
+        assert satisfies_nm(weight, 2, 4), d.layer
+        assert int(weight.count_nonzero()) == weight.numel() // 2, d.layer  # random weights: no zeros of their own
 
 
 @grid(_only(ALL, JETSON))
@@ -277,6 +330,51 @@ def test_plan_sparsity_is_measured_on_the_pruned_model(case):
 def test_sparsity_budget_is_met_on_measured_weights(case):
     zm, plan, pruned = case
     assert measured_sparsity(zm, pruned) >= plan.budget.sparsity
+
+
+# Budgets from both sides: within BUDGET_TOLERANCE (conftest) of the budget, and no pruned group could keep
+# one more unit. 2:4 on Jetson is the exception: the rules give it whatever the budget, so a budget looser
+# than 2:4 alone is over-met (the grid's Jetson budgets need channels removed on top of 2:4).
+
+
+@grid(MACS)
+def test_macs_budget_is_met_from_below_within_the_tolerance(case):
+    zm, plan, pruned = case
+    kept = effective_macs(ep.measure(pruned, zm.inputs), plan) / plan.macs_before
+    assert plan.budget.macs_ratio - BUDGET_TOLERANCE <= kept <= plan.budget.macs_ratio + 1e-6
+
+
+@grid(_only(SPARSE, PI5, STM32, ETHOS))
+def test_sparsity_budget_is_met_from_above_within_the_tolerance(case):
+    zm, plan, pruned = case
+    assert plan.budget.sparsity <= measured_sparsity(zm, pruned) <= plan.budget.sparsity + BUDGET_TOLERANCE
+
+
+def _one_unit_back(plan: ep.Plan, group: ep.GroupDecision) -> ep.Plan:
+    """`plan` with one aligned unit of `group`'s channels (one head for attention) kept instead of removed."""
+    unit = group.channels // group.heads if group.heads else plan.alignment
+    trial = copy.copy(plan)
+    trial.groups = [replace(g, remove=max(0, g.remove - unit)) if g.id == group.id else g for g in plan.groups]
+    return trial
+
+
+def _within(zm, plan: ep.Plan, pruned) -> bool:
+    if plan.budget.kind == "macs_ratio":
+        return effective_macs(ep.measure(pruned, zm.inputs), plan) <= plan.budget.macs_ratio * plan.macs_before
+    return measured_sparsity(zm, pruned) >= plan.budget.sparsity
+
+
+# the models whose groups prune in well under a second each; ViT and BERT have attention heads
+REFILL = [c for c in _only(ALL, PI5, STM32) if c.values[0][0] in ("small_cnn", "tiny_convnext", "tiny_vit", "tiny_bert")]
+
+
+@grid(REFILL)
+def test_no_pruned_group_could_keep_one_more_unit_within_the_budget(case):
+    zm, plan, _ = case
+    assert plan.groups
+    for group in plan.groups:
+        trial = _one_unit_back(plan, group)
+        assert not _within(zm, trial, ep.prune(zm.model, trial)), f"{group.root} could keep one more unit"
 
 
 # -- the plan as data ------------------------------------------------------------------------------------
@@ -441,13 +539,52 @@ def test_importance_and_scope_give_valid_plans(zoo_model, planned, model, import
     zm = zoo_model(model)
     budget = macs_budget(model)
     plan, pruned = planned(zm, PI5, budget, importance=importance, scope=scope)
-    assert (plan.importance, plan.scope) == (importance, scope)
     assert plan.by_method("structured")
     assert plan.macs_ratio <= budget.macs_ratio
     measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
     assert measured == pytest.approx(plan.macs_after, rel=1e-3)
     with torch.no_grad():
         assert output_shapes(call(pruned, zm.inputs)) == output_shapes(call(zm.model, zm.inputs))
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
+def test_a_plan_loaded_from_json_prunes_the_channels_its_importance_chose(small_cnn, planned, importance):
+    plan, pruned = planned(small_cnn, PI5, macs_budget("small_cnn"), importance=importance)
+    again = ep.prune(small_cnn.model, ep.Plan.from_json(plan.to_json()), small_cnn.inputs)
+    assert ep.record_of(again).removals == ep.record_of(pruned).removals
+
+
+def test_each_importance_chooses_its_own_channels_on_a_zoo_model(small_cnn, planned):
+    """So a plan that lost its importance on the way through JSON (above) would prune other channels."""
+    chosen = {importance: ep.record_of(planned(small_cnn, PI5, macs_budget("small_cnn"), importance=importance)[1])
+              .removals for importance in ("l1", "l2", "bn_scale", "taylor")}
+    assert len({removals for removals in chosen.values()}) == 4
+
+
+class TwoGroups(torch.nn.Module):
+    """`a`'s 32 channels are equally important; `b`'s importance grows with the channel index."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.a = torch.nn.Linear(16, 16), torch.nn.Linear(16, 32)
+        self.b, self.head = torch.nn.Linear(32, 32), torch.nn.Linear(32, 4)
+        with torch.no_grad():
+            self.a.weight.fill_(0.1)
+            self.b.weight.copy_(0.1 * torch.arange(1.0, 33.0).view(32, 1).expand(32, 32))
+            self.head.weight.fill_(1.0)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(self.first(x))))))
+
+
+@pytest.mark.parametrize(("scope", "removed"), [("per-layer", {"a": 8, "b": 8}), ("global", {"b": 16})])
+def test_scope_per_layer_prunes_every_group_alike_and_global_where_importance_is_lowest(scope, removed):
+    torch.manual_seed(0)
+    model, inputs = TwoGroups().eval(), (torch.randn(4, 16, generator=torch.Generator().manual_seed(1)),)
+    plan = ep.plan(model, inputs, PI5, ep.Budget(macs_ratio=0.7), scope=scope)
+    assert {g.root: g.remove for g in plan.groups} == removed
+    if scope == "global":  # b's 16 least important channels, ranked against a's equal ones
+        assert ep.record_of(ep.prune(model, plan)).removals[0].idxs == tuple(range(16))
 
 
 # -- N:M decisions against the shapes channel pruning leaves (issue 10, items 6 and 7) ---------------------
@@ -467,8 +604,8 @@ def test_2_4_is_dropped_where_channel_pruning_narrows_a_layer_below_the_sparse_k
         assert d.in_channels[1] >= nm.min_in_channels and d.out_channels[1] >= nm.min_out_channels, d.layer
 
 
-def test_2_4_reasons_give_the_channels_left_after_pruning(small_cnn, jetson_small, planned):
-    plan, _ = planned(small_cnn, jetson_small, ep.Budget(macs_ratio=0.5))
+def test_2_4_reasons_give_the_channels_left_after_pruning(shipped_jetson):
+    _, _, _, _, plan = shipped_jetson
     narrowed = [d for d in plan.by_method("n:m") if d.in_channels[1] < d.in_channels[0]]
     assert narrowed, "no 2:4 layer lost input channels: the case does not exercise the final shapes"
     for d in plan.by_method("n:m"):

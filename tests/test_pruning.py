@@ -4,6 +4,7 @@ export, broken channel groups are rolled back, and the N:M mask has the layout s
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from conftest import TINY_MODELS, layer_channels, macs_budget
 from edgeprune import zoo
 from edgeprune.inputs import call, main_output, normalize, output_shapes
 from edgeprune.pruning.nm import apply_nm, nm_mask, satisfies_nm
+from edgeprune.pruning.structured import IMPORTANCES
 
 PI5, ETHOS = "raspberry-pi-5", "corstone-300-ethos-u55-128"
 
@@ -121,6 +123,92 @@ def test_attention_groups_lose_whole_heads(pruned_case):
         if hasattr(module, "attention_head_size") and hasattr(module, "query"):
             assert module.query.out_features % module.attention_head_size == 0
             assert module.query.out_features == module.key.out_features == module.value.out_features
+
+
+# -- which channels leave: the importance the plan names, lowest first --------------------------------------
+
+
+class Ranked(nn.Module):
+    """`first` sees the inputs and `head` is the classifier (both kept by the rules): `mid`'s 32 output
+    channels, coupled to `bn` and to `head`'s inputs, are the one group the policy can shrink."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(16, 16)
+        self.mid = nn.Linear(16, 32)
+        self.bn = nn.BatchNorm1d(32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.mid(self.first(x)))))
+
+
+def _ranked(rows: dict[int, torch.Tensor], gamma: Optional[dict[int, float]] = None,
+            beta: Optional[dict[int, float]] = None) -> Ranked:
+    """A `Ranked` whose `mid` rows, BatchNorm scales and shifts are set per channel; every other parameter
+    the importances read is the same for all channels (`head`'s columns alike, no biases), so the rows and
+    the BatchNorm decide the ranking. A large shift keeps a channel's ReLU open on the inputs."""
+    torch.manual_seed(0)
+    model = Ranked().eval()
+    with torch.no_grad():
+        model.mid.bias.zero_()
+        model.head.weight.fill_(0.1)
+        model.head.bias.zero_()
+        for c in range(32):
+            model.mid.weight[c] = rows[c]
+            model.bn.weight[c] = (gamma or {}).get(c, 1.0)
+            model.bn.bias[c] = (beta or {}).get(c, 10.0)
+    return model
+
+
+RANKED_INPUTS = (torch.randn(4, 16, generator=torch.Generator().manual_seed(1)),)
+# Ranked's MACs: first 256, mid 512, head 128. One aligned unit (8 channels) off mid leaves 0.82 of them,
+# two 0.64, three 0.46: these budgets each take exactly that many units.
+BUDGET_FOR_REMOVING = {8: 0.83, 16: 0.7, 24: 0.5}
+
+
+def _removed(model: nn.Module, plan: ep.Plan) -> dict[str, tuple[int, ...]]:
+    return {r.root: r.idxs for r in ep.record_of(ep.prune(model, plan)).removals}
+
+
+@pytest.mark.parametrize("remove", sorted(BUDGET_FOR_REMOVING))
+def test_structured_pruning_removes_the_channels_of_lowest_magnitude(remove):
+    # channel c's row has every weight equal to magnitude[c] / 16: a known, distinct L2 (and L1) ranking
+    magnitude = torch.randperm(32, generator=torch.Generator().manual_seed(2)).float() + 1
+    model = _ranked({c: torch.full((16,), float(magnitude[c]) / 16) for c in range(32)})
+    plan = ep.plan(model, RANKED_INPUTS, PI5, ep.Budget(macs_ratio=BUDGET_FOR_REMOVING[remove]))
+    weakest = sorted(magnitude.argsort()[:remove].tolist())
+    assert _removed(model, plan) == {"mid": tuple(weakest)}
+    kept = [c for c in range(32) if c not in weakest]
+    pruned = ep.prune(model, plan)
+    assert torch.equal(pruned.mid.weight, model.mid.weight[kept])
+    assert torch.equal(pruned.bn.weight, model.bn.weight[kept])
+
+
+# Four sets of 8 of mid's channels, each the lowest under one importance and not under the others:
+#   l2       rows of 16 × 0.25      (L1 4.0, L2² 1.0: lowest L2)
+#   l1       rows with one 1.2      (L1 1.2, L2² 1.44: lowest L1)
+#   bn_scale rows of 0.5, γ = 0.01  (lowest BatchNorm scale; large rows keep their L1 and L2 high)
+#   taylor   rows of 0.5, β = -100  (ReLU shut on every input: no gradient, Taylor score 0)
+KIND_SETS = dict(zip(("l2", "l1", "bn_scale", "taylor"), torch.randperm(32, generator=torch.Generator().manual_seed(0)).view(4, 8)
+                     .sort(dim=1).values.tolist()))
+
+
+def _disagreeing() -> Ranked:
+    one_large = torch.zeros(16)
+    one_large[0] = 1.2
+    row = {**{c: torch.full((16,), 0.25) for c in KIND_SETS["l2"]}, **{c: one_large for c in KIND_SETS["l1"]},
+           **{c: torch.full((16,), 0.5) for c in KIND_SETS["bn_scale"] + KIND_SETS["taylor"]}}
+    return _ranked(row, gamma={c: 0.01 for c in KIND_SETS["bn_scale"]}, beta={c: -100.0 for c in KIND_SETS["taylor"]})
+
+
+@pytest.mark.parametrize("scope", ["per-layer", "global"])
+@pytest.mark.parametrize("importance", IMPORTANCES)
+def test_each_importance_removes_the_channels_it_ranks_lowest(importance, scope):
+    model = _disagreeing()
+    plan = ep.plan(model, RANKED_INPUTS, PI5, ep.Budget(macs_ratio=BUDGET_FOR_REMOVING[8]), importance=importance,
+                   scope=scope)
+    assert _removed(model, plan) == {"mid": tuple(KIND_SETS[importance])}
 
 
 # -- the masks -------------------------------------------------------------------------------------------
@@ -373,6 +461,36 @@ def test_a_pruned_model_with_masks_can_be_planned_and_pruned_again(small_cnn):
     first(*inputs).sum().backward()  # masked weights are now non-leaf tensors
     again = ep.prune(first, ep.plan(first, inputs, "raspberry-pi-5", ep.Budget(macs_ratio=0.8)))
     assert again(*inputs).shape == model(*inputs).shape
+
+
+# -- attention modules after their heads are pruned ---------------------------------------------------------
+
+
+def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """transformers' attention modules by name: ViT's (q_proj, head_dim) and BERT's (query, attention_head_size)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(getattr(m, "q_proj", getattr(m, "query", None)), nn.Linear)}
+
+
+@pytest.mark.parametrize("model", ["tiny_vit", "tiny_bert"])
+def test_pruned_attention_modules_count_the_heads_their_projections_hold(zoo_model, planned, model):
+    """transformers 5 reshapes by the head size, so a stale head count still runs; code that reads
+    `num_attention_heads` or `all_head_size` (older transformers reshape with them) would then be wrong."""
+    zm = zoo_model(model)
+    plan, pruned = planned(zm, PI5, ep.Budget(macs_ratio=0.5))
+    heads_left = {g.root.rsplit(".", 1)[0]: g.heads - g.remove // (g.channels // g.heads)
+                  for g in plan.groups if g.heads}
+    attentions = _attention_modules(pruned)
+    assert heads_left and set(heads_left) <= set(attentions)
+    assert min(heads_left.values()) < 4, "no attention module lost a head: the case tests nothing"
+    for name, attention in attentions.items():
+        query = getattr(attention, "q_proj", None) or attention.query
+        head_size = getattr(attention, "head_dim", None) or attention.attention_head_size
+        assert attention.num_attention_heads == heads_left.get(name, 4), name
+        assert attention.num_attention_heads * head_size == query.out_features, name
+        assert getattr(attention, "all_head_size", query.out_features) == query.out_features, name
+    with torch.no_grad():
+        assert output_shapes(call(pruned, zm.inputs)) == output_shapes(call(zm.model, zm.inputs))
 
 
 # -- DistilBERT's attention (issue 10, item 10) ----------------------------------------------------------

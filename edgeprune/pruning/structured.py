@@ -45,6 +45,7 @@ class ChannelGroup:
     out_layers: tuple[str, ...]  # prunable layers whose output channels shrink
     in_layers: tuple[str, ...]  # prunable layers whose input channels shrink
     head_dim: int = 0  # attention groups: channels = heads * head_dim; whole heads are removed
+    attention: str = ""  # attention groups: the module whose query-key and attention-value matmuls lose heads
 
     @property
     def heads(self) -> int:
@@ -140,7 +141,8 @@ class ChannelGraph:
         attention = next((self.attention[self.modules[n]] for n in outs if self.modules[n] in self.attention), None)
         head_dim = _head_dim(attention) if attention is not None else 0
         channels = len(group[0].idxs)
-        return ChannelGroup(self.names[root], channels, tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(ins)), head_dim)
+        return ChannelGroup(self.names[root], channels, tuple(dict.fromkeys(outs)), tuple(dict.fromkeys(ins)), head_dim,
+                            self.names[attention] if attention is not None else "")
 
     def groups(self, frozen: Iterable[str] = ()) -> list[ChannelGroup]:
         """Every coupled channel group whose output layers are all free to shrink.
