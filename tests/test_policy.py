@@ -540,7 +540,7 @@ def test_importance_and_scope_give_valid_plans(zoo_model, planned, model, import
     budget = macs_budget(model)
     plan, pruned = planned(zm, PI5, budget, importance=importance, scope=scope)
     assert plan.by_method("structured")
-    assert plan.macs_ratio <= budget.macs_ratio
+    assert budget.macs_ratio - BUDGET_TOLERANCE <= plan.macs_ratio <= budget.macs_ratio
     measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
     assert measured == pytest.approx(plan.macs_after, rel=1e-3)
     with torch.no_grad():
