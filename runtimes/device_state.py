@@ -23,6 +23,10 @@ on the device, beside the benchmark harnesses (`harness.py`) and the runner's co
 Whatever cannot be read (no cpufreq in a VM, no thermal zones, a file that vanishes between listing and
 reading, a command that hangs) is left out or null: sampling the state must never stop a benchmark.
 
+EDGEPRUNE_TEST_SYSFS (a directory; unset on a device) is read in place of /sys, so that the tests can give
+a run a CPU clock that drops or a thermal zone past its trip point and follow it through the harness to the
+result. It changes only what the state reports: nothing is run or written because of it.
+
 `state_flags(before, after, cores)` turns two samples into human-readable warnings that the measurement
 may not reflect the device at its nominal speed: a CPU whose frequency fell by more than 10% during the run
 (only the pinned `cores`, when given), a thermal zone at or above a passive/hot/critical trip point, and
@@ -45,8 +49,9 @@ import socket
 import subprocess
 import time
 
-_CPU_DIR = "/sys/devices/system/cpu"
-_THERMAL_DIR = "/sys/class/thermal"
+SYSFS_ENV = "EDGEPRUNE_TEST_SYSFS"
+_CPU_DIR = "devices/system/cpu"  # under sysfs
+_THERMAL_DIR = "class/thermal"
 _PROC_STAT = "/proc/stat"
 _COMMAND_TIMEOUT_S = 5.0
 # A CPU whose frequency is more than this fraction lower after the run than before is flagged.
@@ -83,8 +88,12 @@ def _index(path: str, prefix: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _sysfs(path: str) -> str:
+    return os.path.join(os.environ.get(SYSFS_ENV) or "/sys", path)
+
+
 def _cpu_dirs():
-    dirs = [d for d in glob.glob(os.path.join(_CPU_DIR, "cpu[0-9]*")) if os.path.isdir(d)]
+    dirs = [d for d in glob.glob(os.path.join(_sysfs(_CPU_DIR), "cpu[0-9]*")) if os.path.isdir(d)]
     return sorted(dirs, key=lambda d: _index(d, "cpu"))
 
 
@@ -128,7 +137,7 @@ def _cpuinfo_mhz():
 
 def _thermal():
     zones = []
-    paths = sorted(glob.glob(os.path.join(_THERMAL_DIR, "thermal_zone[0-9]*")), key=lambda p: _index(p, "zone"))
+    paths = sorted(glob.glob(os.path.join(_sysfs(_THERMAL_DIR), "thermal_zone[0-9]*")), key=lambda p: _index(p, "zone"))
     for path in paths:
         zone = {"zone": _index(path, "zone"), "type": _read(os.path.join(path, "type")),
                 # millidegrees Celsius; reading temp can fail (EIO/ENODATA) on zones whose sensor is off

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,87 @@ def test_a_run_beside_busy_loops_on_every_core_is_flagged_busy_and_invalid(bench
     assert result.load["cpus"] == sorted(os.sched_getaffinity(0))
     assert result.ci95_p50_scope == "within-run"
     assert json.loads(result.to_json())["load"] == result.load
+
+
+# ------------------------------------------------------------------ a device not at full speed, end to end
+
+class FakeSysfs:
+    """A sysfs for the device state (device_state reads it in place of /sys when EDGEPRUNE_TEST_SYSFS names
+    it): cpu0's clock and one thermal zone with a passive trip point at 85 °C."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cpufreq = root / "devices" / "system" / "cpu" / "cpu0" / "cpufreq"
+        self.cpufreq.mkdir(parents=True)
+        (self.cpufreq / "scaling_governor").write_text("performance\n")
+        (self.cpufreq / "cpuinfo_max_freq").write_text("2400000\n")
+        (self.cpufreq / "scaling_cur_freq").write_text("2400000\n")
+        self.zone = root / "class" / "thermal" / "thermal_zone0"
+        self.zone.mkdir(parents=True)
+        (self.zone / "type").write_text("cpu-thermal\n")
+        (self.zone / "trip_point_0_type").write_text("passive\n")
+        (self.zone / "trip_point_0_temp").write_text("85000\n")
+        (self.zone / "temp").write_text("50000\n")
+
+    def clock_per_sample(self, *khz: str) -> threading.Thread:
+        """cpu0's clock as a FIFO answering the state's reads in turn, one value each: the harness samples
+        the state before its run and after it, so the values are those two samples, whenever they come."""
+        fifo = self.cpufreq / "scaling_cur_freq"
+        fresh = self.cpufreq / "fresh-fifo"
+
+        def swap_in_a_new_fifo():
+            os.mkfifo(fresh)
+            os.replace(fresh, fifo)
+
+        def serve():
+            for value in khz:
+                with open(fifo, "w") as fh:  # waits for the next reader
+                    # a new FIFO in its place before this one's EOF: the next write can only reach the next read
+                    swap_in_a_new_fifo()
+                    fh.write(value + "\n")
+
+        fifo.unlink()
+        swap_in_a_new_fifo()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        return server
+
+
+@pytest.fixture
+def sysfs(tmp_path, monkeypatch) -> FakeSysfs:
+    fake = FakeSysfs(tmp_path / "sysfs")
+    monkeypatch.setenv(device_state.SYSFS_ENV, str(fake.root))  # the local device's harness inherits it
+    return fake
+
+
+# the noise limits out of the way: whatever the machine's load, only the device's state can flag these runs
+STATE_ONLY = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0, max_cv=1e6, max_busy=1e6)
+
+
+def test_a_run_during_which_the_cpu_clock_dropped_comes_back_invalid(bench_artifacts, tmp_path, sysfs):
+    server = sysfs.clock_per_sample("2400000", "1200000")
+    device = local_device(workdir=str(tmp_path / "work"), command_timeout_s=120)  # a read never answered: fails
+    try:
+        result = ep.bench(bench_artifacts.onnx, device, settings=STATE_ONLY)
+    finally:  # a run that failed before its second sample: open the FIFO so that the server can finish
+        fd = os.open(sysfs.cpufreq / "scaling_cur_freq", os.O_RDONLY | os.O_NONBLOCK)
+        server.join(timeout=30)
+        os.close(fd)
+    assert (result.state_before["cur_mhz"], result.state_after["cur_mhz"]) == ({"cpu0": 2400.0}, {"cpu0": 1200.0})
+    assert result.flags == ("cpu0 frequency dropped 2400 → 1200 MHz during the run",)
+    assert not result.valid and json.loads(result.to_json())["valid"] is False
+
+
+def test_a_run_on_a_cpu_past_its_thermal_trip_point_comes_back_invalid(bench_artifacts, tmp_path, sysfs):
+    (sysfs.zone / "temp").write_text("91500\n")
+    result = ep.bench(bench_artifacts.onnx, local_device(workdir=str(tmp_path / "work")), settings=STATE_ONLY)
+    assert result.state_after["thermal"][0]["temp_c"] == 91.5
+    assert result.flags == ("thermal zone 0 (cpu-thermal) reached 91.5 °C, its passive trip point 85.0 °C",)
+    assert not result.valid and json.loads(result.to_json())["valid"] is False
+
+
+def test_a_run_at_a_steady_clock_below_its_trip_points_comes_back_valid(bench_artifacts, tmp_path, sysfs):
+    result = ep.bench(bench_artifacts.onnx, local_device(workdir=str(tmp_path / "work")), settings=STATE_ONLY)
+    assert result.state_after["cur_mhz"] == {"cpu0": 2400.0} and result.state_after["thermal"][0]["temp_c"] == 50.0
+    assert result.flags == () and result.valid
