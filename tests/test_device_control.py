@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
 
@@ -22,6 +21,14 @@ def device(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 def lock(lockdir: Path, owner: str, lease_s: float = 60, wait_s: float = 0, rundir: Path | None = None):
     args = ["lock", str(lockdir), "--owner", owner, "--lease-s", str(lease_s), "--wait-s", str(wait_s)]
     return device(*args, *(["--rundir", str(rundir)] if rundir else []))
+
+
+def wait_until(found, what: str, timeout: float = 60.0) -> None:
+    """Until `found()` is true: an event, never a guess at how long it takes (the bound only ends a hang)."""
+    end = time.monotonic() + timeout
+    while not found():
+        assert time.monotonic() < end, f"{what} did not happen within {timeout:.0f} s"
+        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -50,11 +57,12 @@ def test_a_second_runner_gives_up_after_its_wait_naming_the_holder(tmp_path):
 def test_a_waiting_runner_gets_the_lock_once_it_is_released(tmp_path):
     lock(tmp_path / "lock", "a")
     waiter = subprocess.Popen([sys.executable, str(DEVICE_PY), "lock", str(tmp_path / "lock"), "--owner", "b",
-                               "--lease-s", "60", "--wait-s", "20"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+                               "--lease-s", "60", "--wait-s", "120"], stdout=subprocess.PIPE, text=True)
+    # the guard file is made by the first look at a lock someone holds: b has found it taken
+    wait_until(lambda: (tmp_path / "lock.guard").exists() or waiter.poll() is not None, "b's first try")
     assert waiter.poll() is None  # still waiting
     assert json.loads(device("unlock", str(tmp_path / "lock"), "--owner", "a").stdout)["released"]
-    out, _ = waiter.communicate(timeout=20)
+    out, _ = waiter.communicate(timeout=120)
     assert waiter.returncode == 0 and json.loads(out)["acquired"]
 
 
@@ -87,8 +95,8 @@ def test_exec_kills_the_command_and_its_children_at_the_timeout(tmp_path):
     pidfile = tmp_path / "pid"
     script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     t0 = time.monotonic()
-    done = device("exec", "--pidfile", str(pidfile), "--timeout", "1", "--", sys.executable, "-c", script)
-    assert done.returncode == 124 and time.monotonic() - t0 < 10
+    done = device("exec", "--pidfile", str(pidfile), "--timeout", "1", "--", sys.executable, "-c", script, timeout=90)
+    assert done.returncode == 124 and time.monotonic() - t0 < 30  # generous; the command would sleep 60 s
     assert "past its 1 s timeout" in done.stderr
     child = int(pidfile.read_text().split()[1])
     assert not alive(child)
@@ -106,10 +114,7 @@ def test_kill_stops_a_supervised_command(tmp_path):
     pidfile = tmp_path / "pid"
     supervisor = subprocess.Popen([sys.executable, str(DEVICE_PY), "exec", "--pidfile", str(pidfile), "--timeout",
                                    "60", "--", sys.executable, "-c", "import time; time.sleep(60)"])
-    for _ in range(100):
-        if pidfile.exists() and pidfile.read_text().strip():
-            break
-        time.sleep(0.05)
+    wait_until(pidfile.exists, "the supervisor's pid file")  # renamed into place whole
     child = int(pidfile.read_text().split()[1])
     assert json.loads(device("kill", "--pidfile", str(pidfile)).stdout)["killed"] == [supervisor.pid, child]
     supervisor.wait(timeout=10)

@@ -53,10 +53,11 @@ def test_a_command_longer_than_dropbear_takes_is_refused_before_it_is_sent(dropb
 def test_a_harness_past_its_timeout_is_killed_over_dropbear_with_its_detached_grandchild(dropbear, tmp_path,
                                                                                       bench_artifacts):
     daemon = tmp_path / "daemon.pid"
-    _toml, device = devices_toml("loopback", tmp_path, lambda: dropbear, command_timeout_s=3.0,
+    # the limit of every step: generous, so that on a loaded machine only the hanging harness reaches it
+    _toml, device = devices_toml("loopback", tmp_path, lambda: dropbear, command_timeout_s=10.0,
                                  python=str(hostile_python(tmp_path, detaching_harness(daemon))))
     try:
-        with pytest.raises(ep.RemoteTimeoutError, match=r"past its 3 s timeout \(command_timeout_s\) and was killed "
+        with pytest.raises(ep.RemoteTimeoutError, match=r"past its 10 s timeout \(command_timeout_s\) and was killed "
                                                         r"on the device: .*with everything it started \(2 processes\)"):
             ep.bench(bench_artifacts.onnx, device, settings=QUICK)
         pid = int(daemon.read_text())
@@ -116,7 +117,7 @@ def test_a_killed_runners_lock_is_reclaimed_at_once_over_ssh(server, bench_artif
     assert gone and re.search(rf"{lease['owner']} \(its holder, pid {lease['holder_pid']} .* has exited", gone[0]), \
         result.notes
     assert run_dirs(ep.devices.get_device("loopback", toml)) == []
-    end = time.monotonic() + 10  # the orphaned harness's supervisor saw its host gone and killed it
+    end = time.monotonic() + 60  # the orphaned harness's supervisor saw its host gone and killed it
     while subprocess.run(["pgrep", "-f", str(stale_run)], capture_output=True).returncode == 0:
         assert time.monotonic() < end, "the killed runner's harness is still running"
         time.sleep(0.1)

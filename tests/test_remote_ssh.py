@@ -97,7 +97,7 @@ def test_a_silent_server_hits_the_connect_timeout(tmp_path, sshd):
         t0 = time.monotonic()
         with pytest.raises(ep.RemoteTimeoutError, match=r"no SSH connection .* within 1 s"):
             remote.open_session(device)
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 10  # well under paramiko's own 15 s banner timeout
 
 
 def test_large_output_is_read_while_waiting_and_does_not_hang(sshd, tmp_path):
@@ -180,15 +180,17 @@ def test_a_corrupted_upload_is_caught_by_the_sha256_check(sshd, bench_artifacts,
 
 
 def test_a_benchmark_past_its_timeout_is_killed_on_the_device_and_reported(sshd, bench_artifacts, tmp_path):
-    device = loopback(sshd, tmp_path, command_timeout_s=4.0)
-    with pytest.raises(ep.RemoteTimeoutError, match=r"past its 4 s timeout .*killed on the device") as info:
+    # the limit of every step: generous, so that on a loaded machine only the endless benchmark reaches it
+    device = loopback(sshd, tmp_path, command_timeout_s=10.0)
+    with pytest.raises(ep.RemoteTimeoutError, match=r"past its 10 s timeout .*killed on the device") as info:
         ep.bench(bench_artifacts.onnx, device, settings=BenchSettings(min_runs=10**9, min_seconds=600))
     assert not harness_alive(int(re.search(r"\(pid (\d+)\)", str(info.value)).group(1)))
     assert list(Path(device.workdir).glob("run-*")) == []
 
 
 def test_sshd_dying_mid_benchmark_records_nothing_and_the_lock_is_reclaimed_later(sshd_private, bench_artifacts, tmp_path):
-    device = loopback(sshd_private, tmp_path, deadline_s=8.0, lease_s=8.0)
+    # lock_wait_s = 0: the next run takes the lock at its first try, or fails
+    device = loopback(sshd_private, tmp_path, lock_wait_s=0)
     killed = threading.Event()
 
     def progress(stage, info):
@@ -203,27 +205,41 @@ def test_sshd_dying_mid_benchmark_records_nothing_and_the_lock_is_reclaimed_late
     stale_runs = list(Path(device.workdir).glob("run-*"))
     assert len(stale_runs) == 1
 
-    expires = json.loads((Path(device.workdir) / "lock" / "lease.json").read_text())["expires"]
+    lease = json.loads((Path(device.workdir) / "lock" / "lease.json").read_text())
     restarted = SSHServer.start(sshd_private.root, port=sshd_private.port)  # same host key: the device rebooted
-    try:
-        time.sleep(max(0.0, expires - time.time()) + 0.2)  # past the dead run's lease
+    try:  # the lock's holder was the dead connection's sshd process: reclaimed at once, not after the lease
         result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
     finally:
         restarted.stop()
-    assert any("reclaimed a stale benchmark lock" in note for note in result.notes)
+    reclaimed = [note for note in result.notes if "reclaimed a stale benchmark lock" in note]
+    assert reclaimed and re.search(rf"{lease['owner']} \(its holder, pid {lease['holder_pid']} .*has exited", reclaimed[0])
     assert list(Path(device.workdir).glob("run-*")) == []
-    orphans = subprocess.run(["pgrep", "-f", str(stale_runs[0])], capture_output=True, text=True).stdout.split()
-    assert orphans == []  # the orphaned harness noticed its dead pipe and exited
+    end = time.monotonic() + 60  # the orphaned harness notices its dead pipe and exits
+    while subprocess.run(["pgrep", "-f", str(stale_runs[0])], capture_output=True).returncode == 0:
+        assert time.monotonic() < end, "the orphaned harness is still running"
+        time.sleep(0.1)
 
 
 def test_two_runs_on_one_device_take_turns(sshd, bench_artifacts, tmp_path):
     device = loopback(sshd, tmp_path)
-    settings = dataclasses.replace(QUICK, min_seconds=1.0)
+    both_asking = threading.Barrier(2, timeout=120)  # both runs ask for the lock at once
+    held = threading.Event()
+    hold_s = 2.0
+
+    def progress(stage, info):
+        if stage == "lock":
+            both_asking.wait()
+        elif stage == "measure" and info.get("stage") == "start" and not held.is_set():
+            held.set()  # the run that took the lock keeps it hold_s longer than the other run has been asking
+            time.sleep(hold_s)
+
     with ThreadPoolExecutor(2) as pool:  # two users benchmarking the same board at once
-        results = list(pool.map(lambda _: ep.bench(bench_artifacts.onnx, device, settings=settings), range(2)))
+        results = list(pool.map(lambda _: ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=progress),
+                                range(2)))
     first, second = sorted(results, key=lambda r: r.state_before["time"])
     assert first.state_after["time"] <= second.state_before["time"]
-    assert second.overhead_s["lock_s"] > 0.5  # it waited for the first to finish
+    # it waited for the first to finish: all of hold_s but the few statements between its ask and its lock step
+    assert second.overhead_s["lock_s"] >= hold_s / 2
 
 
 def test_several_devices_are_measured_at_once(sshd, bench_artifacts, tmp_path):
