@@ -16,7 +16,7 @@ import edgeprune as ep
 from conftest import TINY_MODELS, layer_channels, macs_budget
 from edgeprune import zoo
 from edgeprune.inputs import call, main_output, normalize, output_shapes
-from edgeprune.pruning.nm import apply_nm, nm_mask, satisfies_nm
+from edgeprune.pruning.nm import apply_nm, nm_mask, reduction_size, satisfies_nm
 from edgeprune.pruning.structured import IMPORTANCES
 
 PI5, ETHOS = "raspberry-pi-5", "corstone-300-ethos-u55-128"
@@ -436,6 +436,13 @@ def test_nm_mask_keeps_exactly_n_of_every_m(shape, n, m):
 def test_nm_mask_input_dimension_not_a_multiple_of_m_is_an_error(shape):
     with pytest.raises(ValueError, match="not a multiple of 4"):
         nm_mask(torch.randn(shape), 2, 4)
+
+
+@pytest.mark.parametrize("layer, size", [(nn.Linear(12, 4), 12), (nn.Conv2d(8, 8, 3), 8),
+                                         (nn.Conv2d(8, 8, 3, groups=2), 4), (nn.Conv2d(6, 6, 1, groups=6), 1)])
+def test_reduction_size_is_the_whole_number_of_inputs_each_output_sums_over(layer, size):
+    # an int, not 4.0: it is printed in reasons and errors ("input dimension 4 is not a multiple of ...")
+    assert reduction_size(layer) == size and type(reduction_size(layer)) is int
 
 
 def test_satisfies_nm_rejects_a_dense_weight():
