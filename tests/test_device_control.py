@@ -80,7 +80,7 @@ def test_an_expired_lease_is_reclaimed_with_the_crashed_runs_directory(tmp_path)
 def test_only_the_holder_can_release_the_lock(tmp_path):
     lock(tmp_path / "lock", "a")
     assert json.loads(device("unlock", str(tmp_path / "lock"), "--owner", "b").stdout)["released"] is False
-    assert (tmp_path / "lock" / "lease.json").exists()
+    assert json.loads((tmp_path / "lock" / "lease.json").read_text())["owner"] == "a"
 
 
 def test_of_many_simultaneous_runners_exactly_one_gets_the_lock(tmp_path):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_a_pte_is_measured_on_the_local_device(bench_artifacts, local):
     assert result.n >= 10 and len(result.samples) == result.n
     assert result.min <= result.p50 <= result.p90 <= result.p99 <= result.max
     assert result.ci95_p50[0] <= result.p50 <= result.ci95_p50[1]
-    assert result.state_before and result.state_after
+    assert result.state_before["hostname"] == result.state_after["hostname"] == socket.gethostname()
+    assert result.state_before["time"] < result.state_after["time"]
     assert {"connect_s", "upload_s", "verify_s", "run_s", "cleanup_s", "total_s"} <= set(result.overhead_s)
 
 
