@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
@@ -257,10 +259,24 @@ def _dropout_mlp():
     return model
 
 
-def test_resume_of_a_run_with_dropout_and_shuffled_batches_is_bit_identical(data, tmp_path):
+class _Augmented(Dataset):
+    """Digits jittered with Python's `random` and numpy's global RNG, in this process (the loader has no workers)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] * (1 + 0.1 * random.random()) + 0.1 * float(np.random.rand()), self.y[i]
+
+
+def test_resume_of_a_run_with_dropout_shuffling_and_random_augmentation_is_bit_identical(data, tmp_path):
+    """Every global RNG a step draws from: torch's (dropout), Python's and numpy's (augmentation)."""
     xtr, ytr, _, _ = data
     model = _dropout_mlp()
-    train = DataLoader(TensorDataset(xtr[:256], ytr[:256]), batch_size=32, shuffle=True)
+    train = DataLoader(_Augmented(xtr[:256], ytr[:256]), batch_size=32, shuffle=True)
     kw = dict(epochs=3, lr=3e-3, quiet=True, seed=4)
     whole = ep.finetune(model, train, **kw)
 
@@ -274,6 +290,17 @@ def test_resume_of_a_run_with_dropout_and_shuffled_batches_is_bit_identical(data
     assert resumed.resumed_from == 1
     assert _same_weights(whole.model, resumed.model)
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+
+
+def test_finetune_seeds_the_global_rngs_for_the_run_and_gives_the_callers_back(data):
+    xtr, ytr, _, _ = data
+    train = DataLoader(_Augmented(xtr[:128], ytr[:128]), batch_size=32)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    before = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    a, b = (ep.finetune(_dropout_mlp(), train, epochs=1, quiet=True, seed=1).model for _ in range(2))
+    assert _same_weights(a, b)  # repeatable: the augmentation drew the same numbers both times
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])
 
 
 class _Poison(Dataset):

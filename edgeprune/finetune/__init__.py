@@ -11,6 +11,7 @@ One module per concept:
     optimizers.py   the optimizer: "adam", "adamw", "sgd", or the caller's factory
     masks.py        pruning masks held in force while training, per-layer magnitude masks
     gradual.py      `GradualSchedule`: masks that grow during training
+    rng.py          the global RNGs (torch, Python, numpy) seeded for a run, their states checkpointed
     checkpoints.py  a safetensors + JSON checkpoint per epoch, and finding the one to resume from
     iterative.py    schemes that call the loop repeatedly: `iterative_prune`, `lottery`
 """

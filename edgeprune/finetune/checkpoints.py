@@ -1,7 +1,7 @@
 """Fine-tuning checkpoints: one per epoch, safetensors + JSON (no pickle), written atomically.
 
-epoch-NNNN.safetensors holds weights, masks, optimizer tensors, the torch RNG state and the best weights;
-epoch-NNNN.json (naming the tensors' sha256) is written second, as the commit marker. A run killed
+epoch-NNNN.safetensors holds weights, masks, optimizer tensors, the global RNGs' states (rng.py) and the
+best weights; epoch-NNNN.json (naming the tensors' sha256) is written second, as the commit marker. A run killed
 mid-epoch resumes from the newest complete pair.
 """
 
@@ -18,6 +18,7 @@ from torch import nn
 from .._atomic import sha256_file, write_file, write_text
 from .._jsonfile import read_json_object
 from ..errors import MalformedError
+from . import rng
 
 __all__ = ["CHECKPOINT_SCHEMA", "save_checkpoint", "latest_checkpoint", "optimizer_state"]
 
@@ -55,7 +56,7 @@ def save_checkpoint(directory: Path, epoch: int, model: nn.Module, opt, best_sta
         tensors.update({f"best.{k}": v.detach().clone().contiguous() for k, v in best_state.items()})
     opt_tensors, opt_meta = _flat_optimizer(opt)
     tensors.update(opt_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(rng.states())
     stem = f"epoch-{epoch:04d}"
     weights = directory / f"{stem}.safetensors"
     write_file(weights, lambda p: safetensors.torch.save_file(tensors, p, metadata={"schema": CHECKPOINT_SCHEMA}),

@@ -13,7 +13,8 @@ run repeatable and resumable, for the length of one epoch and undone after it (`
 - a sampler with `set_epoch` (DistributedSampler) gets `set_epoch(epoch)`, as a training script calls it:
   its shuffle comes from its own seed, shared by every rank, and the epoch.
 
-Anything else random in the loader draws from the global torch RNG, which the loop seeds and checkpoints.
+Anything else random in the loader draws from a global RNG (torch's, Python's `random`, numpy's), which the
+loop seeds and checkpoints (rng.py).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The fine-tuning loop: `finetune` and its `FinetuneResult`.
 
 Determinism and resume: the loader's sampler, seeded per epoch from `seed` (data.py), fixes the data order
-of each epoch; the global torch RNG is seeded from `seed` inside `torch.random.fork_rng` (the caller's RNG
-is untouched); and every epoch writes a checkpoint (checkpoints.py) with weights, masks, optimizer state,
-RNG state, history and the best weights. A run killed mid-epoch and started again with the same
+of each epoch; the global RNGs (torch's, Python's, numpy's) are seeded from `seed` and the caller's states
+given back after the run (rng.py); and every epoch writes a checkpoint (checkpoints.py) with weights, masks,
+optimizer state, RNG states, history and the best weights. A run killed mid-epoch and started again with the same
 `checkpoint_dir` resumes after the last completed epoch and ends bit-identical to an uninterrupted run.
 """
 
@@ -37,6 +37,7 @@ from .data import check_loader, first_batch, seeded_epoch, steps_in
 from .gradual import GradualSchedule, apply_gradual
 from .masks import enforce_masks, ensure_mask, resolve_layers, sparsity
 from .optimizers import Hyperparameters, OptimizerFactory, build_optimizer, check as check_optimizer, describe
+from . import rng
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -148,8 +149,7 @@ def finetune(
     if teacher is not None:
         teacher.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with rng.seeded(seed):
             return _train(model, train_data, epochs, val_data, metric, teacher, optimizer, hyper, warmup_steps,
                           kd_alpha, kd_temperature, gradual, recalibrate_bn, early_stopping_patience, directory, seed,
                           quiet, callback, _on_epoch_end)
@@ -211,7 +211,7 @@ def _train(model, train_data, epochs, val_data, metric, teacher, optimizer, hype
                              f"({exc}); use a fresh checkpoint_dir") from exc
         for g in opt.param_groups:  # checkpoints written before schedules kept each group's base rate
             g.setdefault("initial_lr", settings["lr"])
-        torch.set_rng_state(tensors["rng.torch"])
+        rng.restore(tensors)
         if record["has_best"]:
             best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         result.history = record["history"]
