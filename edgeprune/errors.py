@@ -27,6 +27,14 @@ class ArtifactError(EdgepruneError):
     """A saved model or artifact is missing, corrupt or would be overwritten."""
 
 
+class ExportError(EdgepruneError):
+    """The model cannot be exported to this format (names the op or layer), or verification failed."""
+
+
+class ArenaTooSmallError(ExportError):
+    """TFLite-Micro could not allocate the model's tensors in the arena it was given."""
+
+
 class MalformedError(ArtifactError, ValueError):
     """JSON edgeprune wrote (a plan, a manifest, a checkpoint record) is not what it wrote: not JSON, not
     UTF-8, or a key missing or of the wrong type. The message names the file (where there is one) and the key.

@@ -261,3 +261,23 @@ def test_a_device_inventory_that_is_not_utf8_names_the_file(tmp_path):
     (tmp_path / "devices.toml").write_bytes(LATIN1)
     with pytest.raises(ep.DeviceError, match=r"devices\.toml: not UTF-8 text"):
         ep.load_devices(tmp_path / "devices.toml")
+
+
+# ------------------------------------------------------------------------------------------ where errors live
+
+def test_every_error_edgeprune_raises_is_declared_in_errors_py():
+    import importlib
+    import pkgutil
+
+    import edgeprune.errors
+
+    for info in pkgutil.walk_packages(ep.__path__, "edgeprune."):
+        if not info.name.endswith("__main__"):  # importing it runs the CLI
+            importlib.import_module(info.name)
+    stack, found = [ep.EdgepruneError], []
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    strays = [f"{c.__module__}.{c.__qualname__}" for c in found if c.__module__ != edgeprune.errors.__name__]
+    assert strays == [] and len(found) > 10

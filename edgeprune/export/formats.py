@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EdgepruneError
+from ..errors import ExportError  # re-exported: the format modules raise it from here
 
 # Layouts a stored weight can have; the verifier maps each to "which axis is the input (reduction) axis".
 #   "oihw"  PyTorch / ONNX conv (out, in, kh, kw) and Linear (out, in)
@@ -41,10 +41,6 @@ from ..errors import EdgepruneError
 #   "1hwo"  TFLite depthwise conv (1, kh, kw, out)
 #   "io"    a matmul's right-hand side (in, out)
 LAYOUTS = ("oihw", "ohwi", "1hwo", "io")
-
-
-class ExportError(EdgepruneError):
-    """The model cannot be exported to this format (names the op or layer), or verification failed."""
 
 
 @dataclass

@@ -33,11 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import litert
-from .formats import ExportError
-
-
-class ArenaTooSmallError(ExportError):
-    """TFLite-Micro could not allocate the model's tensors in the arena it was given."""
+from ..errors import ArenaTooSmallError, ExportError
 
 
 TFLM_TIMEOUT_S = 300
