@@ -50,6 +50,29 @@ NOT_RUN = {None}
 SKIPPED = {34}
 
 
+# The device scripts also run in child processes (the harness on `local`), which inherit mutmut's
+# MUTANT_UNDER_TEST: a mutant's name there runs that mutant (what we want), but "stats" makes the child's
+# trampolines look for mutmut's config in the child's working directory and crash. This pytest plugin,
+# loaded only in the device-side groups' scratch copies, keeps "stats" to the test process itself.
+DEVICE_ENV_PLUGIN = "_mutate_device_env"
+DEVICE_ENV_SOURCE = '''"""Loaded by bench/mutate.py for device-side groups only: children never collect mutmut's stats."""
+import os
+import subprocess
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _init(self, *args, env=None, **kwargs):
+    source = os.environ if env is None else env
+    if source.get("MUTANT_UNDER_TEST") == "stats":
+        env = {k: v for k, v in source.items() if k != "MUTANT_UNDER_TEST"}
+    _popen_init(self, *args, env=env, **kwargs)
+
+
+subprocess.Popen.__init__ = _init
+'''
+
+
 @dataclass
 class Group:
     name: str
@@ -131,6 +154,7 @@ def prepare(group: Group, resume: bool) -> Path:
         link = ws / "mutants" / "runtimes"
         if not link.is_symlink():
             link.symlink_to("src")
+        (ws / "mutants" / f"{DEVICE_ENV_PLUGIN}.py").write_text(DEVICE_ENV_SOURCE)
     modules = [m.replace("runtimes/", "src/", 1) if group.device_side else m for m in group.modules]
     source_paths = ["src"] if group.device_side else ["edgeprune"]
     also_copy = ["targets", "devices.toml"] + (["edgeprune"] if group.device_side else ["runtimes"])
@@ -140,10 +164,14 @@ def prepare(group: Group, resume: bool) -> Path:
         f"only_mutate = {json.dumps(modules)}",
         f"also_copy = {json.dumps(also_copy)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x'] + (['-p', DEVICE_ENV_PLUGIN] if group.device_side else []))}",
         # torch is not fork-safe once its thread pools have started: fork from a server that never ran a test
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
+        # mutmut's default (15 x the tests' time) lets one looping mutant of the policy cost a quarter of an
+        # hour; a mutant 3 x slower than the tests is caught as a hang all the same
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 10.0",
         "",
         "[tool.pytest.ini_options]",
         'testpaths = ["tests"]',
@@ -154,15 +182,21 @@ def prepare(group: Group, resume: bool) -> Path:
     return ws
 
 
-def run_mutmut(ws: Path, jobs: int) -> float:
+def patterns(group: Group) -> list[str]:
+    """mutmut's name filters for a group scored on some functions only: the others are not even run."""
+    return [f"{group.module_name(m)}.x_{fn}__mutmut_*" for m in group.modules for fn in group.functions]
+
+
+def run_mutmut(ws: Path, group: Group, jobs: int) -> float:
+    """Seconds mutmut took; raises RuntimeError when it could not run (its log says why)."""
     mutmut = Path(sys.executable).with_name("mutmut")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     started = time.monotonic()
     with open(ws / "mutmut.log", "w") as log:
-        proc = subprocess.run([str(mutmut), "run", "--max-children", str(jobs)], cwd=ws, env=env,
+        proc = subprocess.run([str(mutmut), "run", "--max-children", str(jobs), *patterns(group)], cwd=ws, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        sys.exit(f"mutmut failed in {ws} (exit {proc.returncode}); see {ws / 'mutmut.log'}")
+        raise RuntimeError(f"mutmut failed in {ws} (exit {proc.returncode}); see {ws / 'mutmut.log'}")
     return time.monotonic() - started
 
 
@@ -241,19 +275,25 @@ def main() -> None:
 
     groups = load_groups(args.group)
     equivalent = load_equivalent()
-    scores, workspaces = [], {}
+    scores, workspaces, failed = [], {}, []
     for group in groups:
         ws = BUILD / group.name if args.report_only else prepare(group, args.resume)
         print(f"== {group.name}: {group.what} ({', '.join(group.modules)})", flush=True)
-        seconds = 0.0 if args.report_only else run_mutmut(ws, args.jobs)
+        try:
+            seconds = 0.0 if args.report_only else run_mutmut(ws, group, args.jobs)
+            scores += score(group, ws, seconds, equivalent)
+        except (RuntimeError, FileNotFoundError) as err:  # one group's failure does not lose the others'
+            print(f"{group.name}: not scored: {err}", file=sys.stderr)
+            failed.append(group.name)
         workspaces[group.name] = ws
-        scores += score(group, ws, seconds, equivalent)
     emit(report(groups, scores, workspaces), args.out)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([dict(group=s.group, module=s.module, counts=dict(s.counts), rate=s.rate,
                                               survivors=s.survivors, equivalent=s.equivalent, seconds=s.seconds)
                                          for s in scores], indent=1))
+    if failed:
+        sys.exit(f"not scored: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
