@@ -10,20 +10,18 @@ which is what makes sharing the dense models safe.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 from torch import nn
 
 import edgeprune as ep
 from edgeprune import zoo
-
-TINY_MODELS = ("small_cnn", "tiny_resnet", "tiny_mobilenet_v2", "tiny_convnext", "tiny_vit", "tiny_bert")
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+from helpers import JETSON_SMALL, builtin_profile_text, randn, set_key, write_toml_file
 
 
 @dataclass(frozen=True)
@@ -31,22 +29,6 @@ class ZooModel:
     name: str
     model: nn.Module
     inputs: Any  # a tuple of positional tensors or a dict of keyword tensors, as the factory gives them
-
-
-def macs_budget(model: str, jetson: bool = False) -> ep.Budget:
-    """A MACs budget the policy's rules can meet on a tiny model. tiny_resnet at 32x32 spends most of its
-    MACs in its stem, which is always kept (its floor is ~0.76-0.84 of the MACs, by target). On Jetson the
-    2:4 layers alone reach ~0.5-0.6, so 0.5 makes the policy shrink channels on top of 2:4."""
-    if model == "tiny_resnet":
-        return ep.Budget(macs_ratio=0.85)
-    return ep.Budget(macs_ratio=0.5 if jetson else 0.7)
-
-
-# A plan lands just inside its budget, not anywhere inside it: after the search the policy gives channels
-# back, one aligned unit (or attention head) at a time, while the budget holds. On the tiny models, at
-# alignments of 4-8 channels, that leaves the measured MACs or sparsity within this much of the budget
-# (measured over budgets 0.4-0.9 of the MACs and 0.2-0.5 sparsity: at most 0.031 and 0.015).
-BUDGET_TOLERANCE = 0.05
 
 
 def _build(name: str) -> ZooModel:
@@ -90,34 +72,10 @@ def zoo_model(request) -> Callable[[str], ZooModel]:
     return request.getfixturevalue
 
 
-def layer_channels(module: nn.Module) -> tuple[int, int]:
-    """(output channels, input channels) of a Conv or Linear layer, as the plan's rows count them."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    return module.out_channels, module.in_channels
-
-
-def write_toml_file(directory: Path, name: str, text: str) -> Path:
-    path = Path(directory) / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def write_toml(tmp_path) -> Callable[[str, str], Path]:
     """`write_toml("board.toml", text)` writes `text` into this test's tmp_path and returns the path."""
     return lambda name, text: write_toml_file(tmp_path, name, text)
-
-
-def builtin_profile_text(name: str) -> str:
-    return (TARGETS_DIR / f"{name}.toml").read_text(encoding="utf-8")
-
-
-def set_key(text: str, key: str, value: str) -> str:
-    """`text` with the (unique) line `key = ...` given `value`; the comment after the value is dropped."""
-    new, count = re.subn(rf"(?m)^{re.escape(key)}\s*=.*$", f"{key} = {value}", text)
-    assert count == 1, f"expected one line '{key} = ...', found {count}"
-    return new
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +105,73 @@ def planned() -> Callable[..., tuple[ep.Plan, nn.Module]]:
     return get
 
 
+@pytest.fixture
+def pruned_case(request, zoo_model, jetson_small, planned) -> tuple[ZooModel, ep.Plan, nn.Module]:
+    """(zoo model, plan, pruned model) for one (model, target, budget) case of helpers.GRID (`on_grid`)."""
+    model, target, budget = request.param
+    zm = zoo_model(model)
+    plan, pruned = planned(zm, jetson_small if target == JETSON_SMALL else target, budget)
+    return zm, plan, pruned
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def trained_small_cnn():
+    """zoo.small_cnn after 4 seeded epochs of Adam on the digits train split (~93 % test accuracy): the one
+    trained model of the session. Shared: never train, prune or edit it in place (copy.deepcopy first);
+    at the end of the session its weights are checked unchanged."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = zoo.small_cnn().train()
+    x, y = zoo.digits("train")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        for xb, yb in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    model.eval()
+    trained = _state(model)
+    yield model
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, trained[k])]
+    assert not changed and not model.training, f"a test changed the shared trained_small_cnn: {changed}"
+
+
+def _calibration(small_cnn: ZooModel, seeds: range) -> list:
+    return [tuple(randn(*t.shape, seed=seed) for t in small_cnn.inputs) for seed in seeds]
+
+
+@pytest.fixture(scope="session")
+def small_cnn_tflite(small_cnn, tmp_path_factory) -> ep.Artifact:
+    """zoo.small_cnn as the fp32 .tflite (LiteRT) a Raspberry Pi 5 gets, with its manifest; exported once.
+    Shared: tests copy the file before changing it."""
+    out = tmp_path_factory.mktemp("small-cnn-tflite")
+    return ep.export(small_cnn.model, small_cnn.inputs, "raspberry-pi-5", out, format="tflite")
+
+
+@pytest.fixture(scope="session")
+def small_cnn_int8_tflite(small_cnn, tmp_path_factory) -> ep.Artifact:
+    """zoo.small_cnn as the full-int8 .tflite an MCU target (stm32h743, TFLite-Micro) gets, calibrated on 32
+    seeded inputs (all of them: separate seeded inputs verify it), with its manifest; exported once.
+    Shared: tests copy the file before changing it."""
+    out = tmp_path_factory.mktemp("small-cnn-int8-tflite")
+    return ep.export(small_cnn.model, small_cnn.inputs, "stm32h743", out, precision="int8",
+                     calibration=_calibration(small_cnn, range(100, 132)),
+                     verify_inputs=_calibration(small_cnn, range(200, 208)))
+
+
+@pytest.fixture(scope="session")
+def small_cnn_onnx(small_cnn, tmp_path_factory) -> ep.Artifact:
+    """zoo.small_cnn as the ONNX a Jetson gets, with its manifest: the quickest artifact to export and to time
+    on `local`; exported once. Shared: tests copy the file before changing it."""
+    return ep.export(small_cnn.model, small_cnn.inputs, "jetson-orin-nano-8gb", tmp_path_factory.mktemp("onnx"))
+
+
 @dataclass(frozen=True)
 class BenchArtifacts:
     """Exported small-CNN artifacts a device harness can run: one per runtime."""
@@ -157,18 +182,15 @@ class BenchArtifacts:
 
 
 @pytest.fixture(scope="session")
-def bench_artifacts(small_cnn, tmp_path_factory) -> BenchArtifacts:
+def bench_artifacts(small_cnn, small_cnn_onnx, small_cnn_tflite, small_cnn_int8_tflite,
+                    tmp_path_factory) -> BenchArtifacts:
     """Exported once per session (~15 s); tests copy a file before changing it."""
-    import torch
-
-    out = tmp_path_factory.mktemp("bench-artifacts")
-    model, inputs = small_cnn.model, small_cnn.inputs
-    calibration = [tuple(torch.randn_like(t) for t in inputs) for _ in range(4)]
+    pte = ep.export(small_cnn.model, small_cnn.inputs, "raspberry-pi-5", tmp_path_factory.mktemp("pte"), format="pte")
     return BenchArtifacts(
-        pte=ep.export(model, inputs, "raspberry-pi-5", out / "pte", format="pte").path,
-        tflite=ep.export(model, inputs, "raspberry-pi-5", out / "tflite", format="tflite").path,
-        onnx=ep.export(model, inputs, "jetson-orin-nano-8gb", out / "onnx").path,
-        mcu=ep.export(model, inputs, "stm32h743", out / "mcu", precision="int8", calibration=calibration).path,
+        pte=pte.path,
+        tflite=small_cnn_tflite.path,
+        onnx=small_cnn_onnx.path,
+        mcu=small_cnn_int8_tflite.path,
     )
 
 

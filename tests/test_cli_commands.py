@@ -12,25 +12,15 @@ import pytest
 import safetensors.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from typer.testing import CliRunner
 
 import edgeprune as ep
 from edgeprune import zoo
-from edgeprune.cli import app
 from edgeprune.metrics import accuracy
+from helpers import CLI_MODEL as MODEL
+from helpers import CLI_PI as PI
+from helpers import run_cli, run_cli_ok
 
-FACTORY = "edgeprune.zoo:small_cnn"
-MODEL = ["-m", FACTORY]
-PI = ["-t", "raspberry-pi-5"]
-
-
-def cli(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def ok(result):
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
+FACTORY = MODEL[1]
 
 
 def digits_accuracy(model) -> float:
@@ -45,20 +35,10 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(work) -> Path:
-    """small_cnn trained on the digits for a few epochs, saved as the user would: safetensors."""
-    torch.manual_seed(0)
-    model = zoo.small_cnn().train()
-    x, y = zoo.digits("train")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True,
-                                 generator=torch.Generator().manual_seed(0)):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
+def trained(work, trained_small_cnn) -> Path:
+    """The session's small_cnn trained on the digits, saved as the user would: safetensors."""
     path = work / "trained.safetensors"
-    safetensors.torch.save_model(model.eval(), str(path))
+    safetensors.torch.save_model(trained_small_cnn, str(path))
     return path
 
 
@@ -66,14 +46,14 @@ def trained(work) -> Path:
 def pruned_dir(work, trained) -> Path:
     """The trained model pruned to half its MACs for the Pi by `edgeprune prune`, never fine-tuned."""
     out = work / "pruned"
-    ok(cli("prune", *PI, *MODEL, "--weights", str(trained), "--budget", "macs=0.5", "--out", str(out)))
+    run_cli_ok("prune", *PI, *MODEL, "--weights", str(trained), "--budget", "macs=0.5", "--out", str(out))
     return out
 
 
 # ------------------------------------------------------------------------------------------ --version
 
 def test_version_prints_the_package_version():
-    result = ok(cli("--version"))
+    result = run_cli_ok("--version")
     assert result.output.strip() == f"edgeprune {ep.__version__}"
 
 
@@ -89,7 +69,7 @@ def test_a_model_module_in_the_current_directory_needs_no_pythonpath(tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     try:
-        result = ok(cli("plan", *PI, "-m", f"{name}:net", "--budget", "macs=0.8", "--json", "plan.json"))
+        result = run_cli_ok("plan", *PI, "-m", f"{name}:net", "--budget", "macs=0.8", "--json", "plan.json")
     finally:
         sys.modules.pop(name, None)
     assert "Linear" in result.output
@@ -100,7 +80,7 @@ def test_a_model_module_in_the_current_directory_needs_no_pythonpath(tmp_path, m
 
 def test_every_command_that_writes_offers_overwrite_and_not_force():
     for command in ("plan", "prune", "finetune", "export", "bench", "sensitivity"):
-        result = ok(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}))
+        result = run_cli_ok(command, "--help")
         assert "--overwrite" in result.output, command
         assert "--force" not in result.output, command  # the old spelling still works, unlisted
 
@@ -108,7 +88,7 @@ def test_every_command_that_writes_offers_overwrite_and_not_force():
 def test_force_still_replaces_an_existing_output_as_overwrite_does(tmp_path):
     out = tmp_path / "plan.json"
     out.write_text("old")
-    ok(cli("plan", *PI, *MODEL, "--json", str(out), "--force"))
+    run_cli_ok("plan", *PI, *MODEL, "--json", str(out), "--force")
     assert ep.Plan.from_json(out.read_text()).target == "raspberry-pi-5"
 
 
@@ -116,7 +96,7 @@ def test_an_existing_output_is_kept_and_the_message_names_overwrite(tmp_path):
     artifact, out = tmp_path / "model.onnx", tmp_path / "bench.json"
     artifact.write_text("never measured")
     out.write_text("old")
-    result = cli("bench", str(artifact), "--json", str(out))
+    result = run_cli("bench", str(artifact), "--json", str(out))
     assert result.exit_code == 2 and "bench.json: already exists; pass --overwrite" in result.output
     assert out.read_text() == "old"
 
@@ -126,8 +106,8 @@ def test_an_existing_output_is_kept_and_the_message_names_overwrite(tmp_path):
 @pytest.fixture(scope="module")
 def sensitivity_json(work, trained) -> Path:
     out = work / "sens"
-    ok(cli("sensitivity", *PI, *MODEL, "--weights", str(trained), "--digits", "--amounts", "0.25,0.5,0.75",
-           "--out", str(out)))
+    run_cli_ok("sensitivity", *PI, *MODEL, "--weights", str(trained), "--digits", "--amounts", "0.25,0.5,0.75",
+           "--out", str(out))
     return out / "sensitivity.json"
 
 
@@ -148,7 +128,7 @@ def test_prune_starts_from_the_trained_weights_given(pruned_dir, trained):
 def test_weights_that_do_not_fit_the_model_name_the_file_and_the_tensors(tmp_path):
     wrong = tmp_path / "other.safetensors"
     safetensors.torch.save_file({"fc.weight": torch.zeros(2, 2)}, str(wrong))
-    result = cli("plan", *PI, *MODEL, "--weights", str(wrong))
+    result = run_cli("plan", *PI, *MODEL, "--weights", str(wrong))
     assert result.exit_code == 2
     assert "other.safetensors: does not match" in result.output and "fc.weight" in result.output
 
@@ -161,22 +141,22 @@ def _sensitivity_reasons(plan: ep.Plan) -> list[str]:
 
 def test_plan_reads_the_json_sensitivity_writes(work, trained, sensitivity_json):
     with_sens, without = work / "plan-sens.json", work / "plan-plain.json"
-    ok(cli("plan", *PI, *MODEL, "--weights", str(trained), "--sensitivity", str(sensitivity_json),
-           "--json", str(with_sens)))
-    ok(cli("plan", *PI, *MODEL, "--weights", str(trained), "--json", str(without)))
+    run_cli_ok("plan", *PI, *MODEL, "--weights", str(trained), "--sensitivity", str(sensitivity_json),
+           "--json", str(with_sens))
+    run_cli_ok("plan", *PI, *MODEL, "--weights", str(trained), "--json", str(without))
     assert _sensitivity_reasons(ep.Plan.from_json(with_sens.read_text()))
     assert not _sensitivity_reasons(ep.Plan.from_json(without.read_text()))
 
 
 def test_prune_reads_the_json_sensitivity_writes(work, trained, sensitivity_json):
     out = work / "pruned-sens"
-    ok(cli("prune", *PI, *MODEL, "--weights", str(trained), "--sensitivity", str(sensitivity_json),
-           "--out", str(out)))
+    run_cli_ok("prune", *PI, *MODEL, "--weights", str(trained), "--sensitivity", str(sensitivity_json),
+           "--out", str(out))
     assert _sensitivity_reasons(ep.record_of(ep.load(FACTORY, out)).plan)
 
 
 def test_a_sensitivity_for_another_target_is_refused(work, trained, sensitivity_json):
-    result = cli("plan", "-t", "jetson-orin-nano-8gb", *MODEL, "--sensitivity", str(sensitivity_json))
+    result = run_cli("plan", "-t", "jetson-orin-nano-8gb", *MODEL, "--sensitivity", str(sensitivity_json))
     assert result.exit_code == 2 and "raspberry-pi-5" in result.output
 
 
@@ -185,8 +165,8 @@ def test_a_sensitivity_for_another_target_is_refused(work, trained, sensitivity_
 @pytest.fixture(scope="module")
 def finetuned_dir(work, pruned_dir, trained) -> Path:
     out = work / "finetuned"
-    ok(cli("finetune", str(pruned_dir), *MODEL, "--weights", str(trained), "--digits", "--epochs", "2",
-           "--out", str(out)))
+    run_cli_ok("finetune", str(pruned_dir), *MODEL, "--weights", str(trained), "--digits", "--epochs", "2",
+           "--out", str(out))
     return out
 
 
@@ -206,8 +186,8 @@ def test_finetune_trains_on_a_safetensors_file_of_x_and_y(work, pruned_dir):
     data = work / "train.safetensors"
     safetensors.torch.save_file({"x": x[:256].contiguous(), "y": y[:256]}, str(data))
     out = work / "finetuned-data"
-    result = ok(cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--val-data", str(data),
-                    "--epochs", "1", "--out", str(out)))
+    result = run_cli_ok("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--val-data", str(data),
+                    "--epochs", "1", "--out", str(out))
     assert "validation accuracy after 1 epochs" in result.output
     assert ep.record_of(ep.load(FACTORY, out)).finetuned
 
@@ -215,14 +195,14 @@ def test_finetune_trains_on_a_safetensors_file_of_x_and_y(work, pruned_dir):
 def test_finetune_with_x_and_y_of_different_lengths_names_the_file(work, pruned_dir):
     data = work / "wrong-labels.safetensors"
     safetensors.torch.save_file({"x": torch.zeros(4, 1, 8, 8), "y": torch.zeros(5, dtype=torch.long)}, str(data))
-    result = cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
+    result = run_cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
     assert result.exit_code == 2 and "wrong-labels.safetensors: x has 4 samples but y has 5" in result.output
 
 
 def test_finetune_with_inputs_the_model_cannot_take_is_an_error_not_a_traceback(work, pruned_dir):
     data = work / "three-channels.safetensors"
     safetensors.torch.save_file({"x": torch.zeros(4, 3, 8, 8), "y": torch.zeros(4, dtype=torch.long)}, str(data))
-    result = cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
+    result = run_cli("finetune", str(pruned_dir), *MODEL, "--data", str(data), "--out", str(work / "never"))
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2
     assert "(inputs (4, 3, 8, 8)) does not run through SmallCNN" in result.output
 
@@ -231,19 +211,19 @@ def test_finetune_with_inputs_the_model_cannot_take_is_an_error_not_a_traceback(
 
 @pytest.mark.e2e
 def test_export_warns_that_a_pruned_model_was_never_fine_tuned(pruned_dir, tmp_path):
-    result = ok(cli("export", *PI, *MODEL, "--weights", str(pruned_dir), "--format", "onnx", "--out", str(tmp_path)))
+    result = run_cli_ok("export", *PI, *MODEL, "--weights", str(pruned_dir), "--format", "onnx", "--out", str(tmp_path))
     assert "warning:" in result.output and "never fine-tuned" in result.output
 
 
 @pytest.mark.e2e
 def test_export_of_a_fine_tuned_model_gives_no_warning(finetuned_dir, tmp_path):
-    result = ok(cli("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--format", "onnx",
-                    "--out", str(tmp_path)))
+    result = run_cli_ok("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--format", "onnx",
+                    "--out", str(tmp_path))
     assert "never fine-tuned" not in result.output
 
 
 def test_export_refuses_a_model_pruned_for_another_target(finetuned_dir, tmp_path):
-    result = cli("export", "-t", "jetson-orin-nano-8gb", *MODEL, "--weights", str(finetuned_dir),
+    result = run_cli("export", "-t", "jetson-orin-nano-8gb", *MODEL, "--weights", str(finetuned_dir),
                  "--out", str(tmp_path))
     assert result.exit_code == 2 and "--allow-other-target" in result.output
     assert not list(tmp_path.iterdir())
@@ -251,8 +231,8 @@ def test_export_refuses_a_model_pruned_for_another_target(finetuned_dir, tmp_pat
 
 @pytest.mark.e2e
 def test_export_allow_other_target_exports_and_records_both_targets(finetuned_dir, tmp_path):
-    ok(cli("export", "-t", "jetson-orin-nano-8gb", *MODEL, "--weights", str(finetuned_dir), "--allow-other-target",
-           "--out", str(tmp_path)))
+    run_cli_ok("export", "-t", "jetson-orin-nano-8gb", *MODEL, "--weights", str(finetuned_dir), "--allow-other-target",
+           "--out", str(tmp_path))
     manifest = json.loads(next(tmp_path.glob("*.manifest.json")).read_text())
     assert (manifest["target"], manifest["plan_target"]) == ("jetson-orin-nano-8gb", "raspberry-pi-5")
 
@@ -263,8 +243,8 @@ def test_export_verifies_on_the_verify_data_file(finetuned_dir, tmp_path):
     data = tmp_path / "verify.safetensors"
     safetensors.torch.save_file({"input_0": x[:12].contiguous()}, str(data))
     out = tmp_path / "artifact"
-    ok(cli("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--format", "onnx", "--verify-data", str(data),
-           "--out", str(out)))
+    run_cli_ok("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--format", "onnx", "--verify-data", str(data),
+           "--out", str(out))
     manifest = json.loads(next(out.glob("*.manifest.json")).read_text())
     assert manifest["verification"]["source"] == "verify_inputs"
     assert manifest["verification"]["inputs"] == 12
@@ -273,7 +253,7 @@ def test_export_verifies_on_the_verify_data_file(finetuned_dir, tmp_path):
 def test_export_verify_data_of_the_wrong_shape_names_the_tensor(finetuned_dir, tmp_path):
     data = tmp_path / "rgb.safetensors"
     safetensors.torch.save_file({"input_0": torch.zeros(4, 3, 8, 8)}, str(data))
-    result = cli("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--verify-data", str(data),
+    result = run_cli("export", *PI, *MODEL, "--weights", str(finetuned_dir), "--verify-data", str(data),
                  "--out", str(tmp_path / "never"))
     assert result.exit_code == 2
     assert "rgb.safetensors: tensor 'input_0' holds samples of shape (3, 8, 8)" in result.output

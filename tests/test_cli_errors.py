@@ -9,23 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import edgeprune as ep
-from edgeprune import zoo
-from edgeprune.cli import app
-
-MODEL = ["-m", "edgeprune.zoo:small_cnn"]
-PI = ["-t", "raspberry-pi-5"]
-QUICK_BENCH = ["--min-runs", "5", "--min-seconds", "0.1", "--warmup-runs", "1", "--warmup-seconds", "0"]
-
-
-def run(args: list[str]):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    # an exception other than typer's exit is what a user sees as a traceback
-    assert isinstance(result.exception, (SystemExit, type(None))), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
+from helpers import CLI_MODEL as MODEL
+from helpers import CLI_PI as PI
+from helpers import bench_flags, run_cli
 
 
 def fill(directory: Path) -> Path:
@@ -41,11 +29,9 @@ def fill(directory: Path) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory) -> Path:
-    """small_cnn for Jetson as ONNX: the quickest artifact to export and to time on `local`."""
-    return ep.export(zoo.small_cnn(), zoo.small_cnn.example_inputs(), "jetson-orin-nano-8gb",
-                     tmp_path_factory.mktemp("onnx")).path
+@pytest.fixture
+def onnx_artifact(small_cnn_onnx) -> Path:
+    return small_cnn_onnx.path
 
 
 @pytest.fixture
@@ -62,7 +48,7 @@ READ_ONLY = {
                        "epoch 1"),
     "sensitivity --out": (lambda out, _: ["sensitivity", *PI, *MODEL, "--digits", "--amounts", "0.5",
                                           "--out", out / "sens"], "sensitivity for"),
-    "bench --json": (lambda out, a: ["bench", a, "--json", out / "bench.json", *QUICK_BENCH], "latency"),
+    "bench --json": (lambda out, a: ["bench", a, "--json", out / "bench.json", *bench_flags()], "latency"),
 }
 
 
@@ -72,7 +58,7 @@ def test_a_read_only_output_is_refused_before_any_work(command, tmpfs, request):
     extra = (request.getfixturevalue("pruned_dir") if command.startswith("finetune") else
              request.getfixturevalue("onnx_artifact") if command.startswith("bench") else None)
     read_only = tmpfs("64k", read_only=True)
-    result = run(make(read_only, extra))
+    result = run_cli(*make(read_only, extra))
     assert result.exit_code == 2, result.output
     assert f"error: {read_only}/" in result.output and "Read-only file system" in result.output, result.output
     assert work_shown not in result.output, result.output
@@ -80,7 +66,7 @@ def test_a_read_only_output_is_refused_before_any_work(command, tmpfs, request):
 
 def test_a_full_disk_under_plan_json_is_an_error_naming_the_file(tmpfs):
     full = fill(tmpfs("64k"))
-    result = run(["plan", *PI, *MODEL, "--json", full / "plan.json"])
+    result = run_cli("plan", *PI, *MODEL, "--json", full / "plan.json")
     assert result.exit_code == 2
     assert f"{full}/" in result.output and "plan.json" in result.output, result.output
     assert "No space left on device" in result.output and "plan for" in result.output  # found when writing
@@ -89,7 +75,7 @@ def test_a_full_disk_under_plan_json_is_an_error_naming_the_file(tmpfs):
 
 def test_a_full_disk_under_export_out_is_an_error_naming_the_output(tmpfs):
     full = fill(tmpfs("64k"))
-    result = run(["export", *PI, *MODEL, "--out", full / "artifacts"])
+    result = run_cli("export", *PI, *MODEL, "--out", full / "artifacts")
     assert result.exit_code == 2
     assert f"{full}/artifacts" in result.output and "No space left on device" in result.output, result.output
 
@@ -97,7 +83,7 @@ def test_a_full_disk_under_export_out_is_an_error_naming_the_output(tmpfs):
 def test_a_bench_result_that_cannot_be_written_is_printed_and_the_path_named(tmpfs, onnx_artifact):
     # empty files still fit on a full tmpfs, so the check before the run passes and the write after it fails
     full = fill(tmpfs("64k"))
-    result = run(["bench", onnx_artifact, "--json", full / "bench.json", *QUICK_BENCH])
+    result = run_cli("bench", onnx_artifact, "--json", full / "bench.json", *bench_flags())
     assert result.exit_code == 2
     assert f"the result could not be written to {full}/bench.json" in result.output, result.output
     assert "No space left on device" in result.output
@@ -117,7 +103,7 @@ LATIN1 = 'name = "caf\xe9"\n'.encode("latin-1")
 def test_a_toml_file_that_is_not_utf8_is_named(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "latin1.toml").write_bytes(LATIN1)
-    result = run(args)
+    result = run_cli(*args)
     assert result.exit_code == 2
     assert "error: latin1.toml: not UTF-8 text (byte 0xe9 at offset 11)" in result.output, result.output
 
@@ -125,13 +111,13 @@ def test_a_toml_file_that_is_not_utf8_is_named(args, tmp_path, monkeypatch):
 def test_a_model_module_with_a_syntax_error_names_the_file_and_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "brokenmodel.py").write_text("import torch\n\ndef net(:\n    pass\n")
-    result = run(["plan", *PI, "-m", "brokenmodel:net"])
+    result = run_cli("plan", *PI, "-m", "brokenmodel:net")
     assert result.exit_code == 2
     assert "brokenmodel.py, line 3: SyntaxError" in result.output, result.output
 
 
 def test_a_huge_input_shape_is_refused_before_allocating_naming_the_memory():
-    result = run(["plan", *PI, *MODEL, "--input-shape", "1,3,1000000,1000000"])
+    result = run_cli("plan", *PI, *MODEL, "--input-shape", "1,3,1000000,1000000")
     assert result.exit_code == 2
     assert ("--input-shape 1,3,1000000,1000000 of shape (1, 3, 1000000, 1000000) (float32) would take 10.9 TiB"
             in result.output), result.output
@@ -140,6 +126,6 @@ def test_a_huge_input_shape_is_refused_before_allocating_naming_the_memory():
 @pytest.mark.parametrize("name", ["[/x].toml", "[bold]x[/bold].toml", "[red]"])
 def test_a_path_with_rich_markup_in_it_is_printed_as_typed(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = run(["plan", *PI, *MODEL, "--recipe", name])
+    result = run_cli("plan", *PI, *MODEL, "--recipe", name)
     assert result.exit_code == 2
     assert f"error: {name}: file not found" in result.output, result.output

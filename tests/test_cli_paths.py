@@ -5,21 +5,17 @@ already exist."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune._atomic import write_text
-from edgeprune.cli import app
-
-MODEL = ["-m", "edgeprune.zoo:small_cnn"]
-PI = ["-t", "raspberry-pi-5"]
+from helpers import CLI_MODEL as MODEL
+from helpers import CLI_PI as PI
+from helpers import run_cli, run_edgeprune
 
 
 @pytest.fixture
@@ -99,8 +95,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_bad_path_exits_2_with_a_message_naming_it(case, paths):
     args, named = CASES[case]
-    result = CliRunner().invoke(app, args)
-    # an exception other than typer's exit is what a user sees as a traceback
+    result = run_cli(*args)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and named in result.output, result.output
@@ -113,10 +108,7 @@ def test_a_bad_path_exits_2_with_a_message_naming_it(case, paths):
     (["export", *PI, *MODEL, "--out", "file.txt"], "file.txt"),
 ])
 def test_as_a_user_runs_it_a_bad_path_prints_no_traceback(args, named, paths):
-    # the edgeprune under test, not whichever one is installed
-    source = str(Path(ep.__file__).resolve().parents[1])
-    done = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=paths,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": source}, timeout=300)
+    done = run_edgeprune(*args, cwd=paths)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "error:" in done.stderr and named in done.stderr
 

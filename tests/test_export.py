@@ -153,14 +153,10 @@ def test_corrupt_onnx_artifact_is_an_error(onnx_artifact, pruned_for_jetson, tmp
         verify(pruned, inputs, broken)
 
 
-def test_an_int8_export_calibrated_on_real_data_is_verified_on_held_out_real_data(tmp_path):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    x, y = ep.zoo.digits("train")
-    trained = ep.finetune(ep.zoo.small_cnn(), DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True),
-                          epochs=3, lr=3e-3, quiet=True).model.eval()
+def test_an_int8_export_calibrated_on_real_data_is_verified_on_held_out_real_data(trained_small_cnn, tmp_path):
+    x, _ = ep.zoo.digits("train")
     test_x, _ = ep.zoo.digits("test")
-    art = ep.export(trained, (x[:1],), "stm32h743", tmp_path, precision="int8",
+    art = ep.export(trained_small_cnn, (x[:1],), "stm32h743", tmp_path, precision="int8",
                     calibration=[(x[i : i + 1],) for i in range(64)],
                     verify_inputs=[(test_x[i : i + 1],) for i in range(16)])
     (output,) = art.manifest["verification"]["outputs"]

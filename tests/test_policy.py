@@ -4,7 +4,6 @@ pruned model, recipes, and errors for bad input."""
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,28 +14,15 @@ from rich.console import Console
 
 import edgeprune as ep
 from edgeprune import zoo
-from conftest import BUDGET_TOLERANCE, TINY_MODELS, layer_channels, macs_budget
+from helpers import (BUDGET_TOLERANCE, ETHOS, GRID, JETSON_SMALL, PI5, STM32, layer_channels,
+                     macs_budget, on_grid, run_cli_ok)
 from edgeprune.costs import prunable_layers
 from edgeprune.inputs import call, output_shapes
 from edgeprune.pruning.nm import reduction_size, satisfies_nm
 
-JETSON, PI5, STM32, ETHOS = "jetson_small", "raspberry-pi-5", "stm32h743", "corstone-300-ethos-u55-128"
-SPARSITY = 0.3
 
-
-def _cases(targets, kinds):
-    cases = []
-    for model in TINY_MODELS:
-        for target in targets:
-            for kind in kinds:
-                macs = macs_budget(model, jetson=target == JETSON)
-                budget = macs if kind == "macs" else ep.Budget(sparsity=SPARSITY)
-                cases.append(pytest.param((model, target, budget), id=f"{model}-{target}-{budget}"))
-    return cases
-
-
-# every family's representative with each budget kind, and Ethos-U (Vela compresses zeros) with sparsity
-ALL = _cases((JETSON, PI5, STM32), ("macs", "sparsity")) + _cases((ETHOS,), ("sparsity",))
+# helpers' grid: every family's representative with each budget kind, and Ethos-U with sparsity
+ALL = GRID
 MACS = [c for c in ALL if c.values[0][2].kind == "macs_ratio"]
 SPARSE = [c for c in ALL if c.values[0][2].kind == "sparsity"]
 
@@ -45,17 +31,7 @@ def _only(cases, *targets):
     return [c for c in cases if c.values[0][1] in targets]
 
 
-@pytest.fixture
-def case(request, zoo_model, jetson_small, planned):
-    """(zoo model, plan, pruned model) for one (model, target, budget) of the grid above."""
-    model, target, budget = request.param
-    zm = zoo_model(model)
-    plan, pruned = planned(zm, jetson_small if target == JETSON else target, budget)
-    return zm, plan, pruned
-
-
-def grid(cases):
-    return pytest.mark.parametrize("case", cases, indirect=True)
+grid = on_grid  # each case as `pruned_case`: (zoo model, plan, pruned model), planned once per session
 
 
 def input_layers(zm) -> set[str]:
@@ -88,16 +64,16 @@ def measured_sparsity(zm, pruned) -> float:
 
 
 @grid(ALL)
-def test_plan_has_one_row_per_conv_and_linear_layer(case):
-    zm, plan, _ = case
+def test_plan_has_one_row_per_conv_and_linear_layer(pruned_case):
+    zm, plan, _ = pruned_case
     layers = prunable_layers(zm.model)
     assert [d.layer for d in plan.layers] == list(layers)
     assert [d.op for d in plan.layers] == [type(m).__name__ for m in layers.values()]
 
 
 @grid(ALL)
-def test_layers_seeing_the_inputs_and_classifier_head_are_kept_with_reasons(case):
-    zm, plan, _ = case
+def test_layers_seeing_the_inputs_and_classifier_head_are_kept_with_reasons(pruned_case):
+    zm, plan, _ = pruned_case
     head = plan.layer(ep.measure(zm.model, zm.inputs).order[-1])
     assert (head.method, head.reason.split(":")[0]) == ("keep", "classifier head")
     for name in input_layers(zm):
@@ -105,8 +81,8 @@ def test_layers_seeing_the_inputs_and_classifier_head_are_kept_with_reasons(case
 
 
 @grid(ALL)
-def test_only_layers_seeing_the_inputs_are_called_first(case):
-    zm, plan, _ = case
+def test_only_layers_seeing_the_inputs_are_called_first(pruned_case):
+    zm, plan, _ = pruned_case
     assert {d.layer for d in plan.layers if d.reason.startswith("first layer")} == input_layers(zm)
 
 
@@ -118,30 +94,30 @@ def test_a_transformers_first_projection_sees_embeddings_and_is_pruned_like_the_
 
 
 @grid(ALL)
-def test_every_decision_gives_a_reason(case):
-    _, plan, _ = case
+def test_every_decision_gives_a_reason(pruned_case):
+    _, plan, _ = pruned_case
     assert all(d.reason.strip() for d in plan.layers)
 
 
 @grid(ALL)
-def test_pruned_model_has_the_planned_channel_counts(case):
-    _, plan, pruned = case
+def test_pruned_model_has_the_planned_channel_counts(pruned_case):
+    _, plan, pruned = pruned_case
     modules = dict(pruned.named_modules())
     for d in plan.layers:
         assert layer_channels(modules[d.layer]) == (d.out_channels[1], d.in_channels[1]), d.layer
 
 
 @grid(ALL)
-def test_structured_layers_lose_channels(case):
-    _, plan, _ = case
+def test_structured_layers_lose_channels(pruned_case):
+    _, plan, _ = pruned_case
     for d in plan.by_method("structured"):
         assert d.out_channels[1] < d.out_channels[0], d.layer
         assert d.group is not None and d.amount > 0, d.layer
 
 
 @grid(ALL)
-def test_channel_counts_that_change_are_multiples_of_the_alignment(case):
-    _, plan, _ = case
+def test_channel_counts_that_change_are_multiples_of_the_alignment(pruned_case):
+    _, plan, _ = pruned_case
     changed = [d for d in plan.layers if d.out_channels[1] != d.out_channels[0]]
     for d in changed:
         assert d.out_channels[1] % plan.alignment == 0, d.layer
@@ -157,9 +133,9 @@ def _qualifies_for_nm(module, nm) -> bool:
             and in_c >= nm.min_in_channels and out_c >= nm.min_out_channels)
 
 
-@grid(_only(ALL, JETSON))
-def test_jetson_uses_nm_only_on_layers_that_qualify(case, jetson_small):
-    zm, plan, _ = case
+@grid(_only(ALL, JETSON_SMALL))
+def test_jetson_uses_nm_only_on_layers_that_qualify(pruned_case, jetson_small):
+    zm, plan, _ = pruned_case
     nm = ep.load_target(jetson_small).sparsity.nm
     modules = prunable_layers(zm.model)
     nm_layers = plan.by_method("n:m")
@@ -170,9 +146,9 @@ def test_jetson_uses_nm_only_on_layers_that_qualify(case, jetson_small):
         assert "sparsity.nm" in d.reason
 
 
-@grid(_only(ALL, JETSON))
-def test_jetson_gives_nm_to_every_layer_that_qualifies(case, jetson_small):
-    zm, plan, _ = case
+@grid(_only(ALL, JETSON_SMALL))
+def test_jetson_gives_nm_to_every_layer_that_qualifies(pruned_case, jetson_small):
+    zm, plan, _ = pruned_case
     nm = ep.load_target(jetson_small).sparsity.nm
     exempt = rule_kept(zm)
     for name, module in prunable_layers(zm.model).items():
@@ -244,23 +220,23 @@ def test_jetson_2_4_pattern_holds_on_the_pruned_model(shipped_jetson):
         assert int(weight.count_nonzero()) == weight.numel() // 2, d.layer  # random weights: no zeros of their own
 
 
-@grid(_only(ALL, JETSON))
-def test_jetson_never_uses_unstructured(case):
-    _, plan, _ = case
+@grid(_only(ALL, JETSON_SMALL))
+def test_jetson_never_uses_unstructured(pruned_case):
+    _, plan, _ = pruned_case
     assert not plan.by_method("unstructured")
 
 
 @grid(_only(ALL, PI5))
-def test_arm_cpu_uses_structured_pruning_only(case):
-    _, plan, _ = case
+def test_arm_cpu_uses_structured_pruning_only(pruned_case):
+    _, plan, _ = pruned_case
     assert {d.method for d in plan.layers} <= {"structured", "keep"}
     for d in plan.by_method("structured"):
         assert "unstructured gives no speed-up" in d.reason
 
 
 @grid(_only(ALL, STM32))
-def test_mcu_uses_structured_pruning_only(case):
-    _, plan, _ = case
+def test_mcu_uses_structured_pruning_only(pruned_case):
+    _, plan, _ = pruned_case
     assert plan.by_method("structured")
     assert {d.method for d in plan.layers} <= {"structured", "keep"}
     for d in plan.by_method("structured"):
@@ -268,8 +244,8 @@ def test_mcu_uses_structured_pruning_only(case):
 
 
 @grid(_only(SPARSE, ETHOS))
-def test_ethos_u_meets_a_sparsity_budget_with_unstructured_pruning(case):
-    zm, plan, _ = case
+def test_ethos_u_meets_a_sparsity_budget_with_unstructured_pruning(pruned_case):
+    zm, plan, _ = pruned_case
     exempt = rule_kept(zm)
     for d in plan.layers:
         if d.layer not in exempt:
@@ -289,46 +265,46 @@ def test_ethos_u_meets_a_macs_budget_with_structured_pruning(small_cnn):
 
 
 @grid(MACS)
-def test_macs_budget_is_met(case):
-    _, plan, _ = case
+def test_macs_budget_is_met(pruned_case):
+    _, plan, _ = pruned_case
     assert plan.macs_after / plan.macs_before <= plan.budget.macs_ratio
 
 
 @grid(ALL)
-def test_plan_macs_before_is_the_measured_dense_macs(case):
-    zm, plan, _ = case
+def test_plan_macs_before_is_the_measured_dense_macs(pruned_case):
+    zm, plan, _ = pruned_case
     assert plan.macs_before == ep.measure(zm.model, zm.inputs).macs
 
 
 @grid(ALL)
-def test_plan_macs_after_matches_the_pruned_model(case):
-    zm, plan, pruned = case
+def test_plan_macs_after_matches_the_pruned_model(pruned_case):
+    zm, plan, pruned = pruned_case
     measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
     assert plan.macs_after == pytest.approx(measured, rel=1e-3)
 
 
 @grid(MACS)
-def test_macs_budget_is_met_on_the_pruned_model(case):
-    zm, plan, pruned = case
+def test_macs_budget_is_met_on_the_pruned_model(pruned_case):
+    zm, plan, pruned = pruned_case
     measured = effective_macs(ep.measure(pruned, zm.inputs), plan)
     assert measured / ep.measure(zm.model, zm.inputs).macs <= plan.budget.macs_ratio + 1e-6
 
 
 @grid(ALL)
-def test_plan_params_after_match_the_pruned_model(case):
-    _, plan, pruned = case
+def test_plan_params_after_match_the_pruned_model(pruned_case):
+    _, plan, pruned = pruned_case
     assert plan.params_after == sum(p.numel() for p in pruned.parameters())
 
 
 @grid(ALL)
-def test_plan_sparsity_is_measured_on_the_pruned_model(case):
-    zm, plan, pruned = case
+def test_plan_sparsity_is_measured_on_the_pruned_model(pruned_case):
+    zm, plan, pruned = pruned_case
     assert plan.sparsity == pytest.approx(measured_sparsity(zm, pruned), abs=1e-9)
 
 
 @grid(SPARSE)
-def test_sparsity_budget_is_met_on_measured_weights(case):
-    zm, plan, pruned = case
+def test_sparsity_budget_is_met_on_measured_weights(pruned_case):
+    zm, plan, pruned = pruned_case
     assert measured_sparsity(zm, pruned) >= plan.budget.sparsity
 
 
@@ -338,15 +314,15 @@ def test_sparsity_budget_is_met_on_measured_weights(case):
 
 
 @grid(MACS)
-def test_macs_budget_is_met_from_below_within_the_tolerance(case):
-    zm, plan, pruned = case
+def test_macs_budget_is_met_from_below_within_the_tolerance(pruned_case):
+    zm, plan, pruned = pruned_case
     kept = effective_macs(ep.measure(pruned, zm.inputs), plan) / plan.macs_before
     assert plan.budget.macs_ratio - BUDGET_TOLERANCE <= kept <= plan.budget.macs_ratio + 1e-6
 
 
 @grid(_only(SPARSE, PI5, STM32, ETHOS))
-def test_sparsity_budget_is_met_from_above_within_the_tolerance(case):
-    zm, plan, pruned = case
+def test_sparsity_budget_is_met_from_above_within_the_tolerance(pruned_case):
+    zm, plan, pruned = pruned_case
     assert plan.budget.sparsity <= measured_sparsity(zm, pruned) <= plan.budget.sparsity + BUDGET_TOLERANCE
 
 
@@ -369,8 +345,8 @@ REFILL = [c for c in _only(ALL, PI5, STM32) if c.values[0][0] in ("small_cnn", "
 
 
 @grid(REFILL)
-def test_no_pruned_group_could_keep_one_more_unit_within_the_budget(case):
-    zm, plan, _ = case
+def test_no_pruned_group_could_keep_one_more_unit_within_the_budget(pruned_case):
+    zm, plan, _ = pruned_case
     assert plan.groups
     for group in plan.groups:
         trial = _one_unit_back(plan, group)
@@ -381,8 +357,8 @@ def test_no_pruned_group_could_keep_one_more_unit_within_the_budget(case):
 
 
 @grid(ALL)
-def test_plan_json_round_trip(case):
-    _, plan, _ = case
+def test_plan_json_round_trip(pruned_case):
+    _, plan, _ = pruned_case
     loaded = ep.Plan.from_json(plan.to_json())
     assert loaded.layers == plan.layers
     assert loaded.groups == plan.groups
@@ -396,8 +372,8 @@ def test_plan_from_json_rejects_other_documents():
 
 
 @grid(ALL)
-def test_plan_table_renders(case):
-    _, plan, _ = case
+def test_plan_table_renders(pruned_case):
+    _, plan, _ = pruned_case
     console = Console(record=True, width=240)
     console.print(plan)
     text = console.export_text()
@@ -754,16 +730,16 @@ def test_plan_for_an_mcu_that_fits_flash_has_no_flash_note(small_cnn):
 
 
 
-REPO = Path(__file__).resolve().parents[1]  # the edgeprune beside these tests, not whichever is installed
-
-
-@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["plan", "prune"])
-def test_cli_prints_each_rollback_under_the_plan(tmp_path, command):
-    (tmp_path / "brittle.py").write_text(BRITTLE_MODULE)
-    extra = ["--out", str(tmp_path / "pruned")] if command == "prune" else []
-    result = subprocess.run([sys.executable, "-m", "edgeprune", command, "-t", PI5, "-m", "brittle:model",
-                             "--budget", "macs=0.6", *extra], capture_output=True, text=True, cwd=tmp_path,
-                            env={"COLUMNS": "240", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, timeout=300)
-    assert result.returncode == 0, result.stderr
+def test_cli_prints_each_rollback_under_the_plan(tmp_path, monkeypatch, command):
+    name = f"brittle_{tmp_path.name.replace('-', '_')}"  # a module of this test's own, found in the cwd
+    (tmp_path / f"{name}.py").write_text(BRITTLE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    extra = ["--out", tmp_path / "pruned"] if command == "prune" else []
+    try:
+        with pytest.warns(UserWarning, match="rolled back the channel group of b"):
+            result = run_cli_ok(command, "-t", PI5, "-m", f"{name}:model", "--budget", "macs=0.6", *extra)
+    finally:
+        sys.modules.pop(name, None)
     assert "note: rolled back the channel group of b: pruning it broke the model (RuntimeError" in result.stdout

@@ -13,44 +13,34 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 import edgeprune as ep
-from conftest import TINY_MODELS, layer_channels, macs_budget
+from helpers import (ETHOS, JETSON_SMALL, PI5, TINY_MODELS, grid_budget, grid_cases, layer_channels, macs_budget,
+                     on_grid)
 from edgeprune import zoo
 from edgeprune.inputs import call, main_output, normalize, output_shapes
 from edgeprune.pruning.nm import apply_nm, nm_mask, reduction_size, satisfies_nm
 from edgeprune.pruning.structured import IMPORTANCES
 
-PI5, ETHOS = "raspberry-pi-5", "corstone-300-ethos-u55-128"
-
-# (target, budget kind): structured + 2:4 on Jetson, structured only on the Pi, unstructured on Ethos-U
+# (target, budget kind) of helpers' grid: structured + 2:4 on Jetson, structured only on the Pi, unstructured
+# on Ethos-U
 KINDS = {
-    "jetson-nm": ("jetson_small", "macs"),
+    "jetson-nm": (JETSON_SMALL, "macs"),
     "pi5-structured": (PI5, "macs"),
     "ethos-unstructured": (ETHOS, "sparsity"),
 }
 
 
 def _budget(model: str, kind: str) -> ep.Budget:
-    target, budget = KINDS[kind]
-    return macs_budget(model, jetson=target == "jetson_small") if budget == "macs" else ep.Budget(sparsity=0.3)
+    return grid_budget(model, *KINDS[kind])
 
 
 def _target(kind: str, jetson_small):
     target = KINDS[kind][0]
-    return jetson_small if target == "jetson_small" else target
-
-
-@pytest.fixture
-def pruned_case(request, zoo_model, jetson_small, planned):
-    """(zoo model, plan, pruned model) for one (model, kind) pair."""
-    model, kind = request.param
-    zm = zoo_model(model)
-    plan, pruned = planned(zm, _target(kind, jetson_small), _budget(model, kind))
-    return zm, plan, pruned
+    return jetson_small if target == JETSON_SMALL else target
 
 
 def grid(kinds=tuple(KINDS)):
-    cases = [pytest.param((m, k), id=f"{m}-{k}") for m in TINY_MODELS for k in kinds]
-    return pytest.mark.parametrize("pruned_case", cases, indirect=True)
+    """The grid's cases of these kinds, for the `pruned_case` fixture (conftest)."""
+    return on_grid([case for kind in kinds for case in grid_cases([KINDS[kind][0]], [KINDS[kind][1]])])
 
 
 def _groups_of_m(weight: torch.Tensor, m: int) -> torch.Tensor:

@@ -7,14 +7,12 @@ import re
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import edgeprune as ep
-from conftest import BUDGET_TOLERANCE
 from edgeprune import zoo
-from edgeprune.cli import app
 from edgeprune.metrics import accuracy
 from edgeprune.plots import plot_accuracy_vs_latency, plot_layer_sparsity
+from helpers import BUDGET_TOLERANCE, run_cli
 
 PI5 = "raspberry-pi-5"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,20 +20,9 @@ TOLERANCE = -0.05  # pruning can help a little by chance: drops may be slightly 
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """small_cnn after a few epochs of Adam on the digits train split (~93% test accuracy)."""
-    torch.manual_seed(0)
-    model = zoo.small_cnn().train()
-    x, y = zoo.digits("train")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+def trained(trained_small_cnn):
+    """The session's small_cnn trained on the digits train split (~93% test accuracy); shared, never changed."""
+    return trained_small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +174,8 @@ def test_accuracy_vs_latency_plot_is_written_and_not_overwritten(tmp_path):
 
 def test_cli_writes_json_and_png(tmp_path):
     out = tmp_path / "sens"
-    result = CliRunner().invoke(app, ["sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
-                                      "--digits", "--out", str(out), "--amounts", "0.5"])
+    result = run_cli("sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
+                     "--digits", "--out", str(out), "--amounts", "0.5")
     assert result.exit_code == 0, result.output
     data = json.loads((out / "sensitivity.json").read_text())
     assert data["target"] == PI5 and data["rows"]
@@ -196,8 +183,8 @@ def test_cli_writes_json_and_png(tmp_path):
 
 
 def test_cli_without_validation_data_fails_clearly(tmp_path):
-    result = CliRunner().invoke(app, ["sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
-                                      "--out", str(tmp_path / "x")])
+    result = run_cli("sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
+                     "--out", str(tmp_path / "x"))
     assert result.exit_code == 2
     assert "--digits" in result.output
 
@@ -244,8 +231,8 @@ def test_empty_calibration_data_is_a_clear_error(trained, inputs):
 
 def test_cli_bn_data_recalibrates_and_says_so_in_the_json(tmp_path):
     out = tmp_path / "sens"
-    result = CliRunner().invoke(app, ["sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
-                                      "--digits", "--bn-data", "digits", "--out", str(out), "--amounts", "0.5"])
+    result = run_cli("sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
+                     "--digits", "--bn-data", "digits", "--out", str(out), "--amounts", "0.5")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "sensitivity.json").read_text())["bn_recalibrated"] is True
 
@@ -255,7 +242,7 @@ def test_cli_bn_data_without_x_names_the_file_and_tensor(tmp_path):
 
     bad = tmp_path / "bn.safetensors"
     save_file({"images": torch.zeros(4, 1, 8, 8)}, str(bad))
-    result = CliRunner().invoke(app, ["sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
-                                      "--digits", "--bn-data", str(bad), "--out", str(tmp_path / "s")])
+    result = run_cli("sensitivity", "--target", PI5, "--model", "edgeprune.zoo:small_cnn",
+                     "--digits", "--bn-data", str(bad), "--out", str(tmp_path / "s"))
     assert result.exit_code == 2
     assert "bn.safetensors" in result.output and "'x'" in result.output

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import edgeprune as ep
+from helpers import run_cli
 
 NOT_PUBLIC = re.compile(r"REFERENCE\.md|/work/|shared/")
 
@@ -49,12 +50,8 @@ def test_a_users_profile_may_leave_cores_to_the_host_but_not_misspell_it(tmp_pat
 
 
 def test_targets_show_prints_the_values_detected_on_this_machine():
-    from typer.testing import CliRunner
-
-    from edgeprune.cli import app
-
     hardware = ep.load_target("x86-64-host").hardware
-    done = CliRunner().invoke(app, ["targets", "show", "x86-64-host"], env={"COLUMNS": "200"})
+    done = run_cli("targets", "show", "x86-64-host")
     assert done.exit_code == 0, done.output
     assert f"{hardware.cores} cores" in done.output
     assert f"SIMD {hardware.simd} ({hardware.simd_width_bits}-bit)" in done.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import edgeprune as ep
-from conftest import builtin_profile_text, set_key
+from helpers import builtin_profile_text, set_key
 
 FAMILIES = {
     "corstone-300-ethos-u55-128": "mcu",
