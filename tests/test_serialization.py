@@ -158,3 +158,67 @@ def test_load_never_unpickles(saved, monkeypatch):
     monkeypatch.setattr("pickle.load", forbidden)
     monkeypatch.setattr("pickle.loads", forbidden)
     assert _same_tensors(ep.load(case.factory, case.directory), case.pruned)
+
+
+# ------------------------------------------------------------------------ dense weights: load_weights
+
+@pytest.fixture
+def dense_weights(tmp_path):
+    """small_cnn's weights moved away from the factory's seeded values, written as a user would."""
+    import safetensors.torch
+
+    model = _perturb(zoo.small_cnn(), seed=11)
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_model(model, str(path))
+    return model, path
+
+
+def test_load_weights_gives_the_factorys_model_with_every_weight_from_the_file(dense_weights):
+    model, path = dense_weights
+    loaded = ep.load_weights("edgeprune.zoo:small_cnn", path)
+    assert _same_tensors(loaded, model) and not _same_tensors(loaded, zoo.small_cnn())
+
+
+def test_load_weights_of_a_directory_points_to_load(tmp_path):
+    with pytest.raises(ep.ArtifactError, match=rf"{tmp_path}: is a directory; .*edgeprune\.load"):
+        ep.load_weights("edgeprune.zoo:small_cnn", tmp_path)
+
+
+def test_load_weights_of_a_missing_file_names_it(tmp_path):
+    with pytest.raises(ep.ArtifactError, match=rf"{tmp_path / 'gone.safetensors'}: not found"):
+        ep.load_weights("edgeprune.zoo:small_cnn", tmp_path / "gone.safetensors")
+
+
+def test_load_weights_refuses_a_pickled_checkpoint_without_unpickling_it(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    torch.save(zoo.small_cnn().state_dict(), path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.load / pickle must not be used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr("pickle.load", forbidden)
+    monkeypatch.setattr("pickle.loads", forbidden)
+    with pytest.raises(ep.ArtifactError, match=rf"{path}: not a safetensors file .*never unpickles"):
+        ep.load_weights("edgeprune.zoo:small_cnn", path)
+
+
+def test_load_weights_of_another_models_file_names_what_does_not_match(dense_weights, tmp_path):
+    import safetensors.torch
+
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_model(zoo.tiny_mobilenet_v2(), str(other))
+    with pytest.raises(ep.ArtifactError, match=rf"{other}: does not (fit|match) edgeprune\.zoo:small_cnn's model"):
+        ep.load_weights("edgeprune.zoo:small_cnn", other)
+
+
+def test_load_weights_with_a_layer_missing_names_it(dense_weights, tmp_path):
+    import safetensors.torch
+
+    model, _ = dense_weights
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    partial = tmp_path / "partial.safetensors"
+    safetensors.torch.save_file(state, str(partial))
+    missing = r"missing: \['classifier\.bias', 'classifier\.weight'\]"
+    with pytest.raises(ep.ArtifactError, match=rf"{partial}: does not match .*{missing}"):
+        ep.load_weights("edgeprune.zoo:small_cnn", partial)
