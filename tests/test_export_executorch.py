@@ -13,6 +13,7 @@ from torch import nn
 from edgeprune.errors import ArtifactError
 from edgeprune.export import executorch as et
 from edgeprune.export.formats import LAYOUTS, ExportError
+from helpers import cosine, randn
 
 
 class ConvNet(nn.Module):
@@ -41,10 +42,6 @@ def _conv_net() -> nn.Module:
     return model
 
 
-def _input(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def _as_numpy(inputs) -> list[np.ndarray]:
     values = inputs.values() if isinstance(inputs, dict) else inputs
     return [v.numpy() for v in values]
@@ -56,11 +53,6 @@ def _eager(model: nn.Module, inputs) -> np.ndarray:
     return (out.logits if hasattr(out, "logits") else out).numpy()
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.fixture(scope="module")
 def conv_net() -> nn.Module:
     return _conv_net()
@@ -69,27 +61,27 @@ def conv_net() -> nn.Module:
 @pytest.fixture(scope="module")
 def conv_net_fp32(conv_net, tmp_path_factory):
     path = tmp_path_factory.mktemp("et") / "conv_net.pte"
-    return path, et.export(conv_net, (_input(1, 3, 8, 8),), path, "fp32", None)
+    return path, et.export(conv_net, (randn(1, 3, 8, 8),), path, "fp32", None)
 
 
 @pytest.fixture(scope="module")
 def conv_net_int8(conv_net, tmp_path_factory):
     path = tmp_path_factory.mktemp("et") / "conv_net_int8.pte"
-    calibration = [(_input(1, 3, 8, 8, seed=s),) for s in range(8)]
-    return path, et.export(conv_net, (_input(1, 3, 8, 8),), path, "int8", calibration)
+    calibration = [(randn(1, 3, 8, 8, seed=s),) for s in range(8)]
+    return path, et.export(conv_net, (randn(1, 3, 8, 8),), path, "int8", calibration)
 
 
 @pytest.fixture(scope="module")
 def small_cnn_int8(small_cnn, tmp_path_factory):
     path = tmp_path_factory.mktemp("et") / "small_cnn_int8.pte"
-    calibration = [(_input(1, 1, 8, 8, seed=s),) for s in range(8)]
+    calibration = [(randn(1, 1, 8, 8, seed=s),) for s in range(8)]
     return path, et.export(small_cnn.model, small_cnn.inputs, path, "int8", calibration)
 
 
 def test_fp32_round_trip_matches_eager(conv_net, conv_net_fp32):
     path, _ = conv_net_fp32
     for seed in range(3):
-        x = _input(1, 3, 8, 8, seed=seed)
+        x = randn(1, 3, 8, 8, seed=seed)
         (out,) = et.run(path, [x.numpy()])
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, _eager(conv_net, (x,)), rtol=0, atol=1e-4)
@@ -107,9 +99,9 @@ def test_fp32_round_trip_of_transformers_model_with_keyword_inputs(tiny_mobilene
 def test_int8_round_trip_is_close_to_eager(small_cnn, small_cnn_int8):
     path, _ = small_cnn_int8
     for seed in range(100, 104):
-        x = _input(1, 1, 8, 8, seed=seed)
+        x = randn(1, 1, 8, 8, seed=seed)
         (out,) = et.run(path, [x.numpy()])
-        assert _cosine(out, _eager(small_cnn.model, (x,))) > 0.99
+        assert cosine(out, _eager(small_cnn.model, (x,))) > 0.99
 
 
 def test_export_facts_count_delegates_and_ops_left_outside(conv_net_fp32):
@@ -203,7 +195,7 @@ def test_truncated_pte_raises_artifact_error_naming_the_file(conv_net_fp32, tmp_
         broken = tmp_path / f"cut{cut}.pte"
         broken.write_bytes(data[:cut])
         with pytest.raises(ArtifactError, match=f"cut{cut}.pte"):
-            et.run(broken, [_input(1, 3, 8, 8).numpy()])
+            et.run(broken, [randn(1, 3, 8, 8).numpy()])
         with pytest.raises(ArtifactError, match=f"cut{cut}.pte"):
             et.weights(broken)
 
@@ -216,7 +208,7 @@ def test_corrupt_xnnpack_payload_raises_artifact_error_instead_of_aborting(conv_
     broken = tmp_path / "bad_xnngraph.pte"
     broken.write_bytes(data.replace(b"XN01", b"\xff\xfe\xc7\x91"))
     with pytest.raises(ArtifactError, match="bad_xnngraph.pte.*XNNPACK"):
-        et.run(broken, [_input(1, 3, 8, 8).numpy()])
+        et.run(broken, [randn(1, 3, 8, 8).numpy()])
 
 
 def test_corrupt_program_identifier_raises_artifact_error(conv_net_fp32, tmp_path):
@@ -226,7 +218,7 @@ def test_corrupt_program_identifier_raises_artifact_error(conv_net_fp32, tmp_pat
     broken = tmp_path / "bad_header.pte"
     broken.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="bad_header.pte"):
-        et.run(broken, [_input(1, 3, 8, 8).numpy()])
+        et.run(broken, [randn(1, 3, 8, 8).numpy()])
 
 
 def test_missing_pte_raises_artifact_error(tmp_path):
@@ -278,4 +270,4 @@ def test_op_without_an_executorch_kernel_raises_export_error_naming_the_op(tmp_p
 
 def test_int8_without_calibration_raises_export_error(conv_net, tmp_path):
     with pytest.raises(ExportError, match="calibration"):
-        et.export(conv_net, (_input(1, 3, 8, 8),), tmp_path / "q.pte", "int8", [])
+        et.export(conv_net, (randn(1, 3, 8, 8),), tmp_path / "q.pte", "int8", [])

@@ -12,10 +12,7 @@ from torch import nn
 from edgeprune.errors import ArtifactError
 from edgeprune.export import litert
 from edgeprune.export.formats import LAYOUTS, ExportError
-
-
-def _randn(shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+from helpers import cosine, randn
 
 
 class TinyNet(nn.Module):
@@ -73,44 +70,38 @@ def stored_index(index: tuple, layout: str) -> tuple:
     return index
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("litert")
 
 
 @pytest.fixture(scope="module")
-def cnn_fp32(small_cnn, out_dir):
-    path = out_dir / "small_cnn_fp32.tflite"
-    return path, litert.export(small_cnn.model, small_cnn.inputs, path, "fp32")
+def cnn_fp32(small_cnn_tflite):
+    """The session's fp32 small_cnn .tflite (conftest) and its export facts."""
+    return small_cnn_tflite.path, small_cnn_tflite.manifest["export"]
 
 
 @pytest.fixture(scope="module")
-def cnn_int8(small_cnn, out_dir):
-    path = out_dir / "small_cnn_int8.tflite"
-    calibration = [(_randn((1, 1, 8, 8), seed),) for seed in range(100, 132)]
-    return path, litert.export(small_cnn.model, small_cnn.inputs, path, "int8", calibration)
+def cnn_int8(small_cnn_int8_tflite):
+    """The session's full-int8 small_cnn .tflite (conftest), calibrated on 32 seeded inputs, and its export facts."""
+    return small_cnn_int8_tflite.path, small_cnn_int8_tflite.manifest["export"]
 
 
 @pytest.fixture(scope="module")
 def tiny_artifacts(out_dir):
     model = tiny_net()
-    inputs = (_randn((1, 3, 8, 8), 0),)
+    inputs = (randn(1, 3, 8, 8, seed=0),)
     fp32 = out_dir / "tiny_fp32.tflite"
     int8 = out_dir / "tiny_int8.tflite"
     facts = {"fp32": litert.export(model, inputs, fp32, "fp32"),
-             "int8": litert.export(model, inputs, int8, "int8", [(_randn((1, 3, 8, 8), s),) for s in range(8)])}
+             "int8": litert.export(model, inputs, int8, "int8", [(randn(1, 3, 8, 8, seed=s),) for s in range(8)])}
     return model, {"fp32": fp32, "int8": int8}, facts
 
 
 def test_fp32_tflite_matches_eager_within_1e_4(small_cnn, cnn_fp32):
     path, _ = cnn_fp32
     for seed in range(4):
-        x = _randn((1, 1, 8, 8), seed)
+        x = randn(1, 1, 8, 8, seed=seed)
         with torch.no_grad():
             expected = small_cnn.model(x).numpy()
         (out,) = litert.run(path, [x.numpy()])
@@ -121,7 +112,7 @@ def test_fp32_tflite_matches_eager_within_1e_4(small_cnn, cnn_fp32):
 def test_int8_tflite_agrees_with_eager_cosine_and_top1(small_cnn, cnn_int8):
     path, _ = cnn_int8
     for seed in range(8):
-        x = _randn((1, 1, 8, 8), 1000 + seed)
+        x = randn(1, 1, 8, 8, seed=1000 + seed)
         with torch.no_grad():
             expected = small_cnn.model(x).numpy()
         (out,) = litert.run(path, [x.numpy()])  # float input, quantized with the input's scale/zero point
@@ -153,9 +144,9 @@ def test_export_facts_count_ops_by_builtin_name(cnn_fp32):
 
 def test_require_full_int8_rejects_float_ops(out_dir):
     model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)).eval()  # LayerNorm stays float in litert-torch
-    calibration = [(_randn((1, 8), s),) for s in range(4)]
+    calibration = [(randn(1, 8, seed=s),) for s in range(4)]
     with pytest.raises(ExportError, match=r"not full-integer.*float ops \['"):
-        litert.export(model, (_randn((1, 8), 0),), out_dir / "ln.tflite", "int8", calibration,
+        litert.export(model, (randn(1, 8, seed=0),), out_dir / "ln.tflite", "int8", calibration,
                       require_full_int8=True)
 
 
@@ -164,7 +155,7 @@ def test_run_feeds_keyword_inputs_in_the_model_order(out_dir):
         def forward(self, scale, bias):  # keyword order is not alphabetical on purpose
             return scale.sum(-1, keepdim=True) * 2 + bias[..., :1] * 3
 
-    inputs = {"scale": _randn((1, 4), 1), "bias": _randn((1, 3), 2)}
+    inputs = {"scale": randn(1, 4, seed=1), "bias": randn(1, 3, seed=2)}
     path = out_dir / "kwargs.tflite"
     facts = litert.export(TwoInputs().eval(), inputs, path, "fp32")
     assert [t["name"] for t in facts["inputs"]] == ["serving_default_scale", "serving_default_bias"]

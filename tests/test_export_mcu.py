@@ -13,10 +13,7 @@ from edgeprune.errors import ArtifactError
 from edgeprune.export import litert, mcu
 from edgeprune.export.formats import ExportError
 from edgeprune.export.verify import COSINE_MIN, TOP1_MIN
-
-
-def _randn(shape, seed: int) -> np.ndarray:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).numpy()
+from helpers import randn
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +22,9 @@ def out_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cnn_int8(small_cnn, out_dir):
-    """zoo.small_cnn as a full-int8 .tflite, the artifact an MCU target gets."""
-    path = out_dir / "small_cnn_int8.tflite"
-    calibration = [(torch.from_numpy(_randn((1, 1, 8, 8), seed)),) for seed in range(100, 132)]
-    facts = litert.export(small_cnn.model, small_cnn.inputs, path, "int8", calibration, require_full_int8=True)
-    return path, facts
+def cnn_int8(small_cnn_int8_tflite):
+    """zoo.small_cnn as a full-int8 .tflite, the artifact an MCU target gets (conftest's, shared), and its facts."""
+    return small_cnn_int8_tflite.path, small_cnn_int8_tflite.manifest["export"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,7 @@ def test_full_int8_artifact_runs_in_tflm_and_agrees_with_litert(cnn_int8):
     path, facts = cnn_int8
     step = facts["outputs"][0]["scale"]  # one quantization step of the int8 output
     for seed in range(4):
-        x = _randn((1, 1, 8, 8), seed)
+        x = randn(1, 1, 8, 8, seed=seed).numpy()
         (micro,) = mcu.tflm_run(path, [x])
         (lite,) = litert.run(path, [x])
         assert micro.dtype == np.float32 and micro.shape == lite.shape == (1, 10)
@@ -55,7 +49,7 @@ def test_tflm_arena_bytes_runs_the_model_and_half_of_it_does_not(cnn_int8):
     path, _ = cnn_int8
     arena = mcu.tflm_arena_bytes(path)
     assert arena > 0
-    x = _randn((1, 1, 8, 8), 7)
+    x = randn(1, 1, 8, 8, seed=7).numpy()
     assert mcu.tflm_run(path, [x], arena_size=arena)[0].shape == (1, 10)
     with pytest.raises(mcu.ArenaTooSmallError, match=f"arena of {arena // 2} bytes"):
         mcu.tflm_run(path, [x], arena_size=arena // 2)
@@ -65,7 +59,7 @@ def test_tflm_refuses_a_tiny_arena_without_crashing(cnn_int8):
     path, _ = cnn_int8
     # TFLM itself would write outside an arena this small (SIGSEGV); the caller gets an error instead.
     with pytest.raises(mcu.ArenaTooSmallError, match=rf"{path.name}: an arena of 100 bytes is below the "):
-        mcu.tflm_run(path, [_randn((1, 1, 8, 8), 0)], arena_size=100)
+        mcu.tflm_run(path, [randn(1, 1, 8, 8, seed=0).numpy()], arena_size=100)
 
 
 def test_vela_compile_reports_memory_npu_ops_and_estimates(vela_result):
@@ -83,7 +77,7 @@ def test_vela_compile_reports_memory_npu_ops_and_estimates(vela_result):
 def test_vela_lists_the_ops_left_on_the_cpu(out_dir):
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
     path = out_dir / "mlp_fp32.tflite"
-    litert.export(model, (torch.randn(1, 16),), path, "fp32")  # float: the NPU takes none of it
+    litert.export(model, (randn(1, 16, seed=0),), path, "fp32")  # float: the NPU takes none of it
     result = mcu.vela_compile(path, "ethos-u55-128", out_dir / "vela_fp32")
     assert result["npu_ops"] == 0 and result["cpu_ops"] > 0
     assert result["cpu_op_names"].get("FULLY_CONNECTED") == 2
@@ -98,7 +92,7 @@ def test_vela_error_raises_export_error(cnn_int8, out_dir):
 def test_tflm_names_the_op_it_has_no_kernel_for(vela_result):
     # A Vela-compiled model needs the Ethos-U driver's custom op, which host TFLM does not register.
     with pytest.raises(ExportError, match="no kernel for op CUSTOM"):
-        mcu.tflm_run(vela_result["vela_tflite"], [_randn((1, 1, 8, 8), 0)])
+        mcu.tflm_run(vela_result["vela_tflite"], [randn(1, 1, 8, 8, seed=0).numpy()])
 
 
 @pytest.mark.parametrize("call", ["tflm_run", "tflm_arena_bytes", "vela_compile"])
@@ -108,7 +102,7 @@ def test_truncated_artifact_raises_artifact_error(cnn_int8, tmp_path, call):
     truncated.write_bytes(data[: len(data) * 3 // 4])
     with pytest.raises(ArtifactError, match="cut.tflite"):
         if call == "tflm_run":
-            mcu.tflm_run(truncated, [_randn((1, 1, 8, 8), 0)])
+            mcu.tflm_run(truncated, [randn(1, 1, 8, 8, seed=0).numpy()])
         elif call == "tflm_arena_bytes":
             mcu.tflm_arena_bytes(truncated)
         else:
@@ -205,7 +199,7 @@ def test_model_over_flash_fails_with_how_many_kib_over(digits_images, tmp_path):
 def test_mcu_export_names_the_layers_that_stay_float(out_dir):
     # TFLite-Micro and Vela run int8 only; the quantizer has no integer LayerNorm: say which layer and why.
     model = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 4)).eval()
-    calibration = [(torch.from_numpy(_randn((1, 16), seed)),) for seed in range(8)]
+    calibration = [(randn(1, 16, seed=seed),) for seed in range(8)]
     with pytest.raises(ExportError, match=r"LayerNorm layers \(1: 1\) stay float \(the int8 quantizer has no "
                                           r"integer form for them\)"):
         litert.export(model, calibration[0], out_dir / "layernorm.tflite", "int8", calibration,

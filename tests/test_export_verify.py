@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import edgeprune as ep
 from edgeprune import zoo
@@ -31,13 +30,10 @@ OUTPUT_FAILED = re.compile(r"output \d+: .* does not hold")  # how a verificatio
 # ------------------------------------------------------------------------ item 3: what int8 is verified on
 
 @pytest.fixture(scope="module")
-def trained_cnn():
-    """small_cnn trained briefly on real digits (train split), and 40 real training images to calibrate with."""
-    x, y = zoo.digits("train")
-    torch.manual_seed(0)
-    model = ep.finetune(zoo.small_cnn(), DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True),
-                        epochs=3, lr=3e-3, quiet=True).model.eval()
-    return model, [(x[i : i + 1],) for i in range(40)]
+def trained_cnn(trained_small_cnn):
+    """The session's small_cnn trained on real digits (train split), and 40 real training images to calibrate with."""
+    x, _ = zoo.digits("train")
+    return trained_small_cnn, [(x[i : i + 1],) for i in range(40)]
 
 
 def test_int8_export_with_real_calibration_is_verified_on_held_out_calibration_samples(trained_cnn, tmp_path):

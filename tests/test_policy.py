@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import edgeprune as ep
 from edgeprune import zoo
-from edgeprune.cli import app
+from edgeprune.export import executorch, litert
 from edgeprune.remote.artifacts import read_manifest
+from helpers import run_cli
 
 JETSON = "jetson-orin-nano-8gb"
 ONNX = "smallcnn-jetson-orin-nano-8gb-fp32.onnx"
@@ -279,8 +279,8 @@ def test_save_with_overwrite_refuses_a_saved_model_with_a_file_added_to_it(prune
 
 def test_cli_prune_overwrite_refuses_an_out_directory_of_other_files(tmp_path):
     out = _foreign(tmp_path / "out")
-    result = CliRunner().invoke(app, ["prune", "--target", "raspberry-pi-5", "--model", "edgeprune.zoo:small_cnn",
-                                      "--out", str(out), "--overwrite"])
+    result = run_cli("prune", "--target", "raspberry-pi-5", "--model", "edgeprune.zoo:small_cnn", "--out", out,
+                     "--overwrite")
     assert result.exit_code == 2
     assert "holds files edgeprune did not write: notes.txt, sub/data.bin" in " ".join(result.output.split())
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["notes.txt", "sub", "sub/data.bin"]
@@ -300,11 +300,13 @@ def test_pte_and_tflite_exports_of_one_model_keep_a_manifest_each(tmp_path):
     model, inputs = small_cnn(), zoo.small_cnn.example_inputs()
     pte = ep.export(model, inputs, "raspberry-pi-5", tmp_path, format="pte")
     tflite = ep.export(model, inputs, "raspberry-pi-5", tmp_path, format="tflite")
-    for art in (pte, tflite):
+    for art, fmt in ((pte, "pte"), (tflite, "tflite")):
         assert art.manifest_path.name == art.path.name + ".manifest.json"
-        assert read_manifest(art.path)["sha256"] == sha256(art.path)
-    checks = ep.verify(model, inputs, pte)  # reads the .pte's manifest (its format and sha256), not the .tflite's
-    assert all(o["passed"] for o in checks["outputs"])
+        manifest = read_manifest(art.path)
+        assert (manifest["format"], manifest["sha256"]) == (fmt, sha256(art.path))
+    # verify reads the manifest beside the artifact it is given: each runs in its own format's runtime
+    assert ep.verify(model, inputs, pte)["runtime"] == executorch.RUNTIME
+    assert ep.verify(model, inputs, tflite)["runtime"] == litert.RUNTIME
 
 
 def test_a_legacy_stem_manifest_is_read_only_for_the_file_and_sha256_it_names(tmp_path):
