@@ -16,7 +16,11 @@ is never touched.
     .venv/bin/python bench/mutate.py --out bench/out/mutate.md [--group nm-masks ...] [--jobs 2] [--resume]
 
 Kill rate = (killed + timed out) / (all mutants - equivalent). A "no tests" mutant (its function is
-never called by the group's tests) counts as surviving.
+never called by the group's tests) counts as surviving. mutmut runs each mutant against the tests it saw
+call the function; a survivor is then re-run against all of the group's tests (see `confirm`), because
+mutmut credits a call made in a shared fixture to the first test that used it only.
+
+    .venv/bin/python bench/mutate.py --confirm-only --group serialization   # confirm the last run's survivors
 """
 
 from __future__ import annotations
@@ -139,6 +143,7 @@ def prepare(group: Group, resume: bool) -> Path:
     if ws.exists() and not resume:
         shutil.rmtree(ws)
     ws.mkdir(parents=True, exist_ok=True)
+    (ws / "confirmed.json").unlink(missing_ok=True)  # tests or sources may have changed since
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("edgeprune", "targets", "tests"):
         shutil.rmtree(ws / name, ignore_errors=True)
@@ -200,6 +205,39 @@ def run_mutmut(ws: Path, group: Group, jobs: int) -> float:
     return time.monotonic() - started
 
 
+def confirm(ws: Path, group: Group, names: list[str]) -> dict[str, str]:
+    """Re-run each surviving mutant against ALL the group's tests, not only mutmut's pick.
+
+    mutmut attributes a function to the tests during which it ran, so a call made once in a shared
+    (module- or session-scoped) fixture is credited to the first test that used it alone, and the tests
+    that check its result later are never run against its mutants. A survivor is confirmed only when the
+    group's whole selection passes with it in force. Results are kept in confirmed.json (name -> status).
+    """
+    record = ws / "confirmed.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
+    mutants = ws / "mutants"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(mutants / "src"), str(mutants)]))
+    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *group.tests]
+    if group.device_side:
+        argv += ["-p", DEVICE_ENV_PLUGIN]
+    started = time.monotonic()
+    clean = subprocess.run(argv, cwd=mutants, env=dict(env, MUTANT_UNDER_TEST="none"), capture_output=True, text=True)
+    if clean.returncode != 0:
+        raise RuntimeError(f"{group.name}: the tests fail with no mutant in force:\n{clean.stdout[-2000:]}")
+    limit = 3 * (time.monotonic() - started) + 30
+    for i, name in enumerate(n for n in names if n not in done):
+        print(f"   confirming {name} ({i + 1}/{len(names)})", flush=True)
+        try:
+            proc = subprocess.run(argv, cwd=mutants, env=dict(env, MUTANT_UNDER_TEST=name), capture_output=True,
+                                  timeout=limit)
+            done[name] = "survived" if proc.returncode == 0 else "killed"
+        except subprocess.TimeoutExpired:
+            done[name] = "timeout"
+        record.write_text(json.dumps(done, indent=1))
+    return done
+
+
 def status(code) -> str:
     for name, codes in (("killed", KILLED), ("timeout", TIMEOUT), ("survived", SURVIVED),
                         ("no tests", NO_TESTS), ("not run", NOT_RUN), ("skipped", SKIPPED)):
@@ -218,18 +256,34 @@ def function_of(mutant: str) -> str:
 
 
 def score(group: Group, ws: Path, seconds: float, equivalent: dict[str, str]) -> list[ModuleScore]:
+    record = ws / "confirmed.json"
+    confirmed = json.loads(record.read_text()) if record.exists() else {}
     scores = []
     for module in group.modules:
-        meta_path = ws / "mutants" / (module.replace("runtimes/", "src/", 1) if group.device_side else module)
-        meta = json.loads(meta_path.with_name(meta_path.name + ".meta").read_text())
+        meta = meta_of(group, ws, module)
         results = {name: code for name, code in meta["exit_code_by_key"].items()
                    if not group.functions or function_of(name).split(".")[-1] in group.functions}
-        counts = Counter(status(code) for code in results.values())
+        counts = Counter(confirmed.get(name, status(code)) if status(code) == "survived" else status(code)
+                         for name, code in results.items())
         judged = {n: r for n, r in equivalent.items() if n in results}
         survivors = sorted(n for n, code in results.items()
-                           if status(code) in ("survived", "no tests", "suspicious") and n not in judged)
+                           if status(code) in ("no tests", "suspicious") and n not in judged
+                           or status(code) == "survived" and confirmed.get(n, "survived") == "survived" and n not in judged)
         scores.append(ModuleScore(group.name, module, counts, survivors, judged, seconds))
     return scores
+
+
+def meta_of(group: Group, ws: Path, module: str) -> dict:
+    path = ws / "mutants" / (module.replace("runtimes/", "src/", 1) if group.device_side else module)
+    return json.loads(path.with_name(path.name + ".meta").read_text())
+
+
+def survived(group: Group, ws: Path, equivalent: dict[str, str]) -> list[str]:
+    """mutmut's survivors in the group's scope, less those judged equivalent."""
+    return sorted(name for module in group.modules
+                  for name, code in meta_of(group, ws, module)["exit_code_by_key"].items()
+                  if status(code) == "survived" and name not in equivalent
+                  and (not group.functions or function_of(name).split(".")[-1] in group.functions))
 
 
 def diff_of(ws: Path, mutant: str) -> str:
@@ -270,6 +324,10 @@ def main() -> None:
     parser.add_argument("--group", action="append", default=[], help="run only these groups (repeatable)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once")
     parser.add_argument("--resume", action="store_true", help="keep earlier results of unchanged functions")
+    parser.add_argument("--no-confirm", action="store_true",
+                        help="skip re-running survivors against all of the group's tests (see confirm())")
+    parser.add_argument("--confirm-only", action="store_true",
+                        help="only confirm the last run's survivors, then report")
     parser.add_argument("--report-only", action="store_true", help="re-score the last run without running mutmut")
     args = parser.parse_args()
 
@@ -277,10 +335,15 @@ def main() -> None:
     equivalent = load_equivalent()
     scores, workspaces, failed = [], {}, []
     for group in groups:
-        ws = BUILD / group.name if args.report_only else prepare(group, args.resume)
+        reuse = args.report_only or args.confirm_only
+        ws = BUILD / group.name if reuse else prepare(group, args.resume)
         print(f"== {group.name}: {group.what} ({', '.join(group.modules)})", flush=True)
         try:
-            seconds = 0.0 if args.report_only else run_mutmut(ws, group, args.jobs)
+            seconds = 0.0 if reuse else run_mutmut(ws, group, args.jobs)
+            if not args.report_only and not args.no_confirm:
+                started = time.monotonic()
+                confirm(ws, group, survived(group, ws, equivalent))
+                seconds += time.monotonic() - started
             scores += score(group, ws, seconds, equivalent)
         except (RuntimeError, FileNotFoundError) as err:  # one group's failure does not lose the others'
             print(f"{group.name}: not scored: {err}", file=sys.stderr)
