@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-
-DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
+from helpers import DEVICE_PY
 
 
 def device(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from edgeprune.distill import kd_loss
 from edgeprune.metrics import accuracy
 from edgeprune.pruning.nm import apply_nm, satisfies_nm
 from edgeprune.schedules import cosine_lr, cubic_sparsity
+from helpers import randn
 
 
 def _loader(x, y, batch_size=64, n=None):
@@ -76,18 +77,14 @@ def test_cosine_lr_warms_up_linearly_then_decays_to_min():
 
 # --------------------------------------------------------------------------------------------- distill
 
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def test_kd_loss_is_ce_at_alpha_zero_and_zero_kl_for_identical_logits():
-    s, y = _randn(4, 10), torch.tensor([1, 2, 3, 4])
+    s, y = randn(4, 10), torch.tensor([1, 2, 3, 4])
     assert kd_loss(s, s.clone(), y, alpha=0.0, temperature=4) == pytest.approx(float(torch.nn.functional.cross_entropy(s, y)))
     assert float(kd_loss(s, s.clone(), y, alpha=1.0, temperature=4)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_kd_loss_is_t_squared_kl_from_the_teachers_softened_distribution_plus_ce():
-    s, t, y, temp = _randn(4, 10, seed=1), 3 * _randn(4, 10, seed=2), torch.tensor([1, 2, 3, 4]), 2.0
+    s, t, y, temp = randn(4, 10, seed=1), 3 * randn(4, 10, seed=2), torch.tensor([1, 2, 3, 4]), 2.0
     p, q = torch.softmax(t / temp, dim=-1), torch.softmax(s / temp, dim=-1)  # teacher's, student's
     kl = float((p * (p.log() - q.log())).sum()) / 4  # summed over classes, averaged over the batch
     ce = float(torch.nn.functional.cross_entropy(s, y))
@@ -96,7 +93,7 @@ def test_kd_loss_is_t_squared_kl_from_the_teachers_softened_distribution_plus_ce
 
 def test_kd_loss_teacher_shape_mismatch_names_both_shapes():
     with pytest.raises(ep.ModelError, match=r"\(4, 5\).*\(4, 10\)"):
-        kd_loss(_randn(4, 10), _randn(4, 5), None, alpha=1.0, temperature=2)
+        kd_loss(randn(4, 10), randn(4, 5), None, alpha=1.0, temperature=2)
 
 
 # -------------------------------------------------------------------------------------------- finetune

@@ -9,6 +9,7 @@ core shows the flag reaching BenchResult.valid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,9 +23,8 @@ import pytest
 import edgeprune as ep
 from edgeprune.devices import local_device
 from edgeprune.remote import BenchResult, BenchSettings
+from helpers import DATA_DIR, QUICK_BENCH, RUNTIMES_DIR
 
-RUNTIMES_DIR = Path(__file__).resolve().parent.parent / "runtimes"
-DATA_DIR = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(RUNTIMES_DIR))
 
 import device_state  # noqa: E402
@@ -265,7 +265,7 @@ def sysfs(tmp_path, monkeypatch) -> FakeSysfs:
 
 
 # the noise limits out of the way: whatever the machine's load, only the device's state can flag these runs
-STATE_ONLY = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0, max_cv=1e6, max_busy=1e6)
+STATE_ONLY = dataclasses.replace(QUICK_BENCH, max_cv=1e6, max_busy=1e6)
 
 
 def test_a_run_during_which_the_cpu_clock_dropped_comes_back_invalid(bench_artifacts, tmp_path, sysfs):

@@ -27,12 +27,9 @@ import pytest
 import edgeprune as ep
 from edgeprune import remote
 from edgeprune.devices import get_device, local_device
-from edgeprune.remote import BenchSettings
+from helpers import DEVICE_PY, QUICK_BENCH, start_edgeprune
 
 
-REPO = Path(__file__).resolve().parent.parent
-DEVICE_PY = REPO / "runtimes" / "device.py"
-QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
 MiB = 1 << 20
 # A Ctrl-C is answered within this (kill, unlock and remove: a few device commands); the runs it stops
 # would take minutes.
@@ -191,7 +188,7 @@ FLOOD_HARNESS = flood_script(300, 100)  # no result line at all, then exit 0
 def test_a_harness_flooding_its_output_fails_with_an_error_naming_the_truncation(where, sshd_factory, tmp_path,
                                                                                   bench_artifacts):
     toml, device = devices_toml(where, tmp_path, sshd_factory, python=str(hostile_python(tmp_path, FLOOD_HARNESS)))
-    error, growth = peak_growth(lambda: ep.bench(bench_artifacts.onnx, device, settings=QUICK))
+    error, growth = peak_growth(lambda: ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH))
     assert growth < 256 * MiB, f"this process grew by {growth / MiB:.0f} MiB for 400 MiB of harness output"
     assert isinstance(error, ep.DeviceError), error
     message = str(error)
@@ -200,7 +197,7 @@ def test_a_harness_flooding_its_output_fails_with_an_error_naming_the_truncation
     assert "output truncated on the device: discarded the first 268.0 MiB of 300.0 MiB on stdout" in message
     assert "of 100.0 MiB on stderr" in message
     assert run_dirs(device) == [] and not locked(device)
-    assert ep.bench(bench_artifacts.onnx, dataclasses.replace(device, python=sys.executable), settings=QUICK).n >= 10
+    assert ep.bench(bench_artifacts.onnx, dataclasses.replace(device, python=sys.executable), settings=QUICK_BENCH).n >= 10
 
 
 # ------------------------------------------------------------------ item 2: a detached grandchild is killed
@@ -226,7 +223,7 @@ def test_a_detached_grandchild_of_the_harness_is_killed_with_it_at_the_timeout(w
                                 python=str(hostile_python(tmp_path, detaching_harness(daemon))))
     try:
         with pytest.raises(ep.RemoteTimeoutError) as error:
-            ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+            ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
         pid = int(daemon.read_text())
         assert not alive(pid), f"the harness's detached grandchild (pid {pid}) survived the kill"
         # said only because it is true: the harness and its grandchild
@@ -268,12 +265,7 @@ def test_device_kill_stops_a_run_and_every_detached_process_of_it(tmp_path):
 
 # ---------------------------------------------------------------------------------------- item 3: Ctrl-C
 
-def cli(*args: str, cwd: Path) -> subprocess.Popen:
-    """`edgeprune ARGS` in a process group of its own, so that SIGINT to the group is a terminal's Ctrl-C.
-    The checkout this test file belongs to is the one imported."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200")
-    return subprocess.Popen([sys.executable, "-m", "edgeprune", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+cli = start_edgeprune  # `edgeprune ARGS` in a process group of its own: SIGINT to the group is a terminal's Ctrl-C
 
 
 def wait_for(found, proc: subprocess.Popen, timeout: float = 90.0) -> None:
@@ -352,7 +344,7 @@ def test_ctrl_c_during_cli_bench_stops_the_harness_unlocks_and_exits_130(where, 
     elapsed, err = interrupt(proc, marker if second_ctrl_c else None)
     assert_interrupted_cleanly(proc, elapsed, err, pids, [device])
     assert f"device '{where}'" in err and "released the lock and removed the run dir" in err
-    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK).n >= 10  # lock_wait_s = 0: free at once
+    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH).n >= 10  # lock_wait_s = 0: free at once
 
 
 def test_ctrl_c_during_a_bench_on_several_devices_stops_and_cleans_every_one(sshd, tmp_path, bench_artifacts):
@@ -366,7 +358,7 @@ def test_ctrl_c_during_a_bench_on_several_devices_stops_and_cleans_every_one(ssh
     elapsed, err = interrupt(proc)
     assert_interrupted_cleanly(proc, elapsed, err, pids, devices)
     assert "device 'loopback'" in err and "device 'local'" in err
-    results = ep.bench_many([(d, bench_artifacts.onnx) for d in devices], settings=QUICK)
+    results = ep.bench_many([(d, bench_artifacts.onnx) for d in devices], settings=QUICK_BENCH)
     assert all(isinstance(r, ep.BenchResult) for r in results), results
 
 

@@ -14,17 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import edgeprune as ep
 from edgeprune import remote
-from edgeprune.cli import app
 from edgeprune.devices import get_device
 from edgeprune.remote import BenchSettings
+from helpers import QUICK_BENCH, bench_flags, run_cli
 
 from sshd_server import SSHServer
 
-QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
 
 
 def loopback(server: SSHServer, tmp_path: Path, **settings) -> ep.Device:
@@ -47,7 +45,7 @@ def nothing_ran(device: ep.Device) -> bool:
 @pytest.mark.parametrize("kind, runtime", [("pte", "executorch"), ("tflite", "litert"), ("onnx", "onnxruntime")])
 def test_an_artifact_is_measured_over_ssh(sshd, bench_artifacts, tmp_path, kind, runtime):
     device = loopback(sshd, tmp_path)
-    result = ep.bench(getattr(bench_artifacts, kind), device, settings=QUICK)
+    result = ep.bench(getattr(bench_artifacts, kind), device, settings=QUICK_BENCH)
     assert result.device == "loopback" and result.runtime == runtime
     assert result.n >= 10 and 0 < result.p50 <= result.p99
     assert result.state_before.get("hostname") == socket.gethostname()
@@ -58,7 +56,7 @@ def test_an_unknown_host_key_is_refused_before_anything_runs(sshd, bench_artifac
     device = loopback(sshd, tmp_path, known_hosts=str(tmp_path / "empty_known_hosts"))
     with pytest.raises(ep.HostKeyError, match=r"is not in .*empty_known_hosts; refused before anything ran.*"
                                                r"--trust-new-host-key"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert nothing_ran(device)
 
 
@@ -69,7 +67,7 @@ def test_a_changed_host_key_is_refused_even_when_trusting_new_keys(sshd, bench_a
     device = loopback(sshd, tmp_path, known_hosts=str(known))
     for trust in (False, True):
         with pytest.raises(ep.HostKeyError, match="host key CHANGED .* man-in-the-middle"):
-            ep.bench(bench_artifacts.onnx, device, settings=QUICK, trust_new_host_key=trust)
+            ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, trust_new_host_key=trust)
     assert nothing_ran(device)
     assert known.read_text().split()[2] == blob  # the pinned key is left as it was
 
@@ -125,7 +123,7 @@ def test_output_that_arrives_after_the_exit_status_is_not_lost(sshd, tmp_path):
 
 def test_a_work_dir_with_spaces_quotes_and_dollars_works(sshd, bench_artifacts, tmp_path):
     device = loopback(sshd, tmp_path, workdir=str(tmp_path / "it's a $HOME `dir`"))
-    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK).n >= 10
+    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH).n >= 10
     assert list(Path(device.workdir).glob("run-*")) == []
 
 
@@ -159,7 +157,7 @@ def test_an_unwritable_work_dir_is_a_clear_error(sshd, bench_artifacts, tmp_path
     (tmp_path / "a-file").write_text("")
     device = loopback(sshd, tmp_path, workdir=str(tmp_path / "a-file" / "work"))
     with pytest.raises(ep.DeviceError, match=r"remote work dir '.*a-file/work' \(workdir\) is not writable: .*Not a directory"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
 
 
 def test_a_corrupted_upload_is_caught_by_the_sha256_check(sshd, bench_artifacts, tmp_path, monkeypatch):
@@ -175,7 +173,7 @@ def test_a_corrupted_upload_is_caught_by_the_sha256_check(sshd, bench_artifacts,
 
     monkeypatch.setattr(remote.ssh.SSHSession, "put", put)
     with pytest.raises(ep.ArtifactError, match=r"arrived corrupted: sha256 on the device .* != local .*nothing was run"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()
 
 
@@ -208,7 +206,7 @@ def test_sshd_dying_mid_benchmark_records_nothing_and_the_lock_is_reclaimed_late
     lease = json.loads((Path(device.workdir) / "lock" / "lease.json").read_text())
     restarted = SSHServer.start(sshd_private.root, port=sshd_private.port)  # same host key: the device rebooted
     try:  # the lock's holder was the dead connection's sshd process: reclaimed at once, not after the lease
-        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     finally:
         restarted.stop()
     reclaimed = [note for note in result.notes if "reclaimed a stale benchmark lock" in note]
@@ -234,7 +232,7 @@ def test_two_runs_on_one_device_take_turns(sshd, bench_artifacts, tmp_path):
             time.sleep(hold_s)
 
     with ThreadPoolExecutor(2) as pool:  # two users benchmarking the same board at once
-        results = list(pool.map(lambda _: ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=progress),
+        results = list(pool.map(lambda _: ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=progress),
                                 range(2)))
     first, second = sorted(results, key=lambda r: r.state_before["time"])
     assert first.state_after["time"] <= second.state_before["time"]
@@ -251,7 +249,7 @@ def test_several_devices_are_measured_at_once(sshd, bench_artifacts, tmp_path):
         if stage == "measure" and info.get("stage") == "start":
             both_measuring.wait()
 
-    results = ep.bench_many([(device, bench_artifacts.onnx), (local, bench_artifacts.onnx)], settings=QUICK,
+    results = ep.bench_many([(device, bench_artifacts.onnx), (local, bench_artifacts.onnx)], settings=QUICK_BENCH,
                             progress=progress)
     assert [r.device for r in results] == ["loopback", "local"], results
 
@@ -259,7 +257,7 @@ def test_several_devices_are_measured_at_once(sshd, bench_artifacts, tmp_path):
 def test_one_failing_device_does_not_stop_the_others(sshd, bench_artifacts, tmp_path):
     device = loopback(sshd, tmp_path)
     broken = dataclasses.replace(device, name="broken", known_hosts=tmp_path / "nothing-pinned")
-    results = ep.bench_many([(broken, bench_artifacts.onnx), (device, bench_artifacts.onnx)], settings=QUICK)
+    results = ep.bench_many([(broken, bench_artifacts.onnx), (device, bench_artifacts.onnx)], settings=QUICK_BENCH)
     assert isinstance(results[0], ep.HostKeyError) and isinstance(results[1], ep.BenchResult)
 
 
@@ -275,9 +273,8 @@ def test_devices_check_reports_python_runtimes_and_state(sshd, tmp_path):
 def test_cli_bench_prints_the_statistics_and_writes_json(sshd, bench_artifacts, tmp_path):
     toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
     out = tmp_path / "result.json"
-    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "loopback", str(bench_artifacts.onnx),
-                                    "--json", str(out), "--min-runs", "10", "--min-seconds", "0.1",
-                                    "--warmup-runs", "1", "--warmup-seconds", "0"])
+    done = run_cli("bench", "--devices", toml, "--device", "loopback", bench_artifacts.onnx, "--json", out,
+                   *bench_flags(QUICK_BENCH))
     assert done.exit_code == 0, done.output
     assert "latency (ms)" in done.output and "loopback" in done.output
     data = json.loads(out.read_text())
@@ -289,21 +286,20 @@ def test_cli_bench_does_not_overwrite_a_result(sshd, bench_artifacts, tmp_path):
     toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
     out = tmp_path / "result.json"
     out.write_text("{}")
-    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "loopback", str(bench_artifacts.onnx),
-                                    "--json", str(out)])
+    done = run_cli("bench", "--devices", toml, "--device", "loopback", bench_artifacts.onnx, "--json", out)
     assert done.exit_code == 2 and "already exists" in done.output and out.read_text() == "{}"
 
 
 def test_cli_devices_check_exits_nonzero_when_a_device_is_unreachable(sshd, tmp_path):
     toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"),
                                    known_hosts=tmp_path / "unpinned")
-    done = CliRunner().invoke(app, ["devices", "check", "--devices", str(toml), "loopback"])
+    done = run_cli("devices", "check", "--devices", toml, "loopback")
     assert done.exit_code == 1 and "loopback" in done.output
 
 
 def test_cli_devices_check_shows_a_reachable_device(sshd, tmp_path):
     toml = sshd.write_devices_toml(tmp_path / "devices.toml", workdir=str(tmp_path / "work"))
-    done = CliRunner().invoke(app, ["devices", "check", "--devices", str(toml), "loopback"])
+    done = run_cli("devices", "check", "--devices", toml, "loopback")
     assert done.exit_code == 0, done.output
     assert "yes" in done.output and "loopback" in done.output
 
@@ -311,5 +307,5 @@ def test_cli_devices_check_shows_a_reachable_device(sshd, tmp_path):
 def test_cli_bench_with_a_malformed_inventory_names_the_key(tmp_path, bench_artifacts):
     toml = tmp_path / "devices.toml"
     toml.write_text('[devices.pi]\nhost = "pi"\ntarget = "raspberry-pi-5"\nport = "twenty-two"\n')
-    done = CliRunner().invoke(app, ["bench", "--devices", str(toml), "--device", "pi", str(bench_artifacts.onnx)])
+    done = run_cli("bench", "--devices", toml, "--device", "pi", bench_artifacts.onnx)
     assert done.exit_code == 2 and "devices.pi.port" in done.output

@@ -22,12 +22,10 @@ import pytest
 
 import edgeprune as ep
 from edgeprune.devices import get_device, local_device
-from edgeprune.remote import BenchSettings
+from helpers import DEVICE_PY, QUICK_BENCH
 
 from sshd_server import SSHServer, SSHServerUnavailable
 
-QUICK = BenchSettings(min_runs=10, min_seconds=0.1, warmup_runs=1, warmup_seconds=0.0)
-DEVICE_PY = Path(__file__).resolve().parent.parent / "runtimes" / "device.py"
 
 
 def loopback(server, tmp_path: Path, **settings) -> ep.Device:
@@ -96,7 +94,7 @@ def test_a_workdir_owned_by_another_user_is_refused_before_anything_runs(sshd, b
     device = loopback(sshd, tmp_path, workdir=str(work))
     with pytest.raises(ep.WorkdirError, match=rf"work dir {work} is owned by uid {other_user.uid} "
                                               rf"\({other_user.name}\), not by you.*devices\.loopback\.workdir"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert tree(work) == before  # nothing uploaded, nothing deleted
 
 
@@ -108,7 +106,7 @@ def test_a_workdir_writable_by_group_or_others_is_refused_with_the_fix(sshd, ben
     device = loopback(sshd, tmp_path, workdir=str(work))
     with pytest.raises(ep.WorkdirError, match=rf"work dir {work} is writable by group/others \(mode 0{mode:o}\).*"
                                               rf"`chmod 700 {work}`"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert list(work.iterdir()) == []
 
 
@@ -118,7 +116,7 @@ def test_a_workdir_under_a_directory_others_can_write_is_refused(sshd, bench_art
     above.chmod(0o777)  # no sticky bit: anyone could rename our work dir away and put theirs in its place
     device = loopback(sshd, tmp_path, workdir=str(above / "work"))
     with pytest.raises(ep.WorkdirError, match=rf"{above} \(above the work dir\) is writable by group/others"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert list(above.iterdir()) == []
 
 
@@ -133,7 +131,7 @@ def test_a_workdir_reached_through_another_users_symlink_is_refused(other_user, 
     device = loopback(sshd, tmp_path, workdir=str(shared / "x" / "edgeprune"))
     with pytest.raises(ep.WorkdirError, match=rf"{shared / 'x'} \(on the way to the work dir\) is a symlink owned by "
                                               rf"uid {other_user.uid} \({other_user.name}\)"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert list(mine.iterdir()) == []  # nothing made or run behind the link
 
 
@@ -142,7 +140,7 @@ def test_a_workdir_reached_through_ones_own_symlink_runs_from_the_resolved_path(
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
     device = loopback(sshd, tmp_path, workdir=str(tmp_path / "link" / "edgeprune"))
-    ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert (real / "edgeprune").is_dir() and list((real / "edgeprune").glob("run-*")) == []
 
 
@@ -159,7 +157,7 @@ def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path,
         (work / "lock").symlink_to(target)
     device = loopback(sshd, tmp_path, workdir=str(work))
     with pytest.raises(ep.WorkdirError, match=rf"{'work' if which == 'workdir' else 'lock'} dir \S+ is a symlink"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert tree(target) == {"keep.txt": b"keep"}
     assert list(tmp_path.glob("**/run-*")) == []
 
@@ -185,7 +183,7 @@ def test_the_sha256_tests_cover_every_uploaded_file(sshd, bench_artifacts, tmp_p
         if stage == "verify":
             arrived.extend(p.name for p in the_run_dir(device).iterdir())
 
-    ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=look)
+    ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=look)
     assert sorted(arrived) == sorted(bench_artifacts.onnx.name if n == "artifact" else n for n in UPLOADED)
 
 
@@ -208,7 +206,7 @@ def test_a_file_changed_on_the_device_before_its_sha256_check_is_refused_naming_
 
     with pytest.raises(ep.ArtifactError, match=rf"device 'loopback': {re.escape(name)} arrived corrupted: sha256 on "
                                                rf"the device [0-9a-f]{{16}}… != local [0-9a-f]{{16}}…; nothing was run"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=tamper)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=tamper)
     assert not marker.exists()
     assert list(Path(device.workdir).glob("run-*")) == [] and not (Path(device.workdir) / "lock").exists()
 
@@ -225,10 +223,10 @@ def test_a_file_replaced_after_its_sha256_check_does_not_run(sshd, bench_artifac
             (run / swapped).write_text(evil)
 
     with pytest.raises(ep.WorkdirError, match=rf"{swapped} in \S+ changed after its sha256 check.*refused to run it"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK, progress=swap)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=swap)
     assert not marker.exists()
     assert list(Path(device.workdir).glob("run-*")) == []
-    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK).n >= 10  # the next run is clean
+    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH).n >= 10  # the next run is clean
 
 
 # --------------------------------------------------------------------------- nothing deleted it did not make
@@ -247,7 +245,7 @@ def test_a_forged_lease_cannot_make_a_run_delete_another_directory(sshd, bench_a
     (work / "lock" / "lease.json").write_text(json.dumps(
         {"owner": "forger", "host": "nowhere", "pid": 1, "rundir": str(victim), "since": 0, "expires": 0}))
     device = loopback(sshd, tmp_path, workdir=str(work))
-    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert (victim / "data.bin").read_bytes() == b"precious"
     assert (elsewhere / "data.bin").read_bytes() == b"precious too" and (work / "run-forger").is_symlink()
     notes = " ".join(result.notes)
@@ -264,7 +262,7 @@ def test_the_default_workdir_is_private_in_the_login_users_home(sshd_two_users, 
     device = loopback(sshd_two_users, tmp_path, user=other_user.name, workdir=None, python=sshd_two_users.python)
     assert device.workdir == "~/.cache/edgeprune"
     try:
-        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)  # measured as the second user
+        result = ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)  # measured as the second user
         work = (cache / "edgeprune").lstat()
         assert result.n >= 10
         assert stat.S_ISDIR(work.st_mode) and work.st_uid == other_user.uid and stat.S_IMODE(work.st_mode) == 0o700
@@ -306,7 +304,7 @@ def test_a_killed_runs_lock_is_reclaimed_at_once_not_after_its_lease(bench_artif
     lease = json.loads((work / "lock" / "lease.json").read_text())
     assert lease["expires"] - lease["since"] >= 1800  # the default lease: half an hour of waiting, before
     device = local_device(workdir=str(work), lock_wait_s=2.0)
-    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert any("has exited" in n and lease["owner"] in n for n in result.notes), result.notes
     assert list(work.glob("run-*")) == [] and not (work / "lock").exists()
 
@@ -325,7 +323,7 @@ def test_a_second_run_waits_the_whole_lock_wait_for_a_live_holder(bench_artifact
         subprocess.run([sys.executable, str(DEVICE_PY), "lock", str(work / "lock"), "--owner", "alive",
                         "--lease-s", "300", "--holder-pid", str(holder.pid)], check=True, capture_output=True)
         with pytest.raises(ep.DeviceBusyError, match=r"waited 3 s"):
-            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=3.0), settings=QUICK,
+            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=3.0), settings=QUICK_BENCH,
                      progress=progress)
         waited = time.monotonic() - asked["at"]
     finally:
@@ -342,7 +340,7 @@ def test_a_live_holders_lock_is_still_waited_for(bench_artifacts, tmp_path):
         subprocess.run([sys.executable, str(DEVICE_PY), "lock", str(work / "lock"), "--owner", "alive",
                         "--lease-s", "300", "--holder-pid", str(holder.pid)], check=True, capture_output=True)
         with pytest.raises(ep.DeviceBusyError, match=rf"held by alive \(pid {holder.pid} "):
-            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=0.5), settings=QUICK)
+            ep.bench(bench_artifacts.onnx, local_device(workdir=str(work), lock_wait_s=0.5), settings=QUICK_BENCH)
     finally:
         holder.kill()
         holder.wait()

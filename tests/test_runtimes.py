@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-RUNTIMES_DIR = Path(__file__).resolve().parent.parent / "runtimes"
-DATA_DIR = Path(__file__).resolve().parent / "data"
+from helpers import DATA_DIR, RUNTIMES_DIR
+
 sys.path.insert(0, str(RUNTIMES_DIR))
 
 import bench_onnx  # noqa: E402
