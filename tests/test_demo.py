@@ -11,16 +11,15 @@ import pytest
 import torch
 from rich.console import Console
 from torch import nn
-from typer.testing import CliRunner
 
 import edgeprune as ep
-from edgeprune.cli import app
 from edgeprune.demo import TARGETS, Row, Splits, fits_flash, flash_cell, notes, summary
+from helpers import run_cli
 
 
 def test_the_demo_runs_the_whole_flow_and_leaves_a_report(tmp_path):
     out = tmp_path / "report"
-    done = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    done = run_cli("demo", "--out", out)
     assert done.exit_code == 0, done.output
     for png in ("layer-sparsity.png", "accuracy-vs-latency.png", *(f"sensitivity-{t}.png" for t in TARGETS)):
         assert (out / png).read_bytes().startswith(b"\x89PNG"), png
@@ -34,7 +33,7 @@ def test_the_demo_runs_the_whole_flow_and_leaves_a_report(tmp_path):
 
 def test_the_demo_refuses_a_report_folder_that_has_files(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    done = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    done = run_cli("demo", "--out", tmp_path)
     assert done.exit_code == 2 and "not empty" in done.output and (tmp_path / "keep.txt").read_text() == "mine"
 
 
