@@ -16,12 +16,12 @@ import re
 import shutil
 import socket
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from .errors import ArtifactError
+from ._warn import warn
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}\.(?P<kind>[a-z]+)$")
@@ -178,8 +178,8 @@ def remove_abandoned(directory: "str | Path", kinds: Iterable[str] = ("tmp", "st
             continue
         removed.append(left.path)
     if removed:
-        warnings.warn(f"{directory}: removed what an interrupted run left behind (its process is gone): "
-                      + ", ".join(p.name for p in removed), stacklevel=2)
+        warn(f"{directory}: removed what an interrupted run left behind (its process is gone): "
+             + ", ".join(p.name for p in removed))
     return removed
 
 

@@ -29,7 +29,6 @@ model is frozen and the search redone.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -50,6 +49,7 @@ from .pruning.unstructured import global_amounts
 from .recipe import Recipe, load_recipe
 from .rules import LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, rule_choices, structured_instead
 from .targets import Target, load_target
+from ._warn import warn
 
 SCOPES = ("per-layer", "global")
 _SEARCH_STEPS = 30
@@ -224,7 +224,7 @@ def plan(
     if flash:
         result.notes.append(flash)
     for note in result.notes:
-        warnings.warn(f"edgeprune plan for {target.name}: {note}", stacklevel=2)
+        warn(f"edgeprune plan for {target.name}: {note}")
     _check_budget(result, budget, target)
     return result
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +33,7 @@ from .factory import Factory, build, spec_of
 from .plan import Plan
 from .pruning import RECORD_ATTR, PruneRecord, record_of
 from .pruning.structured import ChannelGraph, Removal
+from ._warn import warn
 
 SCHEMA = "edgeprune.model/1"
 STRUCTURE = "structure.json"
@@ -59,8 +59,8 @@ def _recover(directory: Path) -> None:
             remove_path(left.path)
             continue
         os.replace(left.path, left.final)
-        warnings.warn(f"{left.final}: restored the saved model that an interrupted save (process {left.pid}, "
-                      "now gone) had moved aside to replace", stacklevel=3)
+        warn(f"{left.final}: restored the saved model that an interrupted save (process {left.pid}, "
+             "now gone) had moved aside to replace")
     remove_abandoned(directory.parent, ("stage", "tmp"))
 
 

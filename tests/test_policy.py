@@ -589,8 +589,9 @@ def test_2_4_reasons_give_the_channels_left_after_pruning(shipped_jetson):
 
 def test_recipe_nm_on_a_target_without_nm_kernels_counts_its_macs_in_full(small_cnn):
     recipe = {"layers": {"fc1": {"method": "n:m"}}}
-    with pytest.warns(UserWarning, match=r"N:M sparsity on fc1, a pattern the device does not accelerate"):
+    with pytest.warns(UserWarning, match=r"N:M sparsity on fc1, a pattern the device does not accelerate") as caught:
         plan = ep.plan(small_cnn.model, small_cnn.inputs, PI5, ep.Budget(macs_ratio=1.0), recipe=recipe)
+    assert {w.filename for w in caught} == {__file__}  # warned at the caller's line, not inside edgeprune
     fc1 = plan.layer("fc1")
     assert (fc1.method, fc1.n, fc1.m) == ("n:m", 2, 4)
     assert fc1.macs[1] == fc1.macs[0]

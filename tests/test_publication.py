@@ -152,8 +152,9 @@ def test_a_save_killed_before_its_directory_is_put_in_place_leaves_nothing_after
     directory = tmp_path / "model"
     killed_at(str(directory), _SAVE.format(directory=directory))
     assert hidden(tmp_path), "the kill left a staging directory"
-    with pytest.warns(UserWarning, match="interrupted run"):
+    with pytest.warns(UserWarning, match="interrupted run") as caught:
         ep.save(*pruned, directory, factory=zoo.small_cnn)
+    assert {w.filename for w in caught} == {__file__}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
@@ -162,8 +163,10 @@ def test_a_save_killed_while_replacing_a_model_gives_the_earlier_model_back(prun
     ep.save(*pruned, directory, factory=zoo.small_cnn)
     before = (directory / "weights.safetensors").read_bytes()
     killed_at(str(directory), _SAVE.format(directory=directory))  # after the old one was moved aside
-    with pytest.warns(UserWarning, match="restored"), pytest.raises(ep.ArtifactError, match="already exists"):
+    restored = rf"{directory}: restored the saved model that an interrupted save \(process \d+, now gone\) had moved"
+    with pytest.warns(UserWarning, match=restored) as caught, pytest.raises(ep.ArtifactError, match="already exists"):
         ep.save(*pruned, directory, factory=zoo.small_cnn)
+    assert {w.filename for w in caught} == {__file__}  # the caller's line, not edgeprune's
     assert (directory / "weights.safetensors").read_bytes() == before
     ep.save(*pruned, directory, factory=zoo.small_cnn, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 from .._atomic import abandoned, remove_abandoned, remove_path, temporary_path, write_text
 from ..errors import ArtifactError
 from .manifest import legacy_manifest, legacy_manifest_path, owned_files
+from .._warn import warn
 
 KIND = "export"
 JOURNAL = "publish.json"
@@ -42,14 +42,14 @@ def recover(out_dir: Path) -> None:
     for left in abandoned(out_dir, (KIND,)):
         what = _roll_back(left.path, out_dir)
         remove_path(left.path)
-        warnings.warn(f"{left.final}: an export interrupted before it completed (process {left.pid}, now gone) "
-                      f"left files behind; {what}", stacklevel=3)
+        warn(f"{left.final}: an export interrupted before it completed (process {left.pid}, now gone) "
+             f"left files behind; {what}")
     for root in sorted(r for r in _unsettled if r.parent == out_dir):
         what = _roll_back(root, out_dir)
         remove_path(root)
         _unsettled.discard(root)
-        warnings.warn(f"{out_dir}: an earlier export in this process that failed and could not be undone "
-                      f"left files behind; {what}", stacklevel=3)
+        warn(f"{out_dir}: an earlier export in this process that failed and could not be undone "
+             f"left files behind; {what}")
     remove_abandoned(out_dir, ("tmp", "stage"))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
@@ -18,6 +17,7 @@ from ..plan import LayerDecision, Plan
 from .nm import apply_nm, reduction_size
 from .structured import Removal, remove_channels
 from .unstructured import apply_unstructured
+from .._warn import warn
 
 __all__ = ["prune", "finalize", "PruneRecord", "record_of", "apply_masks", "refresh"]
 
@@ -104,11 +104,8 @@ def prune(model: nn.Module, plan: Plan, example_inputs: Any = None, loss_fn: Opt
     executed = plan
     if failures:
         executed = _roll_back(plan, failures)
-        warnings.warn(
-            "edgeprune: rolled back channel groups that broke the model: "
-            + "; ".join(f"{root}: {err}" for root, err in failures.items()),
-            stacklevel=2,
-        )
+        warn("edgeprune: rolled back channel groups that broke the model: "
+             + "; ".join(f"{root}: {err}" for root, err in failures.items()))
     modules = dict(work.named_modules())
     for d in executed.by_method("n:m"):
         if reduction_size(modules[d.layer]) % d.m:
