@@ -1,8 +1,8 @@
 """The runner's key SSH behaviours against dropbear, the SSH server of OpenWrt and of many Yocto/Buildroot
 images (tests/sshd_server.py's DropbearServer on loopback): a full bench, host keys, kills,
 Ctrl-C and stale locks. The same behaviours against OpenSSH are in test_remote_ssh.py, test_remote_faults.py
-and test_remote_trust.py, whose helpers these tests use; the stale-lock reclaim after a killed runner, which
-had no SSH test, runs against both servers here."""
+and test_remote_trust.py; all of them use remote_helpers.py. The stale-lock reclaim after a killed runner,
+which had no SSH test, runs against both servers here."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ import pytest
 import edgeprune as ep
 from edgeprune import remote
 
-from test_remote_faults import (LONG_RUN, alive, assert_interrupted_cleanly, cli, detaching_harness, devices_toml,
-                                harness_pids, hostile_python, interrupt, locked, measuring, run_dirs, wait_for)
-from test_remote_ssh import QUICK, loopback, nothing_ran
+from helpers import QUICK_BENCH
+from remote_helpers import (alive, assert_interrupted_cleanly, cli, detaching_harness, devices_toml, harness_pids,
+                            hostile_python, interrupt, locked, LONG_RUN, loopback, measuring, nothing_ran, run_dirs,
+                            wait_for)
 
 
 def test_an_onnx_artifact_is_measured_over_dropbear(dropbear, bench_artifacts, tmp_path):
     device = loopback(dropbear, tmp_path)
-    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK)  # uploads over dropbear's SFTP too
+    result = ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)  # uploads over dropbear's SFTP too
     assert result.runtime == "onnxruntime" and result.n >= 10 and 0 < result.p50 <= result.p99
     assert run_dirs(device) == [] and not locked(device)
 
@@ -34,7 +35,7 @@ def test_an_onnx_artifact_is_measured_over_dropbear(dropbear, bench_artifacts, t
 def test_an_unknown_dropbear_host_key_is_refused_before_anything_runs(dropbear, bench_artifacts, tmp_path):
     device = loopback(dropbear, tmp_path, known_hosts=str(tmp_path / "empty_known_hosts"))
     with pytest.raises(ep.HostKeyError, match=r"is not in .*empty_known_hosts; refused before anything ran"):
-        ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
     assert nothing_ran(device)
 
 
@@ -59,7 +60,7 @@ def test_a_harness_past_its_timeout_is_killed_over_dropbear_with_its_detached_gr
     try:
         with pytest.raises(ep.RemoteTimeoutError, match=r"past its 10 s timeout \(command_timeout_s\) and was killed "
                                                         r"on the device: .*with everything it started \(2 processes\)"):
-            ep.bench(bench_artifacts.onnx, device, settings=QUICK)
+            ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH)
         pid = int(daemon.read_text())
         assert not alive(pid), f"the harness's detached grandchild (pid {pid}) survived the kill"
     finally:
@@ -77,7 +78,7 @@ def test_ctrl_c_during_cli_bench_over_dropbear_stops_the_harness_unlocks_and_exi
     elapsed, err = interrupt(proc)
     assert_interrupted_cleanly(proc, elapsed, err, pids, [device])
     assert "released the lock and removed the run dir" in err
-    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK).n >= 10  # lock_wait_s = 0: free at once
+    assert ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH).n >= 10  # lock_wait_s = 0: free at once
 
 
 # ------------------------------------------------------------------------ a runner killed while holding the lock
@@ -112,7 +113,7 @@ def test_a_killed_runners_lock_is_reclaimed_at_once_over_ssh(server, bench_artif
     assert lease["expires"] - lease["since"] >= 1800 and lease.get("holder_pid"), lease
     (stale_run,) = run_dirs(ep.devices.get_device("loopback", toml))
 
-    result = ep.bench(bench_artifacts.onnx, ep.devices.get_device("loopback", toml), settings=QUICK)
+    result = ep.bench(bench_artifacts.onnx, ep.devices.get_device("loopback", toml), settings=QUICK_BENCH)
     gone = [n for n in result.notes if "reclaimed a stale benchmark lock" in n]
     assert gone and re.search(rf"{lease['owner']} \(its holder, pid {lease['holder_pid']} .* has exited", gone[0]), \
         result.notes

@@ -27,13 +27,13 @@ import pytest
 import edgeprune as ep
 from edgeprune import remote
 from edgeprune.devices import get_device, local_device
-from helpers import DEVICE_PY, QUICK_BENCH, start_edgeprune
+from helpers import DEVICE_PY, QUICK_BENCH
+from remote_helpers import (alive, assert_interrupted_cleanly, cli, detaching_harness, device_python, devices_toml,
+                            harness_pids, hostile_python, interrupt, local_toml, locked, LONG_RUN, measuring,
+                            PROMPT_S, run_dirs, wait_for)
 
 
 MiB = 1 << 20
-# A Ctrl-C is answered within this (kill, unlock and remove: a few device commands); the runs it stops
-# would take minutes.
-PROMPT_S = 30.0
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -67,60 +67,6 @@ def flood_script(stdout_mib: int, stderr_mib: int, last_out: str = "", last_err:
             f"os.write(1, {last_out.encode()!r}); os.write(2, {last_err.encode()!r})\n")
 
 
-def alive(pid: int) -> bool:
-    """A live process (not a zombie) with this pid."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def device_python(tmp_path: Path, name: str, body: str) -> Path:
-    """An executable 'python' for the device: runs `body` (with `args`, `real` and `run_real()` defined),
-    then the real python with the same arguments."""
-    path = tmp_path / name
-    path.write_text(f"#!{sys.executable}\n"
-                    "import os, sys, time\n"
-                    f"real = {sys.executable!r}\n"
-                    "args = sys.argv[1:]\n"
-                    "def run_real(*argv):\n"
-                    "    os.execv(real, [real, *(argv or args)])\n"
-                    f"{body}\n"
-                    "run_real()\n")
-    path.chmod(0o755)
-    return path
-
-
-def hostile_python(tmp_path: Path, harness_source: str) -> Path:
-    """A device python that runs `harness_source` in place of bench_onnx.py, and everything else as is.
-    The harness is the command the supervisor starts: bench_onnx.py named in its arguments, no `exec`."""
-    harness = tmp_path / "hostile_harness.py"
-    harness.write_text(harness_source)
-    return device_python(tmp_path, "hostile-python", (
-        "is_harness = (args and args[0].endswith('/bench_onnx.py')) or 'bench_onnx.py' in args\n"
-        f"if is_harness and 'exec' not in args:\n"
-        f"    run_real({str(harness)!r})\n"))
-
-
-def local_toml(path: Path, **settings) -> Path:
-    """Adds a `[devices.local]` table (lock_wait_s = 0: a lock left behind fails the next run at once)."""
-    values = {"lock_wait_s": 0, **settings}
-    with open(path, "a") as fh:
-        fh.write("[devices.local]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
-    return path
-
-
-def devices_toml(where: str, tmp_path: Path, sshd_factory, **settings) -> tuple[Path, ep.Device]:
-    """devices.toml with device `where` ("local" or "loopback"), and that device."""
-    toml = tmp_path / "devices.toml"
-    if where == "local":
-        local_toml(toml, workdir=str(tmp_path / "device-work"), **settings)
-    else:
-        sshd_factory().write_devices_toml(toml, workdir=str(tmp_path / "device-work"), lock_wait_s=0, **settings)
-    return toml, get_device(where, toml)
-
-
 @pytest.fixture(params=["local", "loopback"])
 def where(request):
     return request.param
@@ -130,14 +76,6 @@ def where(request):
 def sshd_factory(request):
     """The session's sshd, started only by the tests that use it (the `local` cases need none)."""
     return lambda: request.getfixturevalue("sshd")
-
-
-def run_dirs(device: ep.Device) -> list[Path]:
-    return sorted(Path(device.workdir).glob("run-*")) + sorted(Path(device.workdir).glob("check-*"))
-
-
-def locked(device: ep.Device) -> bool:
-    return (Path(device.workdir) / "lock").exists()
 
 
 # ------------------------------------------------------------------------------- item 2: floods (host side)
@@ -202,18 +140,6 @@ def test_a_harness_flooding_its_output_fails_with_an_error_naming_the_truncation
 
 # ------------------------------------------------------------------ item 2: a detached grandchild is killed
 
-def detaching_harness(pidfile: Path) -> str:
-    """Starts a daemon the textbook way (fork, setsid, fork), records its pid, then hangs."""
-    return ("import os, sys, time\n"
-            "if os.fork() == 0:\n"
-            "    os.setsid()\n"
-            "    if os.fork() == 0:\n"
-            f"        open({str(pidfile)!r} + '.tmp', 'w').write(str(os.getpid()))\n"
-            f"        os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
-            "        os.execvp('sleep', ['sleep', '300'])\n"
-            "    os._exit(0)\n"
-            "time.sleep(300)\n")
-
 
 def test_a_detached_grandchild_of_the_harness_is_killed_with_it_at_the_timeout(where, sshd_factory, tmp_path,
                                                                                 bench_artifacts):
@@ -265,47 +191,6 @@ def test_device_kill_stops_a_run_and_every_detached_process_of_it(tmp_path):
 
 # ---------------------------------------------------------------------------------------- item 3: Ctrl-C
 
-cli = start_edgeprune  # `edgeprune ARGS` in a process group of its own: SIGINT to the group is a terminal's Ctrl-C
-
-
-def wait_for(found, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    """Until `found()` is true (the point of the run the test interrupts) while the CLI runs."""
-    end = time.monotonic() + timeout
-    while not found():
-        if proc.poll() is not None:
-            raise AssertionError(f"the CLI exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}")
-        assert time.monotonic() < end, f"the run did not get there within {timeout:.0f} s"
-        time.sleep(0.02)
-
-
-def measuring(*devices: ep.Device):
-    """The harness of each device has started: its supervisor wrote the pid file."""
-    return lambda: all(any(Path(d.workdir).glob("run-*/harness.pid")) for d in devices)
-
-
-def harness_pids(workdir: str) -> list[int]:
-    pidfile = next(Path(workdir).glob("run-*/harness.pid"))
-    return [int(v) for v in pidfile.read_text().split()[:2]]
-
-
-def interrupt(proc: subprocess.Popen, marker: "Path | None" = None) -> tuple[float, str]:
-    """SIGINT to the CLI's group; with `marker`, a second one once the file appears (during the clean-up).
-    Returns (seconds from the first Ctrl-C to its exit, stderr)."""
-    t0 = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)
-    if marker is not None:
-        while not marker.exists() and proc.poll() is None and time.monotonic() - t0 < PROMPT_S:
-            time.sleep(0.01)
-        assert marker.exists(), "the clean-up never started"
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        _out, err = proc.communicate(timeout=PROMPT_S * 3)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _out, err = proc.communicate()
-        err += f"\n[test: still running {PROMPT_S * 3:.0f} s after Ctrl-C; killed]"
-    return time.monotonic() - t0, err
-
 
 def slow_unlock_python(tmp_path: Path, marker: Path) -> Path:
     """A device python whose `device.py unlock` announces itself and takes a second: a window in which a
@@ -314,22 +199,6 @@ def slow_unlock_python(tmp_path: Path, marker: Path) -> Path:
         "if 'unlock' in args:\n"
         f"    open({str(marker)!r}, 'w').close()\n"
         "    time.sleep(1.0)\n"))
-
-
-def assert_interrupted_cleanly(proc, elapsed, err, pids, devices) -> None:
-    survivors = [pid for pid in pids if alive(pid)]
-    for pid in survivors:  # never leave a ten-minute benchmark behind, whatever the outcome
-        os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 130, f"exit {proc.returncode} {elapsed:.1f} s after Ctrl-C: {err[-1500:]}"
-    assert elapsed < PROMPT_S, f"exited {elapsed:.1f} s after Ctrl-C"
-    assert "Traceback" not in err and err.count("interrupted:") == 1, err
-    assert survivors == [], f"processes {survivors} of the harness survived Ctrl-C"
-    for device in devices:
-        assert not locked(device), f"device '{device.name}' is still locked"
-        assert run_dirs(device) == [], f"run dir left on '{device.name}': {run_dirs(device)}"
-
-
-LONG_RUN = ("--min-runs", "1000000000", "--min-seconds", "600", "--warmup-runs", "0", "--warmup-seconds", "0")
 
 
 @pytest.mark.parametrize("second_ctrl_c", [False, True], ids=["once", "again-during-clean-up"])

@@ -17,18 +17,11 @@ import pytest
 
 import edgeprune as ep
 from edgeprune import remote
-from edgeprune.devices import get_device
 from edgeprune.remote import BenchSettings
 from helpers import QUICK_BENCH, bench_flags, run_cli
+from remote_helpers import loopback, nothing_ran
 
 from sshd_server import SSHServer
-
-
-
-def loopback(server: SSHServer, tmp_path: Path, **settings) -> ep.Device:
-    """The server as a device in a devices.toml of this test's own (its own workdir, known_hosts pinned)."""
-    settings.setdefault("workdir", str(tmp_path / "device-work"))
-    return get_device("loopback", server.write_devices_toml(tmp_path / "devices.toml", **settings))
 
 
 def harness_alive(pid: int) -> bool:
@@ -36,10 +29,6 @@ def harness_alive(pid: int) -> bool:
         return b"bench_" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def nothing_ran(device: ep.Device) -> bool:
-    return not Path(device.workdir).exists()
 
 
 @pytest.mark.parametrize("kind, runtime", [("pte", "executorch"), ("tflite", "litert"), ("onnx", "onnxruntime")])
