@@ -112,7 +112,7 @@ class ModuleScore:
 
     @property
     def scored(self) -> int:
-        return self.total - len(self.equivalent) - self.counts["skipped"] - self.counts["not run"]
+        return self.total - self.counts["equivalent"] - self.counts["skipped"] - self.counts["not run"]
 
     @property
     def killed(self) -> int:
@@ -263,9 +263,10 @@ def score(group: Group, ws: Path, seconds: float, equivalent: dict[str, str]) ->
         meta = meta_of(group, ws, module)
         results = {name: code for name, code in meta["exit_code_by_key"].items()
                    if not group.functions or function_of(name).split(".")[-1] in group.functions}
-        counts = Counter(confirmed.get(name, status(code)) if status(code) == "survived" else status(code)
-                         for name, code in results.items())
         judged = {n: r for n, r in equivalent.items() if n in results}
+        counts = Counter("equivalent" if name in judged
+                         else confirmed.get(name, "survived") if status(code) == "survived" else status(code)
+                         for name, code in results.items())
         survivors = sorted(n for n, code in results.items()
                            if status(code) in ("no tests", "suspicious") and n not in judged
                            or status(code) == "survived" and confirmed.get(n, "survived") == "survived" and n not in judged)
@@ -305,7 +306,7 @@ def report(groups: list[Group], scores: list[ModuleScore], workspaces: dict[str,
         c = s.counts
         mark = "" if s.rate >= GOAL else " ✗"
         lines.append(f"| {s.group} | `{s.module}` | {s.total} | {c['killed']} | {c['timeout']} | {c['survived']} | "
-                     f"{c['no tests']} | {len(s.equivalent)} | {s.rate:.1%}{mark} | {s.seconds / 60:.1f} |")
+                     f"{c['no tests']} | {c['equivalent']} | {s.rate:.1%}{mark} | {s.seconds / 60:.1f} |")
     for s in scores:
         if s.equivalent:
             lines += ["", f"## Equivalent in `{s.module}`", ""]
