@@ -349,7 +349,10 @@ def main() -> None:
                 started = time.monotonic()
                 confirm(ws, group, survived(group, ws, equivalent))
                 seconds += time.monotonic() - started
-            scores += score(group, ws, seconds, equivalent)
+            timing = ws / "seconds.json"  # what the run took, kept for --report-only / --confirm-only
+            before = json.loads(timing.read_text()) if timing.exists() and reuse else 0.0
+            timing.write_text(json.dumps(before + seconds))
+            scores += score(group, ws, before + seconds, equivalent)
         except (RuntimeError, FileNotFoundError) as err:  # one group's failure does not lose the others'
             print(f"{group.name}: not scored: {err}", file=sys.stderr)
             failed.append(group.name)
