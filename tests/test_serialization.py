@@ -222,3 +222,32 @@ def test_load_weights_with_a_layer_missing_names_it(dense_weights, tmp_path):
     missing = r"missing: \['classifier\.bias', 'classifier\.weight'\]"
     with pytest.raises(ep.ArtifactError, match=rf"{partial}: does not match .*{missing}"):
         ep.load_weights("edgeprune.zoo:small_cnn", partial)
+
+
+# ------------------------------------------------------------------------ what the files record
+
+def test_structure_json_records_the_versions_factory_class_plan_and_removals(saved):
+    case = saved[("small_cnn", "stm32h743")]
+    structure = json.loads((case.directory / "structure.json").read_text())
+    record = ep.record_of(case.pruned)
+    assert structure["schema"] == "edgeprune.model/1"
+    assert (structure["edgeprune"], structure["torch"]) == (ep.__version__, torch.__version__)
+    assert structure["factory"] == "edgeprune.zoo:small_cnn"
+    assert structure["model_class"] == f"{type(case.pruned).__module__}.{type(case.pruned).__qualname__}"
+    assert structure["plan"] == json.loads(json.dumps(record.plan.to_dict())) and structure["finetuned"] is False
+    assert structure["removals"] == [{"root": r.root, "idxs": list(r.idxs)} for r in record.removals] != []
+
+
+def test_weights_file_carries_the_schema_in_its_safetensors_metadata(saved):
+    import safetensors
+
+    case = saved[("small_cnn", "stm32h743")]
+    with safetensors.safe_open(str(case.directory / "weights.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"schema": "edgeprune.model/1"}
+
+
+def test_saving_a_module_prune_did_not_return_is_refused_before_writing(small_cnn, tmp_path):
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, "stm32h743", ep.Budget(macs_ratio=0.6))
+    with pytest.raises(ep.ArtifactError, match="no record of which channels were removed: save the module ep.prune"):
+        ep.save(copy.deepcopy(small_cnn.model), plan, tmp_path / "saved")
+    assert list(tmp_path.iterdir()) == []
