@@ -225,6 +225,19 @@ class _Kill(Exception):
     pass
 
 
+def _whole_and_resumed(model, train, checkpoint_dir, kill_at: tuple[int, int], **kw):
+    """One uninterrupted run, and the same run killed at (epoch, step) by a callback and then resumed."""
+    whole = ep.finetune(model, train, **kw)
+
+    def kill(info):
+        if (info["epoch"], info["step"]) == kill_at:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        ep.finetune(model, train, checkpoint_dir=checkpoint_dir, callback=kill, **kw)
+    return whole, ep.finetune(model, train, checkpoint_dir=checkpoint_dir, **kw)
+
+
 def test_resume_after_a_kill_mid_epoch_is_bit_identical(dense, data, tmp_path):
     xtr, ytr, xte, yte = data
     pruned = _unstructured(dense)
@@ -274,16 +287,7 @@ def test_resume_of_a_run_with_dropout_shuffling_and_random_augmentation_is_bit_i
     xtr, ytr, _, _ = data
     model = _dropout_mlp()
     train = DataLoader(_Augmented(xtr[:256], ytr[:256]), batch_size=32, shuffle=True)
-    kw = dict(epochs=3, lr=3e-3, quiet=True, seed=4)
-    whole = ep.finetune(model, train, **kw)
-
-    def kill(info):
-        if info["epoch"] == 2 and info["step"] == 3:
-            raise _Kill
-
-    with pytest.raises(_Kill):
-        ep.finetune(model, train, checkpoint_dir=tmp_path, callback=kill, **kw)
-    resumed = ep.finetune(model, train, checkpoint_dir=tmp_path, **kw)
+    whole, resumed = _whole_and_resumed(model, train, tmp_path, (2, 3), epochs=3, lr=3e-3, quiet=True, seed=4)
     assert resumed.resumed_from == 1
     assert _same_weights(whole.model, resumed.model)
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
@@ -511,19 +515,9 @@ def _batched(ds):
 def test_resume_after_a_kill_is_bit_identical_with_a_random_sampler(dense, data, tmp_path, make_loader):
     xtr, ytr, _, _ = data
     train = make_loader(TensorDataset(xtr[:128], ytr[:128]))  # one loader object for all three runs
-    kw = dict(epochs=2, quiet=True, seed=5)
-    whole = ep.finetune(dense, train, **kw)
-
-    def kill(info):
-        if info["epoch"] == 2 and info["step"] == 2:
-            raise _Kill
-
-    with pytest.raises(_Kill):
-        ep.finetune(dense, train, checkpoint_dir=tmp_path, callback=kill, **kw)
-    resumed = ep.finetune(dense, train, checkpoint_dir=tmp_path, **kw)
+    whole, resumed = _whole_and_resumed(dense, train, tmp_path, (2, 2), epochs=2, quiet=True, seed=5)
     assert resumed.resumed_from == 1
-    a, b = whole.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(whole.model, resumed.model)
 
 
 def test_finetune_leaves_the_loaders_own_generator_as_it_was(dense, data):
