@@ -294,3 +294,65 @@ def test_a_run_at_a_steady_clock_below_its_trip_points_comes_back_valid(bench_ar
     result = ep.bench(bench_artifacts.onnx, local_device(workdir=str(tmp_path / "work")), settings=STATE_ONLY)
     assert result.state_after["cur_mhz"] == {"cpu0": 2400.0} and result.state_after["thermal"][0]["temp_c"] == 50.0
     assert result.flags == () and result.valid
+
+
+def test_window_load_reports_every_field_of_a_known_window():
+    # cpu10 sorts after cpu2 (numerically); this process ran 0.5 s of CPU and waited 1 ms of every 4 it was ready
+    start = dict(snapshot(10.0, 1.0, {"cpu2": (100, 10, 1000), "cpu10": (300, 0, 1000)}),
+                 schedstat=[3_000_000, 1_000_000], runnable=2, loadavg=[0.25, 0.2, 0.1])
+    end = dict(snapshot(12.5, 1.5, {"cpu2": (250, 30, 1250), "cpu10": (330, 20, 1250)}),
+               schedstat=[6_000_000, 2_000_000], runnable=3, loadavg=[0.75, 0.3, 0.1])
+    ticks = device_state._ticks_per_s()
+    own = 0.5 * ticks
+    busy_and_steal = (150 + 20) + (30 + 20)
+    assert device_state.window_load(start, end) == {
+        "window_s": 2.5, "cpus": [2, 10],
+        "others_share": round((busy_and_steal - own) / 500, 4), "steal_share": round(40 / 500, 4),
+        "own_share": round(own / 500, 4), "wait_share": 0.25, "runnable": [2, 3], "loadavg_1m": [0.25, 0.75]}
+
+
+def test_window_load_of_a_thread_that_ended_in_the_window_has_no_wait_share():
+    start = dict(snapshot(0.0, 1.0, {"cpu0": (0, 0, 100)}), schedstat=[5_000_000, 1_000_000])
+    end = dict(snapshot(1.0, 1.1, {"cpu0": (50, 0, 200)}), schedstat=[4_000_000, 2_000_000])
+    assert device_state.window_load(start, end)["wait_share"] is None
+
+
+def test_window_load_without_the_process_cpu_time_counts_all_busy_ticks_as_others():
+    start = dict(snapshot(0.0, 1.0, {"cpu0": (0, 0, 100)}), own_cpu_s=None)
+    end = snapshot(1.0, 2.0, {"cpu0": (60, 0, 200)})
+    load = device_state.window_load(start, end)
+    assert (load["others_share"], load["own_share"]) == (0.6, 0.0)
+
+
+def test_window_load_never_reports_more_than_the_whole_capacity_or_less_than_nothing():
+    start = snapshot(0.0, 1.0, {"cpu0": (0, 0, 100)})
+    assert device_state.window_load(start, snapshot(1.0, 1.0, {"cpu0": (100, 50, 200)}))["others_share"] == 1.0
+    assert device_state.window_load(start, snapshot(1.0, 9.0, {"cpu0": (10, 0, 200)}))["others_share"] == 0.0
+    assert device_state.window_load(start, snapshot(1.0, 9.0, {"cpu0": (10, 0, 200)}))["own_share"] == 1.0
+
+
+@pytest.mark.parametrize("end_cpus, cpus", [({"cpu1": (0, 0, 200)}, None), ({"cpu0": (50, 0, 200)}, [3]),
+                                            ({"cpu0": (50, 0, 100)}, None)],
+                         ids=["no-cpu-in-both", "none-of-the-pinned", "no-ticks-passed"])
+def test_window_load_that_cannot_be_judged_is_empty(end_cpus, cpus):
+    start = snapshot(0.0, 1.0, {"cpu0": (0, 0, 100)})
+    assert device_state.window_load(start, snapshot(1.0, 1.0, end_cpus), cpus) == {}
+
+
+# ------------------------------------------------------------------------------------- start-of-run notes
+
+def test_state_notes_name_each_slow_governor_on_the_pinned_cpus_in_cpu_order():
+    state = {"governor": {"cpu10": "powersave", "cpu2": "ondemand", "cpu3": "performance", "cpu4": "powersave"}}
+    assert harness.state_notes(state, None) == [
+        "CPU frequency governor is 'ondemand'/'powersave' on cpu2,cpu4,cpu10, not 'performance': "
+        "the clock may change during the run"]
+    assert harness.state_notes(state, [3, 4]) == [
+        "CPU frequency governor is 'powersave' on cpu4, not 'performance': the clock may change during the run"]
+    assert harness.state_notes(state, [3]) == []
+
+
+def test_state_notes_a_load_average_above_the_cpu_count_and_only_above():
+    assert harness.state_notes({"loadavg": [4.5, 1.0, 1.0], "cpu_count": 4}, None) == [
+        "load average 4.50 (1 min) is above the 4 CPUs: other processes compete with the benchmark"]
+    assert harness.state_notes({"loadavg": [4.0, 9.0, 9.0], "cpu_count": 4}, None) == []
+    assert harness.state_notes({}, None) == []

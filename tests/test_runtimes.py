@@ -580,6 +580,48 @@ def test_state_flags_name_the_raspberry_pi_throttling_bits():
     assert "under-voltage has occurred, throttling has occurred during the run" in flags[1]
 
 
+def test_state_flags_a_zone_that_was_past_its_trip_point_when_the_run_started_and_cooled_since():
+    flags = device_state.state_flags(_state(temp=88.25), _state(temp=70.0))
+    assert flags == ["thermal zone 0 (cpu-thermal) was at 88.2 °C when the run started, at or above its passive "
+                     "trip point 85.0 °C"]
+
+
+@pytest.mark.parametrize("trips", [(("passive", 0.0),), (("passive", -273.0),), (("passive", None),)],
+                         ids=["zero", "negative", "unreadable"])
+def test_state_flags_ignore_a_disabled_trip_point(trips):
+    assert device_state.state_flags(_state(temp=40.0, trips=trips), _state(temp=45.0, trips=trips)) == []
+
+
+def test_state_flags_ignore_a_zone_whose_temperature_cannot_be_read():
+    before, after = _state(temp=90.0), _state(temp=90.0)
+    after["thermal"][0]["temp_c"] = before["thermal"][0]["temp_c"] = None
+    assert device_state.state_flags(before, after) == []
+
+
+def test_state_flags_a_drop_of_exactly_10_percent_is_not_a_drop_and_a_cpu_new_in_the_run_is_not_judged():
+    assert device_state.state_flags(_state({"cpu0": 2000.0}), _state({"cpu0": 1800.0})) == []
+    assert device_state.state_flags(_state({"cpu0": 2000.0}), _state({"cpu0": 1799.0})) == [
+        "cpu0 frequency dropped 2000 → 1799 MHz during the run"]
+    assert device_state.state_flags(_state({}), _state({"cpu1": 600.0})) == []
+
+
+def test_state_flags_list_drops_in_cpu_order_with_small_clocks_to_a_tenth():
+    before = _state({"cpu10": 2000.0, "cpu2": 99.0})
+    after = _state({"cpu10": 1000.0, "cpu2": 49.5})
+    assert device_state.state_flags(before, after) == ["cpu2 frequency dropped 99.0 → 49.5 MHz during the run",
+                                                       "cpu10 frequency dropped 2000 → 1000 MHz during the run"]
+
+
+@pytest.mark.parametrize("throttled", [None, "not hex", "0x0"])
+def test_state_flags_nothing_for_a_pi_that_reports_no_throttling_or_nothing_readable(throttled):
+    assert device_state.state_flags(_state(throttled="0x0"), _state(throttled=throttled)) == []
+
+
+def test_state_flags_only_the_sticky_pi_bits_that_are_new_in_this_run():
+    flags = device_state.state_flags(_state(throttled="0x10000"), _state(throttled="0x30000"))
+    assert flags == ["Raspberry Pi: ARM frequency capping has occurred during the run (get_throttled 0x10000 → 0x30000)"]
+
+
 # ------------------------------------------------------------------------------------- portability
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RUNTIMES_DIR.glob("*.py")))  # all of them run on the device
