@@ -10,8 +10,11 @@ core shows the flag reaching BenchResult.valid.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -356,3 +359,52 @@ def test_state_notes_a_load_average_above_the_cpu_count_and_only_above():
         "load average 4.50 (1 min) is above the 4 CPUs: other processes compete with the benchmark"]
     assert harness.state_notes({"loadavg": [4.0, 9.0, 9.0], "cpu_count": 4}, None) == []
     assert harness.state_notes({}, None) == []
+
+
+# ------------------------------------------------------------------------------------- the statistics
+
+def test_summarize_reports_each_statistic_of_known_samples():
+    samples = [float(v) for v in range(1, 101)]  # 1..100 ms
+    stats = harness.summarize(samples, seed=0)
+    assert {k: stats[k] for k in ("n", "p50", "mean", "min", "max", "ci95_p50_scope")} == {
+        "n": 100, "p50": 50.5, "mean": 50.5, "min": 1.0, "max": 100.0, "ci95_p50_scope": "within-run"}
+    assert (stats["p90"], stats["p99"]) == (pytest.approx(90.1), pytest.approx(99.01))
+    assert stats["std"] == pytest.approx(29.011492) and stats["cv"] == pytest.approx(29.011492 / 50.5)
+    lo, hi = stats["ci95_p50"]
+    assert 40 < lo < 50.5 < hi < 61  # the bootstrap CI of the median of 1..100: about ±10 ranks
+
+
+def test_summarize_gives_a_cv_for_sub_millisecond_samples_and_none_for_one_sample():
+    assert harness.summarize([0.5, 0.7, 0.9], seed=0)["cv"] == pytest.approx(0.2 / 0.7)
+    one = harness.summarize([0.5], seed=0)
+    assert (one["std"], one["cv"], one["ci95_p50_batches"]) == (None, None, None)
+
+
+def test_batch_ci_is_the_median_plus_minus_t_times_the_spread_of_ten_batch_medians():
+    samples = [float(v) for v in range(50)]  # ten batches of five: batch medians 2, 7, ..., 47
+    half = 2.262 * statistics.stdev([2.0 + 5 * i for i in range(10)]) / math.sqrt(10)
+    assert harness.batch_ci(samples, 24.5) == pytest.approx([24.5 - half, 24.5 + half])
+    assert harness.batch_ci(samples[:49], 24.0) is None  # fewer than 10 batches of 5
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6])
+def test_bootstrap_medians_follow_the_exact_distribution_of_resampled_medians(n):
+    # every one of the n**n resamples (n draws with replacement) is equally likely: enumerate them
+    x = [float(10 * i) for i in range(n)]
+    exact = {}
+    for picks in itertools.product(range(n), repeat=n):
+        m = float(np.median([x[i] for i in picks]))
+        exact[m] = exact.get(m, 0) + 1 / n ** n
+    draws = harness.bootstrap_medians(x, np.random.default_rng(0), 200_000)
+    values, counts = np.unique(draws, return_counts=True)
+    seen = dict(zip(values.tolist(), (counts / draws.size).tolist()))
+    assert set(seen) <= set(exact)
+    assert max(abs(seen.get(m, 0.0) - p) for m, p in exact.items()) < 0.006
+
+
+def test_noise_flags_at_exactly_the_limits_are_not_raised():
+    at_limit = {"others_share": 0.25, "cpus": [0]}
+    assert harness.noise_flags(0.05, at_limit) == []
+    assert harness.noise_flags(0.0501, {"others_share": 0.2501, "cpus": [0]}) == [
+        "noisy: CV 5.0 % > 5.0 %",
+        "busy: other processes took 25.0 % of the 1 CPU(s) the benchmark may use (0) during the measurement > 25.0 %"]
