@@ -54,14 +54,20 @@ NOT_RUN = {None}
 SKIPPED = {34}
 
 
-# The device scripts also run in child processes (the harness on `local`), which inherit mutmut's
-# MUTANT_UNDER_TEST: a mutant's name there runs that mutant (what we want), but "stats" makes the child's
-# trampolines look for mutmut's config in the child's working directory and crash. This pytest plugin,
-# loaded only in the device-side groups' scratch copies, keeps "stats" to the test process itself.
-DEVICE_ENV_PLUGIN = "_mutate_device_env"
-DEVICE_ENV_SOURCE = '''"""Loaded by bench/mutate.py for device-side groups only: children never collect mutmut's stats."""
+# A pytest plugin loaded in every group's scratch copy (never in the project's own test runs):
+# - the device scripts also run in child processes (the harness on `local`), which inherit mutmut's
+#   MUTANT_UNDER_TEST: a mutant's name there runs that mutant (what we want), but "stats" makes the child's
+#   trampolines look for mutmut's config in the child's working directory and crash, so children never
+#   collect stats;
+# - mutmut wraps every mutated function in a trampoline that lives in mutmut's package, so edgeprune's
+#   warnings, which name the first frame outside edgeprune (the caller's line), would name the trampoline.
+MUTATE_PLUGIN = "_mutate_plugin"
+MUTATE_PLUGIN_SOURCE = '''"""Loaded by bench/mutate.py in its scratch copies only (see MUTATE_PLUGIN there)."""
 import os
 import subprocess
+from pathlib import Path
+
+import mutmut
 
 _popen_init = subprocess.Popen.__init__
 
@@ -74,6 +80,15 @@ def _init(self, *args, env=None, **kwargs):
 
 
 subprocess.Popen.__init__ = _init
+
+try:
+    import edgeprune._warn as _warn
+except ImportError:  # a device-side group's copy keeps edgeprune unmutated: nothing to patch there either way
+    _warn = None
+if _warn is not None:
+    _mutmut_dir = str(Path(mutmut.__file__).resolve().parent) + "/"
+    _inside = _warn._inside
+    _warn._inside = lambda filename: _inside(filename) or str(Path(filename).resolve()).startswith(_mutmut_dir)
 '''
 
 
@@ -159,7 +174,8 @@ def prepare(group: Group, resume: bool) -> Path:
         link = ws / "mutants" / "runtimes"
         if not link.is_symlink():
             link.symlink_to("src")
-        (ws / "mutants" / f"{DEVICE_ENV_PLUGIN}.py").write_text(DEVICE_ENV_SOURCE)
+    (ws / "mutants").mkdir(exist_ok=True)
+    (ws / "mutants" / f"{MUTATE_PLUGIN}.py").write_text(MUTATE_PLUGIN_SOURCE)
     modules = [m.replace("runtimes/", "src/", 1) if group.device_side else m for m in group.modules]
     source_paths = ["src"] if group.device_side else ["edgeprune"]
     also_copy = ["targets", "devices.toml"] + (["edgeprune"] if group.device_side else ["runtimes"])
@@ -169,7 +185,7 @@ def prepare(group: Group, resume: bool) -> Path:
         f"only_mutate = {json.dumps(modules)}",
         f"also_copy = {json.dumps(also_copy)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
-        f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x'] + (['-p', DEVICE_ENV_PLUGIN] if group.device_side else []))}",
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x', '-p', MUTATE_PLUGIN])}",
         # torch is not fork-safe once its thread pools have started: fork from a server that never ran a test
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
@@ -218,9 +234,7 @@ def confirm(ws: Path, group: Group, names: list[str]) -> dict[str, str]:
     mutants = ws / "mutants"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=os.pathsep.join([str(mutants / "src"), str(mutants)]))
-    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *group.tests]
-    if group.device_side:
-        argv += ["-p", DEVICE_ENV_PLUGIN]
+    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", MUTATE_PLUGIN, *group.tests]
     started = time.monotonic()
     clean = subprocess.run(argv, cwd=mutants, env=dict(env, MUTANT_UNDER_TEST="none"), capture_output=True, text=True)
     if clean.returncode != 0:
