@@ -319,6 +319,8 @@ def report(groups: list[Group], scores: list[ModuleScore], workspaces: dict[str,
     for s in scores:
         c = s.counts
         mark = "" if s.rate >= GOAL else " ✗"
+        if c["not run"]:  # an interrupted run: the rate is over the mutants run so far
+            mark += f" (partial: {s.total - c['not run']} of {s.total} run)"
         lines.append(f"| {s.group} | `{s.module}` | {s.total} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                      f"{c['no tests']} | {c['equivalent']} | {s.rate:.1%}{mark} | {s.seconds / 60:.1f} |")
     for s in scores:
