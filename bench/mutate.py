@@ -32,12 +32,16 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from _report import emit
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the tomli backport, a dependency of edgeprune there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "mutate"
