@@ -48,6 +48,7 @@ BUILD = ROOT / "build" / "mutate"
 GROUPS_FILE = Path(__file__).resolve().parent / "mutate.toml"
 EQUIVALENT_FILE = Path(__file__).resolve().parent / "mutants_equivalent.toml"
 GOAL = 0.90
+SEP = "ǁ"  # mutmut mangles a method as xǁClassǁmethod
 
 # mutmut's exit-code meanings (mutmut.stats.status_by_exit_code), folded to what the score needs.
 KILLED = {1, 3}
@@ -102,7 +103,10 @@ class Group:
     what: str
     modules: list[str]
     tests: list[str]
-    functions: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)  # "name" or "Class.method"
+
+    def in_scope(self, mutant: str) -> bool:
+        return not self.functions or function_of(mutant) in self.functions
 
     @property
     def device_side(self) -> bool:
@@ -209,7 +213,8 @@ def prepare(group: Group, resume: bool) -> Path:
 
 def patterns(group: Group) -> list[str]:
     """mutmut's name filters for a group scored on some functions only: the others are not even run."""
-    return [f"{group.module_name(m)}.x_{fn}__mutmut_*" for m in group.modules for fn in group.functions]
+    mangled = [f"x{SEP}{fn.replace('.', SEP)}" if "." in fn else f"x_{fn}" for fn in group.functions]
+    return [f"{group.module_name(m)}.{fn}__mutmut_*" for m in group.modules for fn in mangled]
 
 
 def run_mutmut(ws: Path, group: Group, jobs: int) -> float:
@@ -267,8 +272,8 @@ def status(code) -> str:
 def function_of(mutant: str) -> str:
     """`harness.x_noise_flags__mutmut_3` -> `noise_flags`; methods as `Class.method`."""
     mangled = mutant.rpartition(".")[2].partition("__mutmut_")[0]
-    if "ǁ" in mangled:
-        _, cls, method = mangled.split("ǁ")[:3]
+    if SEP in mangled:
+        _, cls, method = mangled.split(SEP)[:3]
         return f"{cls}.{method}"
     return mangled[2:]
 
@@ -280,7 +285,7 @@ def score(group: Group, ws: Path, seconds: float, equivalent: dict[str, str]) ->
     for module in group.modules:
         meta = meta_of(group, ws, module)
         results = {name: code for name, code in meta["exit_code_by_key"].items()
-                   if not group.functions or function_of(name).split(".")[-1] in group.functions}
+                   if group.in_scope(name)}
         judged = {n: r for n, r in equivalent.items() if n in results}
         counts = Counter("equivalent" if name in judged
                          else confirmed.get(name, "survived") if status(code) == "survived" else status(code)
@@ -302,7 +307,7 @@ def survived(group: Group, ws: Path, equivalent: dict[str, str]) -> list[str]:
     return sorted(name for module in group.modules
                   for name, code in meta_of(group, ws, module)["exit_code_by_key"].items()
                   if status(code) == "survived" and name not in equivalent
-                  and (not group.functions or function_of(name).split(".")[-1] in group.functions))
+                  and group.in_scope(name))
 
 
 def diff_of(ws: Path, mutant: str) -> str:
