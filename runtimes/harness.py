@@ -252,13 +252,20 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
                         help="flag the run 'noisy' when the CV of its samples is above this")
     parser.add_argument("--max-busy", type=float, default=MAX_BUSY,
                         help="flag the run 'busy' when other processes took more than this share of its CPUs")
+    ab = parser.add_argument_group("A/B", "time a baseline and ARTIFACT alternately in one process "
+                                          "(runtimes/interleave.py)")
+    ab.add_argument("--ab-baseline", default=None, help="the baseline artifact: turns A/B mode on")
+    ab.add_argument("--rounds", type=int, default=20, help="rounds to run")
+    ab.add_argument("--round-runs", type=int, default=5, help="inferences of each artifact per round")
+    ab.add_argument("--first-round", type=int, default=0,
+                    help="index of the first round (even: the baseline first), to continue an earlier batch")
     backend.add_arguments(parser)
     return parser
 
 
 def parse_args(backend: Backend, argv):
     args = build_parser(backend).parse_args(argv)
-    for name, low in (("min_runs", 1), ("warmup_runs", 0)):
+    for name, low in (("min_runs", 1), ("warmup_runs", 0), ("rounds", 1), ("round_runs", 1), ("first_round", 0)):
         if getattr(args, name) < low:
             raise UsageError("--%s must be at least %d, got %d" % (name.replace("_", "-"), low, getattr(args, name)))
     for name in ("min_seconds", "warmup_seconds"):
@@ -815,7 +822,12 @@ def main(backend: Backend, argv=None) -> None:
     ctx = Context(args, started, json_fd)
     try:
         ctx.start_watchdog()
-        result = benchmark(backend, args, ctx)
+        if args.ab_baseline is not None:
+            import interleave  # travels beside this file; only A/B runs need it
+
+            result = interleave.benchmark_ab(backend, args, ctx)
+        else:
+            result = benchmark(backend, args, ctx)
         text = json.dumps(result, allow_nan=False, ensure_ascii=False)
         ctx.stop_watchdog()
         try:

@@ -12,7 +12,7 @@ from ..devices import Device
 from ..errors import ArtifactError, DeviceError
 from .session import Completed, Session, error_line
 
-SUPPORT_FILES = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py")
+SUPPORT_FILES = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "interleave.py")
 Progress = Callable[[str, dict], None]
 
 
