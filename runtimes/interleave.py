@@ -14,7 +14,7 @@ Prints ONE line of JSON (schema "edgeprune.ab/1"): per-round samples and medians
 artifact's statistics over all its samples (harness.summarize), the device state before and after, the
 CPU load during the rounds, `flags` (the device state's only: a clock drop, a thermal trip, throttling,
 which make the rounds unfit to judge) and `notes` (the harness's notes, and "noisy"/"busy" observations,
-which the pairing of rounds makes harmless). The decision is the host's (edgeprune.remote.compare).
+which the pairing of rounds makes harmless). The decision is the host's (edgeprune.remote.verdict).
 
 Device-side, like the harness: the standard library, numpy and the runtime only.
 """

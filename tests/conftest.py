@@ -296,3 +296,13 @@ def tmpfs(tmp_path) -> Callable[..., Path]:
     yield mount
     for point in reversed(mounted):
         subprocess.run(["umount", "-l", str(point)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def sysfs(tmp_path, monkeypatch):
+    """A FakeSysfs (remote_helpers) that this test's `local` runs read in place of /sys."""
+    from remote_helpers import FakeSysfs
+
+    fake = FakeSysfs(tmp_path / "sysfs")
+    monkeypatch.setenv("EDGEPRUNE_TEST_SYSFS", str(fake.root))  # device_state.SYSFS_ENV; the harness inherits it
+    return fake

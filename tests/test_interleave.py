@@ -12,7 +12,7 @@ import pytest
 
 from helpers import RUNTIMES_DIR, matmul_chain_onnx
 
-from edgeprune.remote.compare import Verdict, judge
+from edgeprune.remote.verdict import Verdict, judge
 
 ONNX = str(RUNTIMES_DIR / "bench_onnx.py")
 QUICK = ["--warmup-runs", "2", "--warmup-seconds", "0", "--threads", "1", "--engine", "onnxruntime"]

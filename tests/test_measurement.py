@@ -17,8 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,56 +214,6 @@ def test_a_run_beside_busy_loops_on_every_core_is_flagged_busy_and_invalid(bench
 
 
 # ------------------------------------------------------------------ a device not at full speed, end to end
-
-class FakeSysfs:
-    """A sysfs for the device state (device_state reads it in place of /sys when EDGEPRUNE_TEST_SYSFS names
-    it): cpu0's clock and one thermal zone with a passive trip point at 85 °C."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.cpufreq = root / "devices" / "system" / "cpu" / "cpu0" / "cpufreq"
-        self.cpufreq.mkdir(parents=True)
-        (self.cpufreq / "scaling_governor").write_text("performance\n")
-        (self.cpufreq / "cpuinfo_max_freq").write_text("2400000\n")
-        (self.cpufreq / "scaling_cur_freq").write_text("2400000\n")
-        self.zone = root / "class" / "thermal" / "thermal_zone0"
-        self.zone.mkdir(parents=True)
-        (self.zone / "type").write_text("cpu-thermal\n")
-        (self.zone / "trip_point_0_type").write_text("passive\n")
-        (self.zone / "trip_point_0_temp").write_text("85000\n")
-        (self.zone / "temp").write_text("50000\n")
-
-    def clock_per_sample(self, *khz: str) -> threading.Thread:
-        """cpu0's clock as a FIFO answering the state's reads in turn, one value each: the harness samples
-        the state before its run and after it, so the values are those two samples, whenever they come."""
-        fifo = self.cpufreq / "scaling_cur_freq"
-        fresh = self.cpufreq / "fresh-fifo"
-
-        def swap_in_a_new_fifo():
-            os.mkfifo(fresh)
-            os.replace(fresh, fifo)
-
-        def serve():
-            for value in khz:
-                with open(fifo, "w") as fh:  # waits for the next reader
-                    # a new FIFO in its place before this one's EOF: the next write can only reach the next read
-                    swap_in_a_new_fifo()
-                    fh.write(value + "\n")
-
-        fifo.unlink()
-        swap_in_a_new_fifo()
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        return server
-
-
-@pytest.fixture
-def sysfs(tmp_path, monkeypatch) -> FakeSysfs:
-    fake = FakeSysfs(tmp_path / "sysfs")
-    monkeypatch.setenv(device_state.SYSFS_ENV, str(fake.root))  # the local device's harness inherits it
-    return fake
-
 
 # the noise limits out of the way: whatever the machine's load, only the device's state can flag these runs
 STATE_ONLY = dataclasses.replace(QUICK_BENCH, max_cv=1e6, max_busy=1e6)

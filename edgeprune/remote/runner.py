@@ -11,10 +11,11 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .._atomic import sha256_file
 from ..devices import Device, get_device, load_devices
@@ -72,6 +73,101 @@ def reclaim_notes(reclaimed: list[dict]) -> list[str]:
     return notes
 
 
+class Held:
+    """A device held for this process's runs: connected, a private run dir made, the support files, the
+    harness and the artifacts uploaded and their sha256 checked on the device, the benchmark lock taken.
+    `remote[local path]` is where each artifact is on the device; `timed` adds a step's seconds to
+    `overhead` (cleanup_s and total_s are added when the hold ends)."""
+
+    def __init__(self, device: Device, session: Session, deadline: Deadline, report: Progress):
+        self.device, self.session, self.deadline, self.report = device, session, deadline, report
+        self.overhead: dict[str, float] = {}
+        self.remote: dict[Path, str] = {}
+        self.rundir: Optional[str] = None
+        self.lock_info: dict = {}
+
+    def timed(self, name: str, fn, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.overhead[name] = self.overhead.get(name, 0.0) + time.monotonic() - t0
+
+
+@contextmanager
+def hold(device: Device, kind: str, artifacts: dict[Path, str], *, trust_new_host_key: bool = False,
+         progress: Optional[Progress] = None, cancel: Optional[threading.Event] = None) -> Iterator[Held]:
+    """Hold `device` for runs of the `kind` harness on `artifacts` ({local path: its sha256}); on leaving,
+    also on failure or Ctrl-C, the lock is released and the run dir removed."""
+    report = progress or (lambda stage, info: None)
+    started = time.monotonic()
+    held = Held(device, None, Deadline(device, device.deadline_s), report)  # type: ignore[arg-type]
+    # the lease's owner and the run dir's name: letters, digits, '.', '_', '-' only (device.py checks)
+    owner = f"{re.sub(r'[^A-Za-z0-9._-]', '_', socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lockdir = None  # on the device, once its work dir has passed the trust checks
+
+    report("connect", {"device": device.name, "address": device.address})
+    held.session = session = held.timed("connect_s", open_session, device, trust_new_host_key, cancel)
+    lock_started = False
+    try:
+        cmd_timeout = lambda step: held.deadline.cap(device.command_timeout_s, step)  # noqa: E731
+        # The work dir, its ancestors and the lock are checked to be private to the login user, and a fresh
+        # run dir made, by an inline program before anything is uploaded; raises WorkdirError if not.
+        space = prepare(session, device, f"run-{owner}", cmd_timeout("mkdir"), held.timed)
+        held.rundir, lockdir = space.path, space.lockdir
+        # Everything is uploaded and checked before any of it runs; then each command that runs uploaded code
+        # (device.py, the harness) checks the sha256 of the very bytes it runs (trust.verified_run).
+        files = {f"{held.rundir}/{p.name}": p for p in (runtimes_dir() / n for n in (*SUPPORT_FILES, HARNESSES[kind]))}
+        known = {}
+        for i, artifact in enumerate(artifacts):
+            name = artifact.name if f"{held.rundir}/{artifact.name}" not in files else f"{i}-{artifact.name}"
+            held.remote[artifact] = f"{held.rundir}/{name}"
+            files[held.remote[artifact]] = artifact
+            known[held.remote[artifact]] = artifacts[artifact]
+        upload_verified(session, device, files, known, cmd_timeout, held.timed, report)
+        # the whole lock_wait_s, cut only by what is left of the run's deadline
+        lock_wait = held.deadline.cap(device.lock_wait_s, "the lock")
+        report("lock", {"wait_s": lock_wait})
+        lock_started = True
+        lock = held.timed("lock_s", session.run,
+                          device_py(device, held.rundir, "lock", lockdir, "--owner", owner,
+                                    "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}",
+                                    "--rundir", held.rundir,
+                                    # this process is the holder on `local`: if it dies, the lock is free at once
+                                    *(["--holder-pid", str(os.getpid())] if device.is_local else [])),
+                          lock_wait + min(30.0, device.command_timeout_s), step="lock")
+        if lock.rc == 6:
+            raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
+        raise_if_untrusted(lock, device)
+        if lock.rc != 0:
+            raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
+        held.lock_info = last_json(lock, device, "the lock step")
+        yield held
+    finally:
+        t0 = time.monotonic()
+        # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
+        if held.rundir is not None:  # nothing was made when the work dir failed its checks: nothing to remove
+            cleanup(session, device, held.rundir, lockdir if lock_started else None, owner)
+        session.close()
+        held.overhead["cleanup_s"] = time.monotonic() - t0
+        held.overhead["total_s"] = time.monotonic() - started
+
+
+def checked_artifact(artifact: "str | Path", runtime: Optional[str]) -> tuple[Path, str, Optional[dict], str]:
+    """(path, harness kind, manifest, sha256) of an artifact about to be measured; ArtifactError if it is not
+    a file or changed since its export."""
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: " + ("is a directory; name the artifact file in it" if artifact.is_dir()
+                                               else "not found"))
+    kind = harness_for(artifact, runtime)
+    manifest = read_manifest(artifact)
+    sha = sha256_file(artifact)
+    if manifest and manifest.get("sha256") not in (None, sha):
+        raise ArtifactError(f"{artifact}: sha256 differs from its manifest's; the file changed after export")
+    return artifact, kind, manifest, sha
+
+
 def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: "str | Path | None" = None,
           settings: Optional[BenchSettings] = None, runtime: Optional[str] = None,
           trust_new_host_key: bool = False, progress: Optional[Progress] = None,
@@ -80,78 +176,19 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     subclass saying what went wrong) naming the device; nothing is returned unless the run was complete.
     Ctrl-C, or setting `cancel` from another thread, stops the run: the harness is killed, the lock released
     and the run dir removed, then KeyboardInterrupt is raised."""
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise ArtifactError(f"{artifact}: " + ("is a directory; name the artifact file in it" if artifact.is_dir()
-                                               else "not found"))
+    artifact, kind, manifest, sha = checked_artifact(artifact, runtime)
     if isinstance(device, str):
         device = get_device(device, devices)
     settings = device_defaults(settings or BenchSettings(), device)
-    kind = harness_for(artifact, runtime)
-    manifest = read_manifest(artifact)
-    sha = sha256_file(artifact)
-    if manifest and manifest.get("sha256") not in (None, sha):
-        raise ArtifactError(f"{artifact}: sha256 differs from its manifest's; the file changed after export")
-    report = progress or (lambda stage, info: None)
-    deadline = Deadline(device, device.deadline_s)
-    overhead: dict[str, float] = {}
-    # the lease's owner and the run dir's name: letters, digits, '.', '_', '-' only (device.py checks)
-    owner = f"{re.sub(r'[^A-Za-z0-9._-]', '_', socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    rundir = lockdir = None  # on the device, once its work dir has passed the trust checks
-    started = time.monotonic()
-
-    def timed(name: str, fn, *args, **kwargs):
-        t0 = time.monotonic()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            overhead[name] = overhead.get(name, 0.0) + time.monotonic() - t0
-
-    report("connect", {"device": device.name, "address": device.address})
-    session = timed("connect_s", open_session, device, trust_new_host_key, cancel)
-    lock_started = False
-    try:
-        cmd_timeout = lambda step: deadline.cap(device.command_timeout_s, step)  # noqa: E731
-        # The work dir, its ancestors and the lock are checked to be private to the login user, and a fresh
-        # run dir made, by an inline program before anything is uploaded; raises WorkdirError if not.
-        space = prepare(session, device, f"run-{owner}", cmd_timeout("mkdir"), timed)
-        rundir, lockdir = space.path, space.lockdir
-        # Everything is uploaded and checked before any of it runs; then each command that runs uploaded code
-        # (device.py, the harness) checks the sha256 of the very bytes it runs (trust.verified_run).
-        files = {f"{rundir}/{p.name}": p for p in (runtimes_dir() / n for n in (*SUPPORT_FILES, HARNESSES[kind]))}
-        remote_artifact = f"{rundir}/{artifact.name}"
-        files[remote_artifact] = artifact
-        upload_verified(session, device, files, {remote_artifact: sha}, cmd_timeout, timed, report)
-        # the whole lock_wait_s, cut only by what is left of the run's deadline
-        lock_wait = deadline.cap(device.lock_wait_s, "the lock")
-        report("lock", {"wait_s": lock_wait})
-        lock_started = True
-        lock = timed("lock_s", session.run,
-                     device_py(device, rundir, "lock", lockdir, "--owner", owner,
-                               "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}", "--rundir", rundir,
-                               # this process is the holder on `local`: if it dies, the lock is free at once
-                               *(["--holder-pid", str(os.getpid())] if device.is_local else [])),
-                     lock_wait + min(30.0, device.command_timeout_s), step="lock")
-        if lock.rc == 6:
-            raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
-        raise_if_untrusted(lock, device)
-        if lock.rc != 0:
-            raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
-        lock_info = last_json(lock, device, "the lock step")
-        result = timed("run_s", run_harness, session, device, kind, rundir, remote_artifact, settings, deadline,
-                       report)
-    finally:
-        t0 = time.monotonic()
-        # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
-        if rundir is not None:  # nothing was made when the work dir failed its checks: nothing to remove
-            cleanup(session, device, rundir, lockdir if lock_started else None, owner)
-        session.close()
-        overhead["cleanup_s"] = time.monotonic() - t0
-    overhead["total_s"] = time.monotonic() - started
+    with hold(device, kind, {artifact: sha}, trust_new_host_key=trust_new_host_key, progress=progress,
+              cancel=cancel) as held:
+        result = held.timed("run_s", run_harness, held.session, device, kind, held.rundir, held.remote[artifact],
+                            settings, held.deadline, held.report)
+    overhead = held.overhead
     measured = result.get("warmup_s", 0.0) + result.get("measure_s", 0.0)
     overhead["outside_window_s"] = overhead["total_s"] - measured
     notes = list(result.get("notes", []))
-    notes += reclaim_notes(lock_info.get("reclaimed", []))
+    notes += reclaim_notes(held.lock_info.get("reclaimed", []))
     artifact_target = (manifest or {}).get("target")
     if artifact_target and artifact_target != device.target:
         notes.append(f"proxy: the artifact was exported for {artifact_target}, timed on '{device.name}' "
@@ -175,8 +212,13 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     )
 
 
+BENCH_KEYS = ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples")  # what a result must hold
+
+
 def run_harness(session: Session, device: Device, kind: str, rundir: str, remote_artifact: str,
-                 settings: BenchSettings, deadline: Deadline, report: Progress) -> dict:
+                settings: BenchSettings, deadline: Deadline, report: Progress, extra: Sequence[str] = (),
+                required: Sequence[str] = BENCH_KEYS) -> dict:
+    """Run the harness on `remote_artifact` (with `extra` arguments: A/B mode) and return its JSON."""
     timeout = deadline.cap(device.command_timeout_s, "the benchmark")
     args = [remote_artifact, "--min-runs", str(settings.min_runs), "--min-seconds", f"{settings.min_seconds:g}",
             "--warmup-runs", str(settings.warmup_runs), "--warmup-seconds", f"{settings.warmup_seconds:g}",
@@ -190,6 +232,7 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
     for flag, limit in (("--max-cv", settings.max_cv), ("--max-busy", settings.max_busy)):
         if limit is not None:
             args += [flag, f"{limit:g}"]
+    args += list(extra)
     pidfile = f"{rundir}/harness.pid"
     argv = device_py(device, rundir, "exec", "--pidfile", pidfile, "--timeout", f"{timeout:g}", "--",
                      *harness_py(device, rundir, HARNESSES[kind], *args))
@@ -231,7 +274,7 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
         result = last_json(done, device, f"the {kind} harness")
     except DeviceError as exc:
         raise DeviceError(f"{exc}{tail}") from None
-    missing = [k for k in ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples") if k not in result]
+    missing = [k for k in required if k not in result]
     if missing:
         raise DeviceError(f"device '{device.name}': the {kind} harness's result lacks {', '.join(missing)}{tail}")
     extra = [truncated] if truncated else []

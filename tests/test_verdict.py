@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from edgeprune.errors import SettingsError
-from edgeprune.remote.compare import CompareSettings, Verdict, decide, judge
+from edgeprune.remote.verdict import CompareSettings, Verdict, decide, judge
 
 
 def rounds(ratio: float, noise: float, n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

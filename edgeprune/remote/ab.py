@@ -1,0 +1,157 @@
+"""A candidate against a baseline on one device: interleaved rounds, taken in batches until the verdict is
+known, with the device state checked before anything is judged.
+
+    c = ep.compare("base.onnx", "candidate.onnx", "pi5-lab", devices="devices.toml", max_slowdown=0.05)
+    c.verdict, c.ratio, c.ci, c.summary()
+
+One hold of the device (runner.hold: connect, upload both artifacts and check them, take the lock), then
+batches of rounds in the harness's A/B mode (runtimes/interleave.py): the first batch of
+`settings.rounds`, then `settings.more_rounds` at a time while the verdict (compare.judge over all rounds
+so far) is inconclusive, up to `max_rounds` rounds and `max_seconds` of measuring. A batch whose device
+state is flagged is set aside, not judged: after a cool-down it is run again, and if it stays flagged the
+comparison ends `inconclusive`, with the flags, judged=False.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..devices import Device, get_device
+from ..errors import ArtifactError
+from .verdict import CompareSettings, Comparison, Verdict, judge
+from .results import BenchSettings
+from .runner import Held, checked_artifact, hold, reclaim_notes, run_harness
+
+AB_KEYS = ("runtime", "runtime_version", "baseline", "candidate", "state_before", "state_after", "flags")
+
+
+def governor_flags(state: dict, governor: Optional[str], cores) -> list[str]:
+    """A flag when a CPU (of `cores`, if pinned) runs another frequency governor than the one asked for."""
+    if governor is None:
+        return []
+    wanted = None if cores is None else {f"cpu{c}" for c in cores}
+    other = {cpu: g for cpu, g in (state.get("governor") or {}).items()
+             if g != governor and (wanted is None or cpu in wanted)}
+    if not other:
+        return []
+    cpus = sorted(other, key=lambda cpu: int(cpu[3:]) if cpu[3:].isdigit() else 0)
+    return [f"governor: {', '.join(f'{cpu} runs {other[cpu]!r}' for cpu in cpus)}, not {governor!r} as asked"]
+
+
+def _batch_flags(result: dict, settings: CompareSettings) -> list[str]:
+    cores = result.get("cores") if settings.cores else None
+    flags = list(result.get("flags") or [])
+    for state in (result.get("state_before") or {}, result.get("state_after") or {}):
+        flags += [f for f in governor_flags(state, settings.governor, cores) if f not in flags]
+    return flags
+
+
+def _wait(seconds: float, cancel: Optional[threading.Event]) -> None:
+    """Sleep through a cool-down; Ctrl-C, or `cancel`, ends it at once."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if cancel is not None and cancel.wait(min(left, 0.25)):
+            raise KeyboardInterrupt("stopped during the cool-down")
+        if cancel is None:
+            time.sleep(min(left, 0.25))
+
+
+def _run_batch(held: Held, kind: str, baseline: str, candidate: str, rounds: int, first_round: int,
+               settings: CompareSettings) -> dict:
+    bench = BenchSettings(warmup_runs=settings.warmup_runs, warmup_seconds=settings.warmup_seconds,
+                          threads=settings.threads if settings.threads is not None else held.device.threads,
+                          cores=settings.cores if settings.cores is not None else held.device.cores,
+                          seed=settings.seed)
+    extra = ["--ab-baseline", baseline, "--rounds", str(rounds), "--round-runs", str(settings.round_runs),
+             "--first-round", str(first_round)]
+    return held.timed("run_s", run_harness, held.session, held.device, kind, held.rundir, candidate, bench,
+                      held.deadline, held.report, extra, AB_KEYS)
+
+
+def compare(baseline: "str | Path", candidate: "str | Path", device: "str | Device" = "local", *,
+            devices: "str | Path | None" = None, max_slowdown: Optional[float] = None,
+            settings: Optional[CompareSettings] = None, runtime: Optional[str] = None, name: Optional[str] = None,
+            trust_new_host_key: bool = False, progress=None, cancel: Optional[threading.Event] = None) -> Comparison:
+    """Judge `candidate` against `baseline` on `device` (see the module docstring). `max_slowdown`, when
+    given, overrides the settings' (default 5 %). Raises DeviceError naming the device when it cannot be
+    used; a comparison the device state spoiled is returned, `inconclusive` and judged=False."""
+    settings = settings or CompareSettings()
+    if max_slowdown is not None:
+        settings = replace(settings, max_slowdown=max_slowdown)
+    base_path, kind, _, base_sha = checked_artifact(baseline, runtime)
+    cand_path, cand_kind, _, cand_sha = checked_artifact(candidate, runtime)
+    if cand_kind != kind:
+        raise ArtifactError(f"{cand_path}: a {cand_kind} artifact cannot be compared with the {kind} baseline "
+                            f"{base_path}: an A/B comparison runs both in one runtime")
+    if isinstance(device, str):
+        device = get_device(device, devices)
+    report = progress or (lambda stage, info: None)
+    flags: list[str] = []
+    notes: list[str] = []
+    rounds_a: list[float] = []
+    rounds_b: list[float] = []
+    first = last = None
+    batches, measured_s = 0, 0.0
+    with hold(device, kind, {base_path: base_sha, cand_path: cand_sha}, trust_new_host_key=trust_new_host_key,
+              progress=report, cancel=cancel) as held:
+        notes += reclaim_notes(held.lock_info.get("reclaimed", []))
+        want, retries_left = settings.rounds, settings.retries
+        while True:
+            batch = _run_batch(held, kind, held.remote[base_path], held.remote[cand_path], want, len(rounds_a),
+                               settings)
+            batches += 1
+            measured_s += float(batch.get("measure_s", 0.0))
+            first = first or batch
+            last = batch
+            notes += [n for n in batch.get("notes", []) if n not in notes]
+            spoiled = _batch_flags(batch, settings)
+            if spoiled:
+                if retries_left > 0:
+                    retries_left -= 1
+                    notes.append(f"batch {batches} not judged ({'; '.join(spoiled)}); run again after a "
+                                 f"{settings.cooldown_s:g} s cool-down")
+                    report("cooldown", {"seconds": settings.cooldown_s, "flags": spoiled})
+                    held.timed("cooldown_s", _wait, settings.cooldown_s, cancel)
+                    continue
+                flags = spoiled
+                break
+            rounds_a += [float(v) for v in batch["baseline"]["rounds"]]
+            rounds_b += [float(v) for v in batch["candidate"]["rounds"]]
+            verdict = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
+                            confidence=settings.confidence) if len(rounds_a) >= 3 else None
+            report("judge", {"rounds": len(rounds_a), "verdict": verdict and verdict.verdict.value})
+            undecided = verdict is None or verdict.verdict is Verdict.INCONCLUSIVE
+            if not undecided or len(rounds_a) >= settings.max_rounds or measured_s >= settings.max_seconds:
+                break
+            want = min(settings.more_rounds, settings.max_rounds - len(rounds_a))
+    overhead = held.overhead
+    judged = not flags and len(rounds_a) >= 3
+    if judged:
+        j = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
+                  confidence=settings.confidence)
+        verdict, ratio, ci, stat, p = j.verdict, j.ratio, j.ci, j.statistic, j.p_value
+    else:
+        verdict, ratio, ci, stat, p = Verdict.INCONCLUSIVE, float("nan"), (float("nan"), float("nan")), \
+            float("nan"), float("nan")
+    return Comparison(
+        device=device.name, baseline=str(base_path), baseline_sha256=base_sha, candidate=str(cand_path),
+        candidate_sha256=cand_sha, runtime=str(last["runtime"]), runtime_version=str(last["runtime_version"]),
+        verdict=verdict, ratio=ratio, ci=ci, confidence=settings.confidence, statistic=stat, p_value=p,
+        n=len(rounds_a),
+        # the median of the per-round medians: what the rounds say each artifact takes
+        baseline_p50=float(np.median(rounds_a)) if rounds_a else float("nan"),
+        candidate_p50=float(np.median(rounds_b)) if rounds_b else float("nan"),
+        max_slowdown=settings.max_slowdown, min_effect=settings.min_effect, judged=judged, flags=tuple(flags),
+        notes=tuple(notes), state_before=first.get("state_before", {}), state_after=last.get("state_after", {}),
+        baseline_rounds=tuple(rounds_a), candidate_rounds=tuple(rounds_b), settings=asdict(settings),
+        device_s=round(overhead["total_s"], 4), batches=batches,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), name=name,
+        extra={"overhead_s": {k: round(v, 4) for k, v in overhead.items()}, "measure_s": round(measured_s, 4)},
+    )
