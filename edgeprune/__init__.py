@@ -19,7 +19,7 @@ from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
 from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check, check_many
-from .remote import CompareSettings, Comparison, Verdict, compare
+from .remote import CompareSettings, Comparison, Reservation, Verdict, compare, reserve
 from .serialization import load, load_weights, save
 from .sensitivity import LayerSensitivity, Sensitivity, sensitivity
 from .plots import plot_accuracy_vs_latency, plot_layer_sparsity
@@ -35,5 +35,5 @@ __all__ = [
     "MalformedError", "ModelError", "SettingsError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]
-__all__ += ["CompareSettings", "Comparison", "Verdict", "compare"]
+__all__ += ["CompareSettings", "Comparison", "Reservation", "Verdict", "compare", "reserve"]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

@@ -13,6 +13,9 @@ Standard library only: a device has what its image ships.
         released again), when the runner closed the connection while it waited.
     python3 device.py unlock LOCKDIR --owner ID
         Releases the lock if ID still holds it.
+    python3 device.py renew LOCKDIR --owner ID --lease-s S
+        Extends ID's lease to S seconds from now (a reservation held for a whole test session renews it);
+        exit 6, {"renewed": false}, when ID does not hold the lock (any more).
     python3 device.py probe [--imports]
         Prints the python, numpy and runtime versions present, and the device state. A runtime counts as
         present when its module is installed; with --imports, only when it also imports.
@@ -282,6 +285,22 @@ def _release(lockdir, owner):
     return None
 
 
+def cmd_renew(args):
+    """Extends the lease of a lock `owner` holds to --lease-s from now (a long reservation renews it)."""
+    _check_private(args.lockdir)
+    with _guard(args.lockdir):
+        holder = _read_lease(args.lockdir)
+        if holder is None or holder.get("owner") != args.owner:
+            print(json.dumps({"renewed": False, "holder": (holder or {}).get("owner")}))
+            sys.exit(BUSY)
+        holder["expires"] = time.time() + args.lease_s
+        staging = os.path.join(args.lockdir, _LEASE_FILE + ".new")
+        with open(staging, "w") as fh:
+            json.dump(holder, fh)
+        os.replace(staging, os.path.join(args.lockdir, _LEASE_FILE))
+    print(json.dumps({"renewed": True, "expires": holder["expires"]}))
+
+
 def cmd_unlock(args):
     _check_private(args.lockdir)
     holder = _release(args.lockdir, args.owner)
@@ -391,6 +410,10 @@ def main(argv=None):
     p = sub.add_parser("unlock")
     p.add_argument("lockdir")
     p.add_argument("--owner", required=True)
+    p = sub.add_parser("renew")
+    p.add_argument("lockdir")
+    p.add_argument("--owner", required=True)
+    p.add_argument("--lease-s", type=float, required=True)
     p = sub.add_parser("probe")
     p.add_argument("--imports", action="store_true",
                    help="import each runtime to prove it loads (slow), not only check it is installed")
@@ -401,7 +424,7 @@ def main(argv=None):
     p = sub.add_parser("kill")
     p.add_argument("--pidfile", required=True)
     args = parser.parse_args(argv)
-    handlers = {"lock": cmd_lock, "unlock": cmd_unlock, "probe": cmd_probe,
+    handlers = {"lock": cmd_lock, "unlock": cmd_unlock, "renew": cmd_renew, "probe": cmd_probe,
                 "exec": cmd_exec, "kill": cmd_kill}
     if args.cmd not in handlers:
         parser.print_usage(sys.stderr)

@@ -116,9 +116,10 @@ def bench_flags(settings: BenchSettings = QUICK_BENCH) -> list[str]:
             "--warmup-runs", str(settings.warmup_runs), "--warmup-seconds", str(settings.warmup_seconds)]
 
 
-def matmul_chain_onnx(path: Path, layers: int, width: int = 96, input_width: "int | None" = None) -> Path:
-    """An ONNX model of `layers` MatMul+Relu steps on a (1, width) input, written directly with onnx.helper
-    (milliseconds, no export): a real artifact whose cost grows with `layers`, for A/B comparisons."""
+def matmul_chain_onnx(path: Path, layers: int, width: int = 96, rows: int = 1) -> Path:
+    """An ONNX model of `layers` MatMul+Relu steps on a (rows, width) input, written directly with onnx.helper
+    (milliseconds, no export): a real artifact whose cost grows with `layers` (and rows), for A/B
+    comparisons. rows=32, width=128: about 0.5 MFLOP a layer, tenths of a millisecond."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -129,9 +130,8 @@ def matmul_chain_onnx(path: Path, layers: int, width: int = 96, input_width: "in
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
         x = f"r{i}"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, input_width or width])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width])], inits)
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [rows, width])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path.write_bytes(model.SerializeToString())
     return path

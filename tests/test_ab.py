@@ -23,11 +23,11 @@ QUICK = ep.CompareSettings(rounds=6, more_rounds=4, max_rounds=14, round_runs=3,
 def chains(tmp_path_factory):
     """A 16-layer chain, a copy of it in another folder under the same name, and a 48-layer chain."""
     d = tmp_path_factory.mktemp("chains")
-    base = matmul_chain_onnx(d / "model.onnx", 16, width=128)
+    base = matmul_chain_onnx(d / "model.onnx", 16, width=128, rows=32)
     (d / "copy").mkdir()
     copy = d / "copy" / "model.onnx"
     copy.write_bytes(base.read_bytes())
-    return base, copy, matmul_chain_onnx(d / "slow.onnx", 48, width=128)
+    return base, copy, matmul_chain_onnx(d / "slow.onnx", 48, width=128, rows=32)
 
 
 @pytest.fixture

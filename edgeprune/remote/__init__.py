@@ -18,8 +18,8 @@ on large output) and is killed on the device when a limit passes.
 Modules: `results` (what a run returns), `session` (run a command / copy a file: the local subprocess),
 `ssh` and `hostkeys` (the same over paramiko, host keys pinned), `artifacts` (which harness runs a file),
 `upload` (ship files and prove on the device that they arrived intact), `runner` (holding a device: connect,
-upload, lock, clean up; one benchmark; several devices at once), `verdict` (the A/B decision and its result type) and `ab` (an
-A/B comparison on a device, batch by batch), `probe` (`devices check`) and `interrupts` (Ctrl-C: stopping runs in
+upload, lock, clean up; one benchmark; several devices at once), `verdict` (the A/B decision and its result type), `ab` (an
+A/B comparison on a device, batch by batch), `reservation` (a device held for many runs, the lease renewed), `probe` (`devices check`) and `interrupts` (Ctrl-C: stopping runs in
 other threads, clean-up a second Ctrl-C cannot cut short).
 """
 
@@ -27,8 +27,10 @@ from .ab import compare
 from .artifacts import HARNESSES, harness_for
 from .verdict import CompareSettings, Comparison, Verdict
 from .probe import check, check_many
+from .reservation import Reservation, reserve
 from .results import BenchResult, BenchSettings, DeviceCheck
 from .runner import bench, bench_many, open_session
 
-__all__ = ["HARNESSES", "BenchResult", "BenchSettings", "CompareSettings", "Comparison", "DeviceCheck", "Verdict", "compare", "bench", "bench_many", "check", "check_many",
+__all__ = ["HARNESSES", "BenchResult", "BenchSettings", "CompareSettings", "Comparison", "DeviceCheck", "Verdict", "compare",
+           "Reservation", "reserve", "bench", "bench_many", "check", "check_many",
            "harness_for", "open_session"]

@@ -75,6 +75,17 @@ def _run_batch(held: Held, kind: str, baseline: str, candidate: str, rounds: int
                       held.deadline, held.report, extra, AB_KEYS)
 
 
+def checked_pair(baseline: "str | Path", candidate: "str | Path", runtime: Optional[str]):
+    """((baseline path, sha256), (candidate path, sha256), harness kind); ArtifactError if they cannot be
+    compared (missing, changed since export, or of two runtimes)."""
+    base_path, kind, _, base_sha = checked_artifact(baseline, runtime)
+    cand_path, cand_kind, _, cand_sha = checked_artifact(candidate, runtime)
+    if cand_kind != kind:
+        raise ArtifactError(f"{cand_path}: a {cand_kind} artifact cannot be compared with the {kind} baseline "
+                            f"{base_path}: an A/B comparison runs both in one runtime")
+    return (base_path, base_sha), (cand_path, cand_sha), kind
+
+
 def compare(baseline: "str | Path", candidate: "str | Path", device: "str | Device" = "local", *,
             devices: "str | Path | None" = None, max_slowdown: Optional[float] = None,
             settings: Optional[CompareSettings] = None, runtime: Optional[str] = None, name: Optional[str] = None,
@@ -82,67 +93,71 @@ def compare(baseline: "str | Path", candidate: "str | Path", device: "str | Devi
     """Judge `candidate` against `baseline` on `device` (see the module docstring). `max_slowdown`, when
     given, overrides the settings' (default 5 %). Raises DeviceError naming the device when it cannot be
     used; a comparison the device state spoiled is returned, `inconclusive` and judged=False."""
-    settings = settings or CompareSettings()
-    if max_slowdown is not None:
-        settings = replace(settings, max_slowdown=max_slowdown)
-    base_path, kind, _, base_sha = checked_artifact(baseline, runtime)
-    cand_path, cand_kind, _, cand_sha = checked_artifact(candidate, runtime)
-    if cand_kind != kind:
-        raise ArtifactError(f"{cand_path}: a {cand_kind} artifact cannot be compared with the {kind} baseline "
-                            f"{base_path}: an A/B comparison runs both in one runtime")
+    settings = with_max_slowdown(settings, max_slowdown)
+    base, cand, kind = checked_pair(baseline, candidate, runtime)
     if isinstance(device, str):
         device = get_device(device, devices)
-    report = progress or (lambda stage, info: None)
+    with hold(device, kind, dict((base, cand)), trust_new_host_key=trust_new_host_key, progress=progress,
+              cancel=cancel) as held:
+        result = compare_held(held, kind, base, cand, settings, name, cancel)
+    return replace(result, device_s=round(held.overhead["total_s"], 4),
+                   extra={**result.extra, "overhead_s": {k: round(v, 4) for k, v in held.overhead.items()}})
+
+
+def with_max_slowdown(settings: Optional[CompareSettings], max_slowdown: Optional[float]) -> CompareSettings:
+    settings = settings or CompareSettings()
+    return settings if max_slowdown is None else replace(settings, max_slowdown=max_slowdown)
+
+
+def compare_held(held: Held, kind: str, base: tuple[Path, str], cand: tuple[Path, str], settings: CompareSettings,
+                 name: Optional[str] = None, cancel: Optional[threading.Event] = None) -> Comparison:
+    """The comparison, on a device already held with both artifacts uploaded."""
+    started = time.monotonic()
     flags: list[str] = []
-    notes: list[str] = []
+    notes = reclaim_notes(held.lock_info.get("reclaimed", []))
     rounds_a: list[float] = []
     rounds_b: list[float] = []
     first = last = None
     batches, measured_s = 0, 0.0
-    with hold(device, kind, {base_path: base_sha, cand_path: cand_sha}, trust_new_host_key=trust_new_host_key,
-              progress=report, cancel=cancel) as held:
-        notes += reclaim_notes(held.lock_info.get("reclaimed", []))
-        want, retries_left = settings.rounds, settings.retries
-        while True:
-            batch = _run_batch(held, kind, held.remote[base_path], held.remote[cand_path], want, len(rounds_a),
-                               settings)
-            batches += 1
-            measured_s += float(batch.get("measure_s", 0.0))
-            first = first or batch
-            last = batch
-            notes += [n for n in batch.get("notes", []) if n not in notes]
-            spoiled = _batch_flags(batch, settings)
-            if spoiled:
-                if retries_left > 0:
-                    retries_left -= 1
-                    notes.append(f"batch {batches} not judged ({'; '.join(spoiled)}); run again after a "
-                                 f"{settings.cooldown_s:g} s cool-down")
-                    report("cooldown", {"seconds": settings.cooldown_s, "flags": spoiled})
-                    held.timed("cooldown_s", _wait, settings.cooldown_s, cancel)
-                    continue
-                flags = spoiled
-                break
-            rounds_a += [float(v) for v in batch["baseline"]["rounds"]]
-            rounds_b += [float(v) for v in batch["candidate"]["rounds"]]
-            verdict = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
-                            confidence=settings.confidence) if len(rounds_a) >= 3 else None
-            report("judge", {"rounds": len(rounds_a), "verdict": verdict and verdict.verdict.value})
-            undecided = verdict is None or verdict.verdict is Verdict.INCONCLUSIVE
-            if not undecided or len(rounds_a) >= settings.max_rounds or measured_s >= settings.max_seconds:
-                break
-            want = min(settings.more_rounds, settings.max_rounds - len(rounds_a))
-    overhead = held.overhead
-    judged = not flags and len(rounds_a) >= 3
+    want, retries_left = settings.rounds, settings.retries
+    while True:
+        batch = _run_batch(held, kind, held.remote[base], held.remote[cand], want, len(rounds_a), settings)
+        batches += 1
+        measured_s += float(batch.get("measure_s", 0.0))
+        first = first or batch
+        last = batch
+        notes += [n for n in batch.get("notes", []) if n not in notes]
+        spoiled = _batch_flags(batch, settings)
+        if spoiled:
+            if retries_left > 0:
+                retries_left -= 1
+                notes.append(f"batch {batches} not judged ({'; '.join(spoiled)}); run again after a "
+                             f"{settings.cooldown_s:g} s cool-down")
+                held.report("cooldown", {"seconds": settings.cooldown_s, "flags": spoiled})
+                held.timed("cooldown_s", _wait, settings.cooldown_s, cancel)
+                continue
+            flags = spoiled
+            break
+        rounds_a += [float(v) for v in batch["baseline"]["rounds"]]
+        rounds_b += [float(v) for v in batch["candidate"]["rounds"]]
+        verdict = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
+                        confidence=settings.confidence)
+        held.report("judge", {"rounds": len(rounds_a), "verdict": verdict.verdict.value})
+        if verdict.verdict is not Verdict.INCONCLUSIVE or len(rounds_a) >= settings.max_rounds \
+                or measured_s >= settings.max_seconds:
+            break
+        want = min(settings.more_rounds, settings.max_rounds - len(rounds_a))
+    judged = not flags
     if judged:
         j = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
                   confidence=settings.confidence)
         verdict, ratio, ci, stat, p = j.verdict, j.ratio, j.ci, j.statistic, j.p_value
     else:
-        verdict, ratio, ci, stat, p = Verdict.INCONCLUSIVE, float("nan"), (float("nan"), float("nan")), \
-            float("nan"), float("nan")
+        nan = float("nan")
+        verdict, ratio, ci, stat, p = Verdict.INCONCLUSIVE, nan, (nan, nan), nan, nan
     return Comparison(
-        device=device.name, baseline=str(base_path), baseline_sha256=base_sha, candidate=str(cand_path),
-        candidate_sha256=cand_sha, runtime=str(last["runtime"]), runtime_version=str(last["runtime_version"]),
+        device=held.device.name, baseline=str(base[0]), baseline_sha256=base[1], candidate=str(cand[0]),
+        candidate_sha256=cand[1], runtime=str(last["runtime"]), runtime_version=str(last["runtime_version"]),
         verdict=verdict, ratio=ratio, ci=ci, confidence=settings.confidence, statistic=stat, p_value=p,
         n=len(rounds_a),
         # the median of the per-round medians: what the rounds say each artifact takes
@@ -151,7 +166,7 @@ def compare(baseline: "str | Path", candidate: "str | Path", device: "str | Devi
         max_slowdown=settings.max_slowdown, min_effect=settings.min_effect, judged=judged, flags=tuple(flags),
         notes=tuple(notes), state_before=first.get("state_before", {}), state_after=last.get("state_after", {}),
         baseline_rounds=tuple(rounds_a), candidate_rounds=tuple(rounds_b), settings=asdict(settings),
-        device_s=round(overhead["total_s"], 4), batches=batches,
+        device_s=round(time.monotonic() - started, 4), batches=batches,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), name=name,
-        extra={"overhead_s": {k: round(v, 4) for k, v in overhead.items()}, "measure_s": round(measured_s, 4)},
+        extra={"measure_s": round(measured_s, 4)},
     )

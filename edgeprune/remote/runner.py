@@ -75,15 +75,19 @@ def reclaim_notes(reclaimed: list[dict]) -> list[str]:
 
 class Held:
     """A device held for this process's runs: connected, a private run dir made, the support files, the
-    harness and the artifacts uploaded and their sha256 checked on the device, the benchmark lock taken.
+    harnesses and the artifacts uploaded and their sha256 checked on the device, the benchmark lock taken.
     `remote[local path]` is where each artifact is on the device; `timed` adds a step's seconds to
-    `overhead` (cleanup_s and total_s are added when the hold ends)."""
+    `overhead` (cleanup_s and total_s are added when the hold ends, or by `operation` for each operation
+    of a longer hold)."""
 
-    def __init__(self, device: Device, session: Session, deadline: Deadline, report: Progress):
-        self.device, self.session, self.deadline, self.report = device, session, deadline, report
+    def __init__(self, device: Device, session: Session, report: Progress, owner: str):
+        self.device, self.session, self.report, self.owner = device, session, report, owner
+        self.deadline = Deadline(device, device.deadline_s)
         self.overhead: dict[str, float] = {}
-        self.remote: dict[Path, str] = {}
+        self.remote: dict[tuple[Path, str], str] = {}  # (local path, sha256) -> path on the device
+        self.harnesses: set[str] = set()
         self.rundir: Optional[str] = None
+        self.lockdir: Optional[str] = None
         self.lock_info: dict = {}
 
     def timed(self, name: str, fn, *args, **kwargs):
@@ -93,61 +97,109 @@ class Held:
         finally:
             self.overhead[name] = self.overhead.get(name, 0.0) + time.monotonic() - t0
 
+    def cmd_timeout(self, step: str) -> float:
+        return self.deadline.cap(self.device.command_timeout_s, step)
+
+    def upload(self, artifacts: dict[Path, str], kind: Optional[str], also: Optional[dict[str, Path]] = None) -> None:
+        """Upload what is not on the device yet (the `kind` harness, the artifacts: {local path: sha256}, and
+        `also`: {remote path: local path}), then check every sha256 there in one step."""
+        taken = set(self.remote.values())
+        files: dict[str, Path] = dict(also or {})
+        if kind is not None and kind not in self.harnesses:
+            files[f"{self.rundir}/{HARNESSES[kind]}"] = runtimes_dir() / HARNESSES[kind]
+        known = {}
+        for artifact, sha in artifacts.items():
+            if (artifact, sha) in self.remote:
+                continue
+            name, i = artifact.name, 0
+            while f"{self.rundir}/{name}" in taken or f"{self.rundir}/{name}" in files \
+                    or name in SUPPORT_FILES or name in HARNESSES.values():
+                i += 1
+                name = f"{i}-{artifact.name}"
+            files[f"{self.rundir}/{name}"] = artifact
+            known[f"{self.rundir}/{name}"] = sha
+        if files:
+            upload_verified(self.session, self.device, files, known, self.cmd_timeout, self.timed, self.report)
+        if kind is not None:
+            self.harnesses.add(kind)
+        for remote, local in files.items():
+            if remote in known:
+                self.remote[(local, known[remote])] = remote
+
+    def renew(self) -> None:
+        """Extend the lock's lease to lease_s from now; DeviceBusyError if this hold lost the lock."""
+        done = self.session.run(device_py(self.device, self.rundir, "renew", self.lockdir, "--owner", self.owner,
+                                          "--lease-s", f"{self.device.lease_s:g}"),
+                                min(30.0, self.device.command_timeout_s), step="renew the lock")
+        raise_if_untrusted(done, self.device)
+        if done.rc != 0:
+            raise DeviceBusyError(f"device '{self.device.name}': the benchmark lock was lost (its lease ran out and "
+                                  f"another run took it?): {error_line(done.stderr) or done.stdout.strip()}")
+
+    @contextmanager
+    def operation(self) -> Iterator[dict]:
+        """One operation of a longer hold: its own deadline (deadline_s) and overhead record, which it yields;
+        the lease is renewed first so that the operation has all of it."""
+        self.deadline = Deadline(self.device, self.device.deadline_s)
+        self.overhead = {}
+        started = time.monotonic()
+        self.timed("lock_s", self.renew)
+        try:
+            yield self.overhead
+        finally:
+            self.overhead["total_s"] = time.monotonic() - started
+
+
+def _lock(held: Held) -> None:
+    device = held.device
+    # the whole lock_wait_s, cut only by what is left of the run's deadline
+    lock_wait = held.deadline.cap(device.lock_wait_s, "the lock")
+    held.report("lock", {"wait_s": lock_wait})
+    lock = held.timed("lock_s", held.session.run,
+                      device_py(device, held.rundir, "lock", held.lockdir, "--owner", held.owner,
+                                "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}",
+                                "--rundir", held.rundir,
+                                # this process is the holder on `local`: if it dies, the lock is free at once
+                                *(["--holder-pid", str(os.getpid())] if device.is_local else [])),
+                      lock_wait + min(30.0, device.command_timeout_s), step="lock")
+    if lock.rc == 6:
+        raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
+    raise_if_untrusted(lock, device)
+    if lock.rc != 0:
+        raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
+    held.lock_info = last_json(lock, device, "the lock step")
+
 
 @contextmanager
-def hold(device: Device, kind: str, artifacts: dict[Path, str], *, trust_new_host_key: bool = False,
+def hold(device: Device, kind: Optional[str], artifacts: dict[Path, str], *, trust_new_host_key: bool = False,
          progress: Optional[Progress] = None, cancel: Optional[threading.Event] = None) -> Iterator[Held]:
-    """Hold `device` for runs of the `kind` harness on `artifacts` ({local path: its sha256}); on leaving,
-    also on failure or Ctrl-C, the lock is released and the run dir removed."""
+    """Hold `device` for runs of the `kind` harness (None: none yet) on `artifacts` ({local path: its
+    sha256}), uploaded and checked before the lock is taken; on leaving, also on failure or Ctrl-C, the lock
+    is released and the run dir removed."""
     report = progress or (lambda stage, info: None)
     started = time.monotonic()
-    held = Held(device, None, Deadline(device, device.deadline_s), report)  # type: ignore[arg-type]
     # the lease's owner and the run dir's name: letters, digits, '.', '_', '-' only (device.py checks)
     owner = f"{re.sub(r'[^A-Za-z0-9._-]', '_', socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    lockdir = None  # on the device, once its work dir has passed the trust checks
-
+    held = Held(device, None, report, owner)  # type: ignore[arg-type]
     report("connect", {"device": device.name, "address": device.address})
     held.session = session = held.timed("connect_s", open_session, device, trust_new_host_key, cancel)
     lock_started = False
     try:
-        cmd_timeout = lambda step: held.deadline.cap(device.command_timeout_s, step)  # noqa: E731
         # The work dir, its ancestors and the lock are checked to be private to the login user, and a fresh
         # run dir made, by an inline program before anything is uploaded; raises WorkdirError if not.
-        space = prepare(session, device, f"run-{owner}", cmd_timeout("mkdir"), held.timed)
-        held.rundir, lockdir = space.path, space.lockdir
+        space = prepare(session, device, f"run-{owner}", held.cmd_timeout("mkdir"), held.timed)
+        held.rundir, held.lockdir = space.path, space.lockdir
         # Everything is uploaded and checked before any of it runs; then each command that runs uploaded code
         # (device.py, the harness) checks the sha256 of the very bytes it runs (trust.verified_run).
-        files = {f"{held.rundir}/{p.name}": p for p in (runtimes_dir() / n for n in (*SUPPORT_FILES, HARNESSES[kind]))}
-        known = {}
-        for i, artifact in enumerate(artifacts):
-            name = artifact.name if f"{held.rundir}/{artifact.name}" not in files else f"{i}-{artifact.name}"
-            held.remote[artifact] = f"{held.rundir}/{name}"
-            files[held.remote[artifact]] = artifact
-            known[held.remote[artifact]] = artifacts[artifact]
-        upload_verified(session, device, files, known, cmd_timeout, held.timed, report)
-        # the whole lock_wait_s, cut only by what is left of the run's deadline
-        lock_wait = held.deadline.cap(device.lock_wait_s, "the lock")
-        report("lock", {"wait_s": lock_wait})
+        held.upload(artifacts, kind, also={f"{held.rundir}/{n}": runtimes_dir() / n for n in SUPPORT_FILES})
         lock_started = True
-        lock = held.timed("lock_s", session.run,
-                          device_py(device, held.rundir, "lock", lockdir, "--owner", owner,
-                                    "--lease-s", f"{device.lease_s:g}", "--wait-s", f"{lock_wait:g}",
-                                    "--rundir", held.rundir,
-                                    # this process is the holder on `local`: if it dies, the lock is free at once
-                                    *(["--holder-pid", str(os.getpid())] if device.is_local else [])),
-                          lock_wait + min(30.0, device.command_timeout_s), step="lock")
-        if lock.rc == 6:
-            raise DeviceBusyError(f"device '{device.name}': {error_line(lock.stderr)}")
-        raise_if_untrusted(lock, device)
-        if lock.rc != 0:
-            raise DeviceError(f"device '{device.name}': cannot take the benchmark lock: {error_line(lock.stderr)}")
-        held.lock_info = last_json(lock, device, "the lock step")
+        _lock(held)
         yield held
     finally:
         t0 = time.monotonic()
         # unlock checks the owner, so it is safe (and needed) whenever the lock step was started
         if held.rundir is not None:  # nothing was made when the work dir failed its checks: nothing to remove
-            cleanup(session, device, held.rundir, lockdir if lock_started else None, owner)
+            cleanup(session, device, held.rundir, held.lockdir if lock_started else None, owner)
         session.close()
         held.overhead["cleanup_s"] = time.monotonic() - t0
         held.overhead["total_s"] = time.monotonic() - started
@@ -182,9 +234,15 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
     settings = device_defaults(settings or BenchSettings(), device)
     with hold(device, kind, {artifact: sha}, trust_new_host_key=trust_new_host_key, progress=progress,
               cancel=cancel) as held:
-        result = held.timed("run_s", run_harness, held.session, device, kind, held.rundir, held.remote[artifact],
-                            settings, held.deadline, held.report)
-    overhead = held.overhead
+        result = held.timed("run_s", run_harness, held.session, device, kind, held.rundir,
+                            held.remote[(artifact, sha)], settings, held.deadline, held.report)
+    return bench_result(held, artifact, sha, manifest, settings, result)
+
+
+def bench_result(held: Held, artifact: Path, sha: str, manifest: Optional[dict], settings: BenchSettings,
+                 result: dict) -> BenchResult:
+    """The BenchResult of a harness run `result` made while `held`."""
+    device, overhead = held.device, held.overhead
     measured = result.get("warmup_s", 0.0) + result.get("measure_s", 0.0)
     overhead["outside_window_s"] = overhead["total_s"] - measured
     notes = list(result.get("notes", []))

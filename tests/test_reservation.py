@@ -1,0 +1,86 @@
+"""ep.reserve: one connection and one lock for many runs on a device, the lease renewed while it lives,
+released on leaving (also on Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import edgeprune as ep
+from edgeprune.devices import local_device
+from helpers import QUICK_BENCH, matmul_chain_onnx
+from remote_helpers import loopback
+
+QUICK = ep.CompareSettings(rounds=6, more_rounds=4, max_rounds=10, round_runs=3, warmup_runs=1, warmup_seconds=0,
+                           threads=1)
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chains")
+    return matmul_chain_onnx(d / "base.onnx", 16, width=128, rows=32), matmul_chain_onnx(d / "slow.onnx", 48, width=128, rows=32)
+
+
+def lease_of(device: ep.Device) -> dict:
+    return json.loads((Path(device.workdir) / "lock" / "lease.json").read_text())
+
+
+def test_runs_in_a_reservation_share_one_lock_which_others_cannot_take(chains, tmp_path):
+    base, slow = chains
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0)
+    with ep.reserve(device) as board:
+        owner = lease_of(device)["owner"]
+        assert board.compare(base, slow, settings=QUICK).verdict is ep.Verdict.SLOWER
+        assert board.bench(base, settings=QUICK_BENCH).n >= QUICK_BENCH.min_runs
+        assert board.compare(slow, base, settings=QUICK).verdict is ep.Verdict.FASTER
+        assert lease_of(device)["owner"] == owner
+        with pytest.raises(ep.DeviceBusyError, match="device busy"):
+            ep.bench(base, device, settings=QUICK_BENCH)
+    assert not (Path(device.workdir) / "lock").exists()
+    assert list(Path(device.workdir).glob("run-*")) == []
+
+
+def test_the_lease_is_renewed_while_the_reservation_lives(chains, tmp_path):
+    base, _ = chains
+    # a 3 s lease, renewed every second: expired leases are reclaimed by the next runner, live ones not
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0, lease_s=3, deadline_s=3)
+    with ep.reserve(device):
+        first = lease_of(device)["expires"]
+        time.sleep(4.5)
+        assert lease_of(device)["expires"] > first + 1
+        with pytest.raises(ep.DeviceBusyError):
+            ep.bench(base, device, settings=QUICK_BENCH)
+
+
+def test_an_operation_after_the_lock_was_lost_is_refused(chains, tmp_path):
+    base, slow = chains
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0)
+    with ep.reserve(device) as board:
+        shutil.rmtree(Path(device.workdir) / "lock")  # an expired lease reclaimed by another runner
+        with pytest.raises(ep.DeviceBusyError, match="lock was lost"):
+            board.compare(base, slow, settings=QUICK)
+
+
+def test_ctrl_c_in_a_reservation_releases_the_device(chains, tmp_path):
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0)
+    with pytest.raises(KeyboardInterrupt):
+        with ep.reserve(device):
+            raise KeyboardInterrupt
+    assert not (Path(device.workdir) / "lock").exists()
+    assert list(Path(device.workdir).glob("run-*")) == []
+
+
+def test_a_reservation_over_ssh_uploads_each_artifact_once(chains, sshd, tmp_path):
+    base, slow = chains
+    device = loopback(sshd, tmp_path)
+    uploads = []
+    with ep.reserve(device, progress=lambda stage, info: uploads.append(info["file"]) if stage == "upload" else None) \
+            as board:
+        board.compare(base, slow, settings=QUICK)
+        board.compare(base, slow, settings=QUICK)
+    assert uploads.count("base.onnx") == 1 and uploads.count("slow.onnx") == 1 and uploads.count("bench_onnx.py") == 1
+    assert list((tmp_path / "device-work").glob("run-*")) == []
