@@ -67,6 +67,9 @@ SKIPPED = {34}
 # - mutmut wraps every mutated function in a trampoline that lives in mutmut's package, so edgeprune's
 #   warnings, which name the first frame outside edgeprune (the caller's line), would name the trampoline.
 MUTATE_PLUGIN = "_mutate_plugin"
+# edgeprune's own pytest plugin (entry point `edgeprune`) is not under test, and the installed entry point
+# would import it from the mutated copy, which may predate it
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-p", "no:edgeprune", "-p", MUTATE_PLUGIN]
 MUTATE_PLUGIN_SOURCE = '''"""Loaded by bench/mutate.py in its scratch copies only (see MUTATE_PLUGIN there)."""
 import os
 import subprocess
@@ -193,7 +196,7 @@ def prepare(group: Group, resume: bool) -> Path:
         f"only_mutate = {json.dumps(modules)}",
         f"also_copy = {json.dumps(also_copy)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
-        f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '-x', '-p', MUTATE_PLUGIN])}",
+        f"pytest_add_cli_args = {json.dumps([*PYTEST_ARGS, '-q', '-x'])}",
         # torch is not fork-safe once its thread pools have started: fork from a server that never ran a test
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
@@ -243,7 +246,7 @@ def confirm(ws: Path, group: Group, names: list[str]) -> dict[str, str]:
     mutants = ws / "mutants"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=os.pathsep.join([str(mutants / "src"), str(mutants)]))
-    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", MUTATE_PLUGIN, *group.tests]
+    argv = [sys.executable, "-m", "pytest", "-x", "-q", *PYTEST_ARGS, *group.tests]
     started = time.monotonic()
     clean = subprocess.run(argv, cwd=mutants, env=dict(env, MUTANT_UNDER_TEST="none"), capture_output=True, text=True)
     if clean.returncode != 0:

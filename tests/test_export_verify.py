@@ -20,7 +20,7 @@ from edgeprune.export import executorch as et_format
 from edgeprune.export import litert as litert_format
 from edgeprune.export import onnx as onnx_format
 from edgeprune.export.formats import WeightReadback
-from edgeprune.export.verify import ATOL, COSINE_MIN, RTOL, TOP1_MIN, compare_outputs
+from edgeprune.export.verify import ATOL, COSINE_MIN, RTOL, TOP1_MIN, compare_outputs, likeness
 
 READERS = {"onnx": onnx_format, "pte": et_format, "tflite": litert_format}
 RUNTIMES = {"onnx": "onnxruntime", "pte": "ExecuTorch (XNNPACK)", "tflite": "LiteRT"}
@@ -398,3 +398,17 @@ def test_allow_other_target_exports_it_and_the_manifest_records_both_targets(pru
     inputs, pruned = pruned_for_mcu
     art = export(pruned, inputs, "jetson-orin-nano-8gb", tmp_path, allow_other_target=True)
     assert (art.manifest["target"], art.manifest["plan_target"]) == ("jetson-orin-nano-8gb", "stm32h743")
+
+
+def test_a_layers_own_weight_with_pruned_rows_is_alike_to_its_stored_tensor():
+    # rows zeroed by pruning have no direction: they are left out, not counted as unlike (or as NaN)
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    w[[1, 5]] = 0.0
+    folded = w * np.linspace(-2.0, 3.0, 8, dtype=np.float32)[:, None, None, None]  # BN folding: a scale per row
+    assert likeness(w, folded) == pytest.approx(1.0)
+
+
+def test_an_all_zero_weight_is_like_nothing():
+    w = np.zeros((4, 3), dtype=np.float32)
+    assert likeness(w, np.ones((4, 3), dtype=np.float32)) == 0.0
+
