@@ -194,13 +194,13 @@ def bench_artifacts(small_cnn, small_cnn_onnx, small_cnn_tflite, small_cnn_int8_
     )
 
 
-def _ssh_server_or_skip(root: Path, server: str = "sshd"):
+def _ssh_server_or_skip(root: Path, server: str = "sshd", sftp: bool = True):
     """A real SSH server on loopback: OpenSSH's sshd, or dropbear. Outside CI a machine without it skips
     these tests with the reason; with CI=true they fail instead, so CI can never pass by skipping them."""
     from sshd_server import DropbearServer, SSHServer, SSHServerUnavailable
 
     try:
-        return (DropbearServer if server == "dropbear" else SSHServer).start(root)
+        return (DropbearServer if server == "dropbear" else SSHServer).start(root, sftp=sftp)
     except (SSHServerUnavailable, OSError, subprocess.CalledProcessError) as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI=true but the loopback {server} is unavailable: {exc}")
@@ -227,6 +227,14 @@ def sshd_private(tmp_path):
 def dropbear(tmp_path_factory):
     """One dropbear (the SSH server of OpenWrt and many Yocto/Buildroot images) for the session's tests."""
     server = _ssh_server_or_skip(tmp_path_factory.mktemp("dropbear"), "dropbear")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["sshd", "dropbear"])
+def no_sftp_server(request, tmp_path_factory):
+    """An SSH server that offers no SFTP: OpenSSH without `Subsystem sftp`, dropbear without sftp-server."""
+    server = _ssh_server_or_skip(tmp_path_factory.mktemp(f"{request.param}-no-sftp"), request.param, sftp=False)
     yield server
     server.stop()
 

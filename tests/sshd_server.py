@@ -128,7 +128,8 @@ class SSHServer(LoopbackServer):
     host_key = property(lambda self: self.root / "host_ed25519")
 
     @classmethod
-    def start(cls, root: Path, port: int | None = None) -> "SSHServer":
+    def start(cls, root: Path, port: int | None = None, sftp: bool = True) -> "SSHServer":
+        """sftp=False: no `Subsystem sftp` line, as on hardened or minimal images: SFTP requests are refused."""
         sshd = find_sshd()
         if sshd is None:
             raise SSHServerUnavailable("sshd is not installed (apt-get install -y openssh-server)")
@@ -147,7 +148,8 @@ class SSHServer(LoopbackServer):
             f"AuthorizedKeysFile {root / 'authorized_keys'} {root / 'users' / '%u' / 'authorized_keys'}",
             f"PidFile {root / 'sshd.pid'}",
             "StrictModes no", "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp",
+            "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
+            *(["Subsystem sftp internal-sftp"] if sftp else []),
             "MaxSessions 32", "MaxStartups 64:30:128", "LogLevel VERBOSE", "",
         ]))
         log = open(root / "sshd.log", "ab")
@@ -184,7 +186,9 @@ class DropbearServer(LoopbackServer):
     passwd = property(lambda self: self.root / "passwd")
 
     @classmethod
-    def start(cls, root: Path, port: int | None = None) -> "DropbearServer":
+    def start(cls, root: Path, port: int | None = None, sftp: bool = True) -> "DropbearServer":
+        """sftp=False: inside the server's namespace an empty, non-executable file hides sftp-server, as on
+        the OpenWrt and Buildroot images that ship dropbear alone: the SFTP subsystem then fails."""
         dropbear = find_dropbear()
         if dropbear is None or shutil.which("dropbearkey") is None:
             raise SSHServerUnavailable("dropbear is not installed (apt-get install -y dropbear-bin)")
@@ -207,7 +211,12 @@ class DropbearServer(LoopbackServer):
         server._homes = {_user(): root / "home"}
         server._give_key(root / "home")
         server._write_passwd()
-        command = (f"mount --bind {shlex.quote(str(server.passwd))} /etc/passwd && exec "
+        hide_sftp = ""
+        if not sftp:
+            (root / "no-sftp-server").write_bytes(b"")
+            os.chmod(root / "no-sftp-server", 0o644)
+            hide_sftp = f"mount --bind {shlex.quote(str(root / 'no-sftp-server'))} {SFTP_SERVER} && "
+        command = (hide_sftp + f"mount --bind {shlex.quote(str(server.passwd))} /etc/passwd && exec "
                    + shlex.join([dropbear, "-F", "-E", "-s", "-j", "-k", "-p", f"127.0.0.1:{server.port}",
                                  "-r", str(server.host_key), "-P", str(root / "dropbear.pid")]))
         log = open(server.log, "ab")

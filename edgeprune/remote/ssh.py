@@ -22,6 +22,23 @@ READS_PER_ROUND = 64  # of at most 64 KiB each
 # The longest command every SSH server takes: dropbear (OpenWrt, Yocto/Buildroot images) drops the whole
 # connection on a longer exec request (its MAX_CMD_LEN); OpenSSH takes far more.
 MAX_COMMAND_BYTES = 9000
+# Where the server offers no SFTP: the device's python writes exactly SIZE bytes of stdin to PATH (a file in
+# the private run dir) and fails if the stream ends short. Standard library only, like everything on the device.
+RECEIVER = ("import os, sys\n"
+            "path, left = sys.argv[1], int(sys.argv[2])\n"
+            "fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, 'O_NOFOLLOW', 0), 0o600)\n"
+            "src = sys.stdin.buffer\n"
+            "while left:\n"
+            "    chunk = src.read(min(left, 1 << 16))\n"
+            "    if not chunk:\n"
+            "        sys.stderr.write('error: %s: the stream ended %d bytes short\\n' % (path, left))\n"
+            "        os._exit(1)\n"
+            "    view = memoryview(chunk)\n"
+            "    while view:\n"
+            "        view = view[os.write(fd, view):]\n"
+            "    left -= len(chunk)\n"
+            "os.fsync(fd)\n"
+            "os.close(fd)\n")
 
 
 class Watchdog:
@@ -71,6 +88,7 @@ class SSHSession(Session):
                               f"({', '.join(map(str, missing))}; from identity_file or ssh_config's IdentityFile)")
         self.client = paramiko.SSHClient()
         self._sftp = None
+        self._no_sftp: Optional[str] = None  # why the server gave no SFTP, once it refused it
         load_known_hosts(self.client, device)
         self.client.set_missing_host_key_policy(
             RecordNewKey(device) if trust_new_host_key else RefuseUnknownKey(device))
@@ -206,6 +224,10 @@ class SSHSession(Session):
 
     def put(self, local, remote, timeout, on_bytes=None):
         self.check_cancel()
+        if self._sftp is None and self._no_sftp is None:
+            self._open_sftp(timeout)
+        if self._no_sftp is not None:
+            return self._put_streamed(local, remote, timeout, on_bytes)
         name = Path(local).name
         end = time.monotonic() + timeout
 
@@ -220,8 +242,6 @@ class SSHSession(Session):
         watchdog = Watchdog(self, timeout + KILL_GRACE_S, f"the upload of {name}")
         try:
             with watchdog:
-                if self._sftp is None:
-                    self._sftp = self.client.open_sftp()
                 # the channel timeout bounds each SFTP request; the callback and the watchdog the transfer
                 self._sftp.get_channel().settimeout(timeout)
                 self._sftp.put(str(local), remote, callback=callback, confirm=True)
@@ -237,6 +257,66 @@ class SSHSession(Session):
                 raise self._lost(f"the upload of {name}") from None
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: {reason}") from None
+
+    def _open_sftp(self, timeout: float) -> None:
+        """SFTP if the server offers it; else remember why not (dropbear without sftp-server, an OpenSSH
+        without `Subsystem sftp`) and stream files over exec channels instead."""
+        with Watchdog(self, timeout + KILL_GRACE_S, "opening SFTP") as watchdog:
+            try:
+                self._sftp = self.client.open_sftp()
+            except Exception as exc:  # SSHException("Channel closed."), EOFError: the subsystem was refused
+                if watchdog.fired:
+                    raise watchdog.error() from None
+                transport = self.client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise self._lost("opening SFTP") from None
+                self._no_sftp = str(exc) or type(exc).__name__
+
+    def _put_streamed(self, local, remote, timeout, on_bytes=None) -> None:
+        """Upload over an exec channel: the device's python reads exactly the file's size from stdin into
+        `remote`. The runner's sha256 check on the device follows either way."""
+        name, size = Path(local).name, Path(local).stat().st_size
+        step = f"the upload of {name}"
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(step)
+        end = time.monotonic() + timeout
+        command = shlex.join([self.device.python, "-c", RECEIVER, remote, str(size)])
+        channel = None
+        with Watchdog(self, timeout + KILL_GRACE_S, step) as watchdog:
+            try:
+                channel = transport.open_session(timeout=timeout)
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                done = 0
+                with open(local, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 16), b""):
+                        self.check_cancel()
+                        if time.monotonic() > end:
+                            raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} ran past "
+                                                     f"its {timeout:g} s timeout")
+                        channel.sendall(block)
+                        done += len(block)
+                        if on_bytes:
+                            on_bytes(done, size)
+                channel.shutdown_write()
+                out, err = Tail(STDOUT_KEEP), Tail(STDERR_KEEP)
+                self._read_until_done(channel, transport, max(1.0, end - time.monotonic()), None, step, out, err)
+            except (RemoteTimeoutError, KeyboardInterrupt):
+                raise
+            except socket.timeout:
+                raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} stalled for "
+                                         f"{timeout:g} s") from None
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise watchdog.error() or self._failed_channel(step, exc) from None
+            finally:
+                if channel is not None:
+                    channel.close()
+        if channel.exit_status != 0:
+            why = err.value().decode("utf-8", "replace").strip().splitlines()
+            raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: the server offers "
+                              f"no SFTP ({self._no_sftp}), and streaming it through '{self.device.python}' over an "
+                              f"exec channel failed (exit {channel.exit_status}: {why[-1] if why else 'no message'})")
 
     def close(self):
         try:
