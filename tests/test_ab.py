@@ -41,6 +41,7 @@ def test_a_three_times_costlier_candidate_is_slower_after_the_first_batch(chains
     assert c.verdict is ep.Verdict.SLOWER and c.failed
     assert c.ratio > 1.5 and c.ci[0] > 1.01
     assert (c.batches, c.n, len(c.baseline_rounds), len(c.candidate_rounds)) == (1, 6, 6, 6)
+    assert len(c.baseline_samples) == len(c.candidate_samples) == 6 * QUICK.round_runs
     assert c.judged and c.flags == ()
     assert "slower" in c.summary() and "slow.onnx" in c.summary()
 

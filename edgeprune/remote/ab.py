@@ -117,6 +117,8 @@ def compare_held(held: Held, kind: str, base: tuple[Path, str], cand: tuple[Path
     notes = reclaim_notes(held.lock_info.get("reclaimed", []))
     rounds_a: list[float] = []
     rounds_b: list[float] = []
+    samples_a: list[float] = []
+    samples_b: list[float] = []
     first = last = None
     batches, measured_s = 0, 0.0
     want, retries_left = settings.rounds, settings.retries
@@ -140,6 +142,8 @@ def compare_held(held: Held, kind: str, base: tuple[Path, str], cand: tuple[Path
             break
         rounds_a += [float(v) for v in batch["baseline"]["rounds"]]
         rounds_b += [float(v) for v in batch["candidate"]["rounds"]]
+        samples_a += [float(v) for runs in batch["baseline"]["samples"] for v in runs]
+        samples_b += [float(v) for runs in batch["candidate"]["samples"] for v in runs]
         verdict = judge(rounds_a, rounds_b, max_slowdown=settings.max_slowdown, min_effect=settings.min_effect,
                         confidence=settings.confidence)
         held.report("judge", {"rounds": len(rounds_a), "verdict": verdict.verdict.value})
@@ -168,5 +172,6 @@ def compare_held(held: Held, kind: str, base: tuple[Path, str], cand: tuple[Path
         baseline_rounds=tuple(rounds_a), candidate_rounds=tuple(rounds_b), settings=asdict(settings),
         device_s=round(time.monotonic() - started, 4), batches=batches,
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), name=name,
-        extra={"measure_s": round(measured_s, 4)},
+        extra={"measure_s": round(measured_s, 4)}, baseline_samples=tuple(samples_a),
+        candidate_samples=tuple(samples_b),
     )

@@ -221,6 +221,9 @@ class Comparison:
     test: str = TEST_NAME
     name: Optional[str] = None  # what the user calls the model (the pytest plugin's `name=`)
     extra: dict = field(default_factory=dict)
+    # every timed run (ms) of the judged rounds, round after round: what other rules can be applied to
+    baseline_samples: tuple[float, ...] = ()
+    candidate_samples: tuple[float, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -247,6 +250,7 @@ class Comparison:
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         values["verdict"] = Verdict(values["verdict"])
-        for key in ("flags", "notes", "baseline_rounds", "candidate_rounds", "ci"):
+        for key in ("flags", "notes", "baseline_rounds", "candidate_rounds", "ci", "baseline_samples",
+                    "candidate_samples"):
             values[key] = tuple(values.get(key, ()))
         return cls(**values)
