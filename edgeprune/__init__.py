@@ -12,8 +12,9 @@ from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune
 from .export import Artifact, ExportError, export, verify
 from .devices import Device, load_devices
 from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
-                     HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError, SettingsError,
-                     TargetError, WorkdirError)
+                     HistoryError, HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError,
+                     SettingsError, TargetError, WorkdirError)
+from .history import History, HistoryRecord, open_history
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan
 from .pruning import PruneRecord, finalize, prune, record_of
@@ -36,4 +37,5 @@ __all__ = [
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]
 __all__ += ["CompareSettings", "Comparison", "Reservation", "Verdict", "compare", "reserve"]
+__all__ += ["History", "HistoryError", "HistoryRecord", "open_history"]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

@@ -21,6 +21,9 @@ from ._version import __version__
 from .budget import Budget
 from .errors import ArtifactError, EdgepruneError, ModelError
 from .factory import build, default_inputs
+from .history import DEFAULT_PATH as DEFAULT_HISTORY
+from .history import ENV_VAR as HISTORY_ENV_VAR
+from .history import open_history
 from .inputs import check_size
 from .targets import builtin_targets, load_target
 
@@ -464,6 +467,8 @@ def main() -> None:  # pragma: no cover
 devices_app = typer.Typer(help="The devices in devices.toml: list them, or check that they answer.")
 app.add_typer(devices_app, name="devices")
 _DEVICES = typer.Option(None, "--devices", help="device inventory (default: ./devices.toml if present, else only 'local')")
+_HISTORY = typer.Option(str(DEFAULT_HISTORY), "--history", envvar=HISTORY_ENV_VAR, help="the history database: a "
+                        "file, sqlite:///relative/path or sqlite:////absolute/path")
 _TRUST = typer.Option(False, "--trust-new-host-key", help="accept and record an unknown SSH host key (first use only; "
                       "a changed key is always refused)")
 
@@ -583,8 +588,13 @@ def bench_cmd(
     runtime: Optional[str] = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: "
                                           "from the artifact)"),
     trust_new_host_key: bool = _TRUST,
+    history: str = _HISTORY,
+    no_history: bool = typer.Option(False, "--no-history", help="do not append the results to the history"),
+    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the history (default: the "
+                                       "artifact's file name)"),
 ) -> None:
-    """Measure ARTIFACT's latency on one or more devices; print the statistics and the device's state."""
+    """Measure ARTIFACT's latency on one or more devices; print the statistics and the device's state, and
+    append each result to the history database (`edgeprune history` shows it)."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .devices import load_devices
@@ -603,6 +613,8 @@ def bench_cmd(
         # unset threads/cores fall back to each device's own, in remote.bench
         settings = BenchSettings(min_runs, min_seconds, warmup_runs, warmup_seconds, threads, _cores(cores))
         names = list(dict.fromkeys(device))
+        # opened (and a damaged file refused) before the device is used, as the --json output is checked
+        store = None if no_history else open_history(history)
     except (EdgepruneError, ValueError) as exc:
         _fail(exc)
     with Progress(SpinnerColumn(), TextColumn("{task.fields[device]}", style="bold", markup=False),
@@ -637,6 +649,7 @@ def bench_cmd(
     errors = [r for r in results if isinstance(r, Exception)]
     for exc in errors:
         err_console.print(_styled("error:", "bold red", str(exc)), highlight=False, soft_wrap=True)
+    kept = store is None or _append_history(store, ok, name)  # before --json: a full disk there loses neither
     if json_out is not None and ok:
         payload = ok[0].to_dict() if len(results) == 1 else {
             "schema": "edgeprune.bench-results/1", "results": [r.to_dict() for r in ok],
@@ -649,8 +662,25 @@ def bench_cmd(
             reason = exc if isinstance(exc, EdgepruneError) else _os_error(exc, {"json_out": json_out})
             _fail(f"the result could not be written to {json_out} ({reason}); it is printed above as JSON")
         console.print(f"wrote {json_out}")
-    if errors:
+    if errors or not kept:
         raise typer.Exit(code=2)
+
+
+def _append_history(store, results, name: Optional[str]) -> bool:
+    """Append `results` to the history; False (and the error printed) when one did not land. The
+    measurement is not lost with it: the table above shows it, --json keeps it."""
+    try:
+        with store:
+            for r in results:
+                store.record_bench(r, name=name)
+    except EdgepruneError as exc:
+        err_console.print(_styled("error:", "bold red", f"the result was not added to the history: {exc}"),
+                          highlight=False, soft_wrap=True)
+        return False
+    if results:
+        console.print(Text(f"added {len(results)} result{'s' if len(results) > 1 else ''} to the history "
+                           f"{store.path} (`edgeprune history` shows it)", "dim"))
+    return True
 
 
 def bench_table(results) -> Table:
@@ -663,6 +693,60 @@ def bench_table(results) -> Table:
                       f"{r.ci95_p50[0]:.3f}–{r.ci95_p50[1]:.3f}", f"{r.p90:.3f}", f"{r.p99:.3f}",
                       f"{r.mean:.3f} ± {r.std:.3f}", f"{r.cv:.1%}", f"{r.min:.3f}",
                       Text.assemble(("FLAGGED\n", "red") if r.flags else "", describe_state(r.state_after)))
+    return table
+
+
+@app.command("history")
+def history_cmd(
+    history: str = _HISTORY,
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="only this device's records"),
+    name: Optional[str] = typer.Option(None, "--name", help="only this model's records (the artifact's file name "
+                                       "unless `bench --name` gave another)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="also draw p50 with its CI per device, slower verdicts "
+                                        "and change points, to this PNG"),
+    overwrite: bool = _overwrite("an existing --plot file"),
+) -> None:
+    """Print the recorded bench results and comparisons, oldest first, with the change points in p50 found
+    per device and model; optionally plot them."""
+    from .history import level_changes, plot_history
+
+    if plot is not None:
+        _atomic.check_file_output(plot, overwrite=overwrite)
+    with open_history(history, create=False) as store:
+        records = store.records(device=device, name=name)
+    if not records:
+        console.print(f"no records in {store.path}" + (" for " + " and ".join(
+            f"{k} '{v}'" for k, v in (("device", device), ("name", name)) if v) if device or name else ""))
+        return
+    changes = level_changes(records)
+    console.print(history_table(records, changes, title=f"history ({store.path})"))
+    if plot is not None:
+        plot_history(records, plot, overwrite=overwrite)
+        console.print(f"wrote {plot}")
+
+
+def history_table(records, changes: dict, title: str = "history") -> Table:
+    """One row per record: when, the commit, what was measured where, p50 and its CI, the verdict (a
+    comparison's, with its ratio) or a bench result's flags, and a mark where a new p50 level starts."""
+    table = Table(title=title)
+    for col in ("#", "time (UTC)", "commit", "device", "name", "kind", "p50 (ms)", "95% CI", "verdict / ratio",
+                "change"):
+        table.add_column(col, justify="right" if col in ("#", "p50 (ms)", "95% CI") else "left")
+    for r in records:
+        when = r.recorded_at[:19].replace("T", " ")
+        p50 = "—" if r.p50 is None else f"{r.p50:.4g}"
+        ci = f"{r.p50_ci[0]:.4g}–{r.p50_ci[1]:.4g}" if r.p50_ci else "—"
+        if r.kind == "comparison":
+            lo, hi = r.ratio_ci or (float("nan"), float("nan"))
+            judged = "" if r.valid else " (not judged)"
+            verdict = Text.assemble((r.verdict or "?", "bold red" if r.slower else ""),
+                                    f" {r.ratio:.3f}× ({lo:.3f}–{hi:.3f}){judged}")
+        else:
+            verdict = Text("flagged: " + "; ".join(r.flags), "yellow") if r.flags else Text("valid")
+        change = changes.get(r.id)
+        mark = Text("") if change is None else Text(f"{'▲' if change > 1 else '▼'} {change - 1:+.1%}",
+                                                   "bold magenta")
+        table.add_row(str(r.id), when, (r.commit or "—")[:10], r.device, r.name, r.kind, p50, ci, verdict, mark)
     return table
 
 

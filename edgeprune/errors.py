@@ -69,3 +69,10 @@ class ConnectionLostError(DeviceError):
 class WorkdirError(DeviceError):
     """The device's work dir, lock or run dir is not private to the benchmarking user (a symlink, another
     user's, writable by group/others), or a file in it changed after its sha256 check; nothing was run."""
+
+
+class HistoryError(EdgepruneError):
+    """The history database (`.edgeprune/history.sqlite`, or `--history URL`) cannot be opened, read or
+    appended to: not an SQLite file, damaged, another program's database, written by a newer edgeprune,
+    locked past its timeout, or a URL that is not `sqlite:///…`. The message names the file (or the URL);
+    the file is left exactly as it was, so no earlier record is lost."""

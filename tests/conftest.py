@@ -24,6 +24,18 @@ from edgeprune import zoo
 from helpers import JETSON_SMALL, builtin_profile_text, randn, set_key, write_toml_file
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _history_outside_the_repository(tmp_path_factory):
+    """`edgeprune bench` appends each result to a history database, by default ./.edgeprune/history.sqlite:
+    for the tests (which run from the repository), one in a temporary directory instead, through the
+    variable the CLI's --history default reads. A test of the default itself deletes the variable."""
+    from edgeprune.history import ENV_VAR
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV_VAR, str(tmp_path_factory.mktemp("history") / "history.sqlite"))
+        yield
+
+
 @dataclass(frozen=True)
 class ZooModel:
     name: str
