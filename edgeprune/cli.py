@@ -649,7 +649,8 @@ def bench_cmd(
     errors = [r for r in results if isinstance(r, Exception)]
     for exc in errors:
         err_console.print(_styled("error:", "bold red", str(exc)), highlight=False, soft_wrap=True)
-    kept = store is None or _append_history(store, ok, name)  # before --json: a full disk there loses neither
+    # before --json: a full disk there loses neither
+    kept = store is None or _append_history(store, ok, lambda h, r: h.record_bench(r, name=name))
     if json_out is not None and ok:
         payload = ok[0].to_dict() if len(results) == 1 else {
             "schema": "edgeprune.bench-results/1", "results": [r.to_dict() for r in ok],
@@ -666,13 +667,13 @@ def bench_cmd(
         raise typer.Exit(code=2)
 
 
-def _append_history(store, results, name: Optional[str]) -> bool:
-    """Append `results` to the history; False (and the error printed) when one did not land. The
-    measurement is not lost with it: the table above shows it, --json keeps it."""
+def _append_history(store, results, record) -> bool:
+    """Append `results` to the history (`record(store, result)`); False (and the error printed) when one did
+    not land. The measurement is not lost with it: the table above shows it, --json keeps it."""
     try:
         with store:
             for r in results:
-                store.record_bench(r, name=name)
+                record(store, r)
     except EdgepruneError as exc:
         err_console.print(_styled("error:", "bold red", f"the result was not added to the history: {exc}"),
                           highlight=False, soft_wrap=True)
@@ -681,6 +682,100 @@ def _append_history(store, results, name: Optional[str]) -> bool:
         console.print(Text(f"added {len(results)} result{'s' if len(results) > 1 else ''} to the history "
                            f"{store.path} (`edgeprune history` shows it)", "dim"))
     return True
+
+
+# `edgeprune regress` exit codes, for CI systems that do not run pytest
+REGRESS_EXIT = {"same": 0, "faster": 0, "slower": 1, "inconclusive": 3}
+
+
+@app.command("regress")
+def regress_cmd(
+    candidate: Path = typer.Argument(..., help="the artifact to judge"),
+    baseline: Path = typer.Option(..., "--baseline", help="the artifact to judge it against (same runtime)"),
+    devices: Optional[Path] = _DEVICES,
+    device: str = typer.Option("local", "--device", "-d", help="the device to compare on"),
+    max_slowdown: float = typer.Option(0.05, "--max-slowdown", help="the slowdown that fails (0.05: 5 %)"),
+    min_effect: float = typer.Option(0.01, "--min-effect", help="changes smaller than this are `same`"),
+    max_rounds: int = typer.Option(120, "--max-rounds", help="rounds at most, while the answer is open"),
+    max_seconds: float = typer.Option(120.0, "--max-seconds", help="measuring time at most, while it is open"),
+    governor: Optional[str] = typer.Option(None, "--governor", help="judge only rounds run under this CPU "
+                                           "frequency governor (e.g. performance)"),
+    cooldown: float = typer.Option(30.0, "--cooldown", help="seconds to wait before re-running a batch whose "
+                                   "device state was flagged (a clock drop, a thermal trip)"),
+    retries: int = typer.Option(1, "--retries", help="re-runs of a flagged batch before giving up (inconclusive)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)"),
+    cores: Optional[str] = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the whole comparison here"),
+    overwrite: bool = _overwrite("an existing --json file"),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: "
+                                          "from the artifacts)"),
+    trust_new_host_key: bool = _TRUST,
+    history: str = _HISTORY,
+    no_history: bool = typer.Option(False, "--no-history", help="do not append the comparison to the history"),
+    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the history (default: the "
+                                       "candidate's file name)"),
+) -> None:
+    """Judge CANDIDATE against --baseline on a device, A/B interleaved in one process. Exit 0 when it is
+    the same or faster, 1 slower, 3 inconclusive, 2 on a usage or device error."""
+    from .devices import get_device
+    from .remote import CompareSettings, compare
+
+    try:
+        dev = get_device(device, devices)
+        settings = CompareSettings(max_slowdown=max_slowdown, min_effect=min_effect, max_rounds=max_rounds,
+                                   max_seconds=max_seconds, governor=governor, threads=threads,
+                                   cores=_cores(cores), cooldown_s=cooldown, retries=retries)
+        if json_out is not None:
+            _atomic.check_file_output(json_out, overwrite=overwrite)
+            _atomic.check_writable(json_out)
+        store = None if no_history else open_history(history)
+    except (EdgepruneError, ValueError) as exc:
+        _fail(exc)
+    with err_console.status(f"comparing on {dev.name}", spinner="dots") as status:
+        def on_progress(stage: str, info: dict) -> None:
+            detail = f" ({info['rounds']} rounds: {info['verdict']})" if stage == "judge" else ""
+            status.update(f"{dev.name}: {stage}{detail}")
+
+        try:
+            c = compare(baseline, candidate, dev, settings=settings, runtime=runtime, name=name,
+                        trust_new_host_key=trust_new_host_key, progress=on_progress)
+        except KeyboardInterrupt as exc:
+            status.stop()
+            _interrupted(exc)
+        except EdgepruneError as exc:
+            status.stop()
+            _fail(exc)
+    console.print(comparison_table([c]))
+    style = {"slower": "bold red", "inconclusive": "bold yellow"}.get(c.verdict.value, "bold green")
+    console.print(_styled(c.verdict.value, style, c.summary()[len(c.verdict.value):]), soft_wrap=True)
+    for note in c.notes:
+        console.print(Text(f"note: {note}", "dim"))
+    kept = store is None or _append_history(store, [c], lambda h, r: h.record_comparison(r))
+    if json_out is not None:
+        text = json.dumps(c.to_dict(), indent=2)
+        try:
+            _atomic.write_text(json_out, text, overwrite=overwrite)
+        except (EdgepruneError, OSError) as exc:
+            typer.echo(text)
+            reason = exc if isinstance(exc, EdgepruneError) else _os_error(exc, {"json_out": json_out})
+            _fail(f"the comparison could not be written to {json_out} ({reason}); it is printed above as JSON")
+        console.print(f"wrote {json_out}")
+    if not kept:
+        raise typer.Exit(code=2)
+    raise typer.Exit(code=REGRESS_EXIT[c.verdict.value])
+
+
+def comparison_table(comparisons) -> Table:
+    table = Table(title="A/B comparison (interleaved rounds)")
+    for column in ("device", "baseline", "candidate", "p50 (ms)", "ratio", "CI", "n", "p", "verdict"):
+        table.add_column(column, justify="right" if column in ("p50 (ms)", "ratio", "n", "p") else "left")
+    for c in comparisons:
+        lo, hi = c.ci
+        table.add_row(c.device, Path(c.baseline).name, Path(c.candidate).name,
+                      f"{c.baseline_p50:.4g} -> {c.candidate_p50:.4g}", f"{c.ratio:.3f}x",
+                      f"{c.confidence:.0%} {lo:.3f}-{hi:.3f}", str(c.n), f"{c.p_value:.2g}",
+                      c.verdict.value + ("" if c.judged else " (not judged)"))
+    return table
 
 
 def bench_table(results) -> Table:

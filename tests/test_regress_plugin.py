@@ -19,6 +19,10 @@ from helpers import matmul_chain_onnx
 from remote_helpers import wait_for
 
 QUICK = "rounds=10, more_rounds=10, max_rounds=60, round_runs=10, warmup_runs=2, warmup_seconds=0.2, threads=1"
+# An artifact against its own copy: on this shared 2-core machine, under a parallel load, two sessions of one
+# model have differed by up to 3 % for a whole comparison; the plumbing is tested here, the false-alarm rate
+# at the defaults is bench/regress.py's to measure
+SAME = QUICK + ", min_effect=0.04"
 
 
 def inner_test(check_args: str, settings: str = QUICK, after: str = "") -> str:
@@ -43,9 +47,10 @@ def project(pytester):
     return pytester
 
 
-def record_base(project) -> None:
+def record_base(project, *devices: str) -> None:
     project.makepyfile(test_record=inner_test('"base.onnx", name="chain"'))
-    project.runpytest("--ep-device", "local", "--ep-update-baselines", "test_record.py").assert_outcomes(passed=1)
+    flags = [f for d in devices or ("local",) for f in ("--ep-device", d)]
+    project.runpytest(*flags, "--ep-update-baselines", "test_record.py").assert_outcomes(passed=len(devices) or 1)
     (project.path / "test_record.py").unlink()
 
 
@@ -62,7 +67,7 @@ def test_update_baselines_records_the_artifact_and_judges_nothing(project):
 
 def test_the_same_artifact_passes(project):
     record_base(project)
-    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"'))
+    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"', settings=SAME))
     result = project.runpytest("--ep-device", "local")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*edgeprune latency*", "*local*same*"])
@@ -76,13 +81,14 @@ def test_a_slower_artifact_fails_with_the_ratio_in_the_message(project):
     result.stdout.fnmatch_lines(["*slower: slow.onnx is *x *on 'local'*CI*n=* rounds*"])
 
 
-def test_an_inconclusive_comparison_is_reported_as_such(project):
+def test_an_inconclusive_comparison_is_reported_as_such(project, sysfs):
     record_base(project)
-    never = QUICK + ", max_slowdown=1e-5, min_effect=0.0"  # no interval fits within +-0.001 %
-    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"', settings=never))
+    (sysfs.zone / "temp").write_text("91500\n")  # past its trip point: no batch can be judged
+    spoiled = QUICK + ", retries=0, cooldown_s=0"
+    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"', settings=spoiled))
     failed = project.runpytest("--ep-device", "local")
     failed.assert_outcomes(failed=1)
-    failed.stdout.fnmatch_lines(["*inconclusive: same.onnx is*"])
+    failed.stdout.fnmatch_lines(["*inconclusive: same.onnx is*not judged, the device state was flagged: thermal*"])
     warned = project.runpytest("--ep-device", "local", "--ep-inconclusive", "warn")
     warned.assert_outcomes(passed=1, warnings=1)
     warned.stdout.fnmatch_lines(["*PytestWarning: inconclusive*"])
@@ -114,16 +120,29 @@ def test_no_device_given_is_an_error(project):
     result.stdout.fnmatch_lines(["*pass --ep-device NAME*"])
 
 
-def test_each_test_runs_once_per_device_and_the_report_lists_them(project):
-    with open(project.path / "devices.toml", "a") as fh:  # a second name for this machine
-        fh.write(f'[devices.here]\nhost = "localhost"\ntarget = "x86-64-host"\n')
-    record_base(project)
-    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"'))
-    result = project.runpytest("--ep-device", "local", "--ep-report", "report.json")
-    result.assert_outcomes(passed=1)
+def test_each_test_runs_once_per_device_and_the_report_lists_them(project, sshd):
+    loopback = sshd.write_devices_toml(project.path / "loopback.toml", workdir=str(project.path / "ssh-work"),
+                                       lock_wait_s=0, threads=1)
+    with open(project.path / "devices.toml", "a") as fh:
+        fh.write(loopback.read_text())
+    record_base(project, "local", "loopback")
+    project.makepyfile(test_one=inner_test('"same.onnx", name="chain"', settings=SAME))
+    result = project.runpytest("--ep-device", "local", "--ep-device", "loopback", "--ep-report", "report.json")
+    result.assert_outcomes(passed=2)
     rows = json.loads((project.path / "report.json").read_text())["results"]
-    assert [(r["device"], r["name"], r["verdict"]) for r in rows] == [("local", "chain", "same")]
-    assert rows[0]["test"].endswith("test_latency[local]")
+    assert sorted((r["test"].split("::")[1], r["device"], r["verdict"]) for r in rows) == [
+        ("test_latency[local]", "local", "same"), ("test_latency[loopback]", "loopback", "same")]
+
+
+def test_comparisons_and_recorded_baselines_go_to_the_history(project):
+    record_base(project)
+    project.makepyfile(test_one=inner_test('"slow.onnx", name="chain"'))
+    project.runpytest("--ep-device", "local", "--ep-history", "h.sqlite").assert_outcomes(failed=1)
+    import edgeprune as ep
+
+    with ep.open_history(project.path / "h.sqlite") as h:
+        (record,) = h.records()
+    assert (record.kind, record.name, record.device, record.verdict) == ("comparison", "chain", "local", "slower")
 
 
 def test_ctrl_c_during_a_session_releases_the_device(project):

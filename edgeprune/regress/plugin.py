@@ -40,6 +40,10 @@ def pytest_addoption(parser) -> None:
     group.addoption("--ep-inconclusive", choices=("fail", "warn"), default="fail",
                     help="what an inconclusive comparison does to its test")
     group.addoption("--ep-report", default=None, metavar="FILE", help="write the session's results as JSON here")
+    group.addoption("--ep-history", default=None, metavar="URL",
+                    help="append every comparison (and recorded baseline's measurement) to this history database "
+                         "(default: $EDGEPRUNE_HISTORY, else .edgeprune/history.sqlite)")
+    group.addoption("--ep-no-history", action="store_true", help="append nothing to the history")
 
 
 def pytest_configure(config) -> None:
@@ -92,6 +96,22 @@ class LatencySession:
                 raise
         return self.reservations[device]
 
+    def remember(self, record) -> None:
+        """Append to the history (see --ep-history); a history that cannot take it is a warning, never the
+        test's failure: the verdict stands and the report keeps it."""
+        if self.option("ep_no_history"):
+            return
+        import os
+
+        from ..errors import EdgepruneError
+        from ..history import ENV_VAR, open_history
+
+        try:
+            with open_history(self.option("ep_history") or os.environ.get(ENV_VAR)) as history:
+                record(history)
+        except EdgepruneError as exc:
+            warnings.warn(pytest.PytestWarning(f"not added to the history: {exc}"))
+
     def store(self):
         from .baselines import BaselineStore
 
@@ -136,6 +156,7 @@ class LatencyCheck:
         if self.session.option("ep_update_baselines"):
             result = self._reservation.bench(artifact, runtime=runtime)
             baseline = store.record(name, self.device, artifact, result)
+            self.session.remember(lambda history: history.record_bench(result, name=name))
             self.session.rows.append({**row, "verdict": "recorded", "baseline_p50": None,
                                       "candidate_p50": result.p50, "ratio": None, "sha256": baseline.sha256})
             return baseline
@@ -147,6 +168,7 @@ class LatencyCheck:
         c = self._reservation.compare(baseline.artifact, artifact, max_slowdown=max_slowdown, settings=settings,
                                       runtime=runtime, name=name)
         self.session.rows.append({**row, **c.to_dict(), "test": self.test, "candidate": str(artifact)})
+        self.session.remember(lambda history: history.record_comparison(c))
         if c.verdict.value == "slower":
             pytest.fail(c.summary(), pytrace=False)
         if c.verdict.value == "inconclusive":
