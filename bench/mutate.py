@@ -264,6 +264,14 @@ def confirm(ws: Path, group: Group, names: list[str]) -> dict[str, str]:
     return done
 
 
+def keep_killed(record: Path) -> None:
+    """Forget the confirmed survivors (a test written since may kill them), keep the kills: tests are only
+    ever added for survivors, so a mutant some test failed on stays killed."""
+    if record.exists():
+        done = json.loads(record.read_text())
+        record.write_text(json.dumps({n: r for n, r in done.items() if r != "survived"}, indent=1))
+
+
 def status(code) -> str:
     for name, codes in (("killed", KILLED), ("timeout", TIMEOUT), ("survived", SURVIVED),
                         ("no tests", NO_TESTS), ("not run", NOT_RUN), ("skipped", SKIPPED)):
@@ -369,7 +377,7 @@ def main() -> None:
         if args.confirm_only:  # against today's tests: a test written for a survivor counts once it kills it
             shutil.copytree(ROOT / "tests", ws / "mutants" / "tests", dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            (ws / "confirmed.json").unlink(missing_ok=True)
+            keep_killed(ws / "confirmed.json")
         print(f"== {group.name}: {group.what} ({', '.join(group.modules)})", flush=True)
         try:
             seconds = 0.0 if reuse else run_mutmut(ws, group, args.jobs)
