@@ -469,6 +469,9 @@ app.add_typer(devices_app, name="devices")
 _DEVICES = typer.Option(None, "--devices", help="device inventory (default: ./devices.toml if present, else only 'local')")
 _HISTORY = typer.Option(str(DEFAULT_HISTORY), "--history", envvar=HISTORY_ENV_VAR, help="the history database: a "
                         "file, sqlite:///relative/path or sqlite:////absolute/path")
+_THREADS = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)")
+_CORES = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)")
+_RUNTIME = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: from the artifact)")
 _TRUST = typer.Option(False, "--trust-new-host-key", help="accept and record an unknown SSH host key (first use only; "
                       "a changed key is always refused)")
 
@@ -583,10 +586,9 @@ def bench_cmd(
     min_seconds: float = typer.Option(2.0, "--min-seconds", help="…and for at least this long"),
     warmup_runs: int = typer.Option(5, "--warmup-runs"),
     warmup_seconds: float = typer.Option(0.5, "--warmup-seconds"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)"),
-    cores: Optional[str] = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)"),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: "
-                                          "from the artifact)"),
+    threads: Optional[int] = _THREADS,
+    cores: Optional[str] = _CORES,
+    runtime: Optional[str] = _RUNTIME,
     trust_new_host_key: bool = _TRUST,
     history: str = _HISTORY,
     no_history: bool = typer.Option(False, "--no-history", help="do not append the results to the history"),
@@ -703,12 +705,11 @@ def regress_cmd(
     cooldown: float = typer.Option(30.0, "--cooldown", help="seconds to wait before re-running a batch whose "
                                    "device state was flagged (a clock drop, a thermal trip)"),
     retries: int = typer.Option(1, "--retries", help="re-runs of a flagged batch before giving up (inconclusive)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)"),
-    cores: Optional[str] = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)"),
+    threads: Optional[int] = _THREADS,
+    cores: Optional[str] = _CORES,
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the whole comparison here"),
     overwrite: bool = _overwrite("an existing --json file"),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: "
-                                          "from the artifacts)"),
+    runtime: Optional[str] = _RUNTIME,
     trust_new_host_key: bool = _TRUST,
     history: str = _HISTORY,
     no_history: bool = typer.Option(False, "--no-history", help="do not append the comparison to the history"),

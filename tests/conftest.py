@@ -326,3 +326,16 @@ def sysfs(tmp_path, monkeypatch):
     fake = FakeSysfs(tmp_path / "sysfs")
     monkeypatch.setenv("EDGEPRUNE_TEST_SYSFS", str(fake.root))  # device_state.SYSFS_ENV; the harness inherits it
     return fake
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions saved, left open for inspection."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    yield kept
+    monkeypatch.undo()
+    for fig in kept:
+        plt.close(fig)

@@ -22,7 +22,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg", force=True)
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -369,15 +368,6 @@ def test_level_changes_are_found_per_device_and_kind_and_give_the_new_level(hist
 
 # ------------------------------------------------------------------------------------------ plot
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures plot_history saved, left open for inspection."""
-    kept = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    monkeypatch.undo()
-    for fig in kept:
-        plt.close(fig)
 
 
 def test_the_plot_shows_p50_with_its_ci_and_marks_slower_verdicts_and_change_points(history, tmp_path, drawn):

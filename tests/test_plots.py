@@ -10,8 +10,6 @@ import itertools
 import matplotlib
 
 matplotlib.use("Agg", force=True)
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.text import Annotation, Text  # noqa: E402
 
@@ -19,15 +17,6 @@ from edgeprune.plots import plot_accuracy_vs_latency, plot_sensitivity  # noqa: 
 from edgeprune.sensitivity import LayerSensitivity, Sensitivity  # noqa: E402
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the plot functions saved, left open for inspection."""
-    kept = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    monkeypatch.undo()
-    for fig in kept:
-        plt.close(fig)
 
 
 # the demo's report: three runtimes timed on one machine, accuracies within half a point of each other
