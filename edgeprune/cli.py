@@ -768,13 +768,12 @@ def regress_cmd(
 
 def comparison_table(comparisons) -> Table:
     table = Table(title="A/B comparison (interleaved rounds)")
-    for column in ("device", "baseline", "candidate", "p50 (ms)", "ratio", "CI", "n", "p", "verdict"):
-        table.add_column(column, justify="right" if column in ("p50 (ms)", "ratio", "n", "p") else "left")
+    for column in ("device", "p50 ms: baseline -> candidate", "ratio", "CI", "n", "p", "verdict"):
+        table.add_column(column, justify="left" if column in ("device", "verdict") else "right")
     for c in comparisons:
         lo, hi = c.ci
-        table.add_row(c.device, Path(c.baseline).name, Path(c.candidate).name,
-                      f"{c.baseline_p50:.4g} -> {c.candidate_p50:.4g}", f"{c.ratio:.3f}x",
-                      f"{c.confidence:.0%} {lo:.3f}-{hi:.3f}", str(c.n), f"{c.p_value:.2g}",
+        table.add_row(c.device, f"{c.baseline_p50:.4g} -> {c.candidate_p50:.4g}", f"{c.ratio:.3f}x",
+                      f"{lo:.3f}-{hi:.3f}", str(c.n), f"{c.p_value:.2g}",
                       c.verdict.value + ("" if c.judged else " (not judged)"))
     return table
 

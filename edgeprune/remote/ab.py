@@ -14,6 +14,7 @@ comparison ends `inconclusive`, with the flags, judged=False.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import asdict, replace
@@ -51,6 +52,11 @@ def _batch_flags(result: dict, settings: CompareSettings) -> list[str]:
     for state in (result.get("state_before") or {}, result.get("state_after") or {}):
         flags += [f for f in governor_flags(state, settings.governor, cores) if f not in flags]
     return flags
+
+
+def _kind(note: str) -> str:
+    """A note with its numbers blanked: each batch says "noisy: CV 184.1 %" anew, and one of each is enough."""
+    return re.sub(r"\d+(\.\d+)?", "#", note)
 
 
 def _wait(seconds: float, cancel: Optional[threading.Event]) -> None:
@@ -128,7 +134,7 @@ def compare_held(held: Held, kind: str, base: tuple[Path, str], cand: tuple[Path
         measured_s += float(batch.get("measure_s", 0.0))
         first = first or batch
         last = batch
-        notes += [n for n in batch.get("notes", []) if n not in notes]
+        notes += [n for n in batch.get("notes", []) if _kind(n) not in {_kind(m) for m in notes}]
         spoiled = _batch_flags(batch, settings)
         if spoiled:
             if retries_left > 0:
