@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -18,7 +19,11 @@ from torch.utils.data.distributed import DistributedSampler
 import edgeprune as ep
 from edgeprune import zoo
 from edgeprune.distill import kd_loss
-from edgeprune.metrics import accuracy
+from edgeprune.finetune import rng
+from edgeprune.finetune.checkpoints import latest_checkpoint, optimizer_state, save_checkpoint
+from edgeprune.finetune.gradual import apply_gradual
+from edgeprune.finetune.masks import ensure_mask, magnitude_mask, resolve_layers, sparsity
+from edgeprune.metrics import accuracy, logits
 from edgeprune.pruning.nm import apply_nm, satisfies_nm
 from edgeprune.schedules import cosine_lr, cubic_sparsity
 from helpers import randn
@@ -66,6 +71,28 @@ def test_cubic_sparsity_matches_hand_computed_values():
     assert cubic_sparsity(20, **kw) == 0.8 and cubic_sparsity(99, **kw) == 0.8
 
 
+def test_cubic_sparsity_starts_at_exactly_the_initial_sparsity():
+    # the formula's own value at `begin` is final + (initial - final) = 0.09999999999999998 here, not 0.1
+    assert cubic_sparsity(10, initial=0.1, final=0.8, begin=10, end=20) == 0.1
+
+
+def test_cubic_sparsity_accepts_a_sparsity_of_zero_and_one_just_below_one():
+    assert cubic_sparsity(1, initial=0.0, final=0.0, begin=0, end=2) == 0.0
+    assert cubic_sparsity(1, initial=0.99, final=0.0, begin=0, end=2) == pytest.approx(0.99 / 8)
+
+
+@pytest.mark.parametrize("initial,final,begin,end,match", [
+    (1.0, 0.5, 0, 10, r"^cubic_sparsity: initial=1.0, final=0.5 must be in \[0, 1\)$"),
+    (-0.1, 0.5, 0, 10, r"^cubic_sparsity: initial=-0.1, final=0.5 must be in \[0, 1\)$"),
+    (0.0, 1.0, 0, 10, r"^cubic_sparsity: initial=0.0, final=1.0 must be in \[0, 1\)$"),
+    (0.0, 0.5, 5, 5, r"^cubic_sparsity: end=5 must be after begin=5$"),
+], ids=["initial-1", "initial-negative", "final-1", "end-at-begin"])
+def test_cubic_sparsity_refuses_a_sparsity_outside_0_1_or_an_end_not_after_begin_naming_them(initial, final, begin,
+                                                                                              end, match):
+    with pytest.raises(ep.EdgepruneError, match=match):
+        cubic_sparsity(3, initial=initial, final=final, begin=begin, end=end)
+
+
 def test_cosine_lr_warms_up_linearly_then_decays_to_min():
     kw = dict(total=12, warmup=2, base_lr=1.0, min_lr=0.1)
     assert cosine_lr(0, **kw) == pytest.approx(0.5)
@@ -73,6 +100,21 @@ def test_cosine_lr_warms_up_linearly_then_decays_to_min():
     assert cosine_lr(2, **kw) == pytest.approx(1.0)
     assert cosine_lr(7, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))  # 0.55
     assert cosine_lr(12, **kw) == pytest.approx(0.1)
+
+
+def test_cosine_lr_decays_to_zero_unless_told_and_holds_min_lr_from_total_on():
+    assert cosine_lr(12, total=12, warmup=2, base_lr=1.0) == 0.0
+    assert cosine_lr(17, total=12, warmup=2, base_lr=1.0, min_lr=0.1) == pytest.approx(0.1)  # not back up the cosine
+    assert cosine_lr(3, total=3, warmup=2, base_lr=1.0, min_lr=0.1) == pytest.approx(0.1)  # a one-step decay
+    assert cosine_lr(0, total=1, warmup=0, base_lr=1.0) == 1.0  # the shortest run
+
+
+@pytest.mark.parametrize("total,warmup", [(0, 0), (-3, 0), (10, -1)],
+                         ids=["total-0", "total-negative", "warmup-negative"])
+def test_cosine_lr_refuses_a_total_not_above_0_or_a_negative_warmup_naming_both(total, warmup):
+    with pytest.raises(ep.EdgepruneError) as err:
+        cosine_lr(0, total=total, warmup=warmup, base_lr=1.0)
+    assert str(err.value) == f"cosine_lr: total={total} must be > 0 and warmup={warmup} >= 0"
 
 
 # --------------------------------------------------------------------------------------------- distill
@@ -83,12 +125,40 @@ def test_kd_loss_is_ce_at_alpha_zero_and_zero_kl_for_identical_logits():
     assert float(kd_loss(s, s.clone(), y, alpha=1.0, temperature=4)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_kd_loss_is_t_squared_kl_from_the_teachers_softened_distribution_plus_ce():
-    s, t, y, temp = randn(4, 10, seed=1), 3 * randn(4, 10, seed=2), torch.tensor([1, 2, 3, 4]), 2.0
+@pytest.mark.parametrize("temp", [2.0, 1.0, 0.5])
+def test_kd_loss_is_t_squared_kl_from_the_teachers_softened_distribution_plus_ce(temp):
+    s, t, y = randn(4, 10, seed=1), 3 * randn(4, 10, seed=2), torch.tensor([1, 2, 3, 4])
     p, q = torch.softmax(t / temp, dim=-1), torch.softmax(s / temp, dim=-1)  # teacher's, student's
     kl = float((p * (p.log() - q.log())).sum()) / 4  # summed over classes, averaged over the batch
     ce = float(torch.nn.functional.cross_entropy(s, y))
     assert float(kd_loss(s, t, y, alpha=0.75, temperature=temp)) == pytest.approx(0.75 * temp ** 2 * kl + 0.25 * ce)
+
+
+def test_kd_loss_softens_over_the_last_dimension_for_logits_per_position():
+    """Logits of shape (batch, positions, classes), as a token classifier gives: each position's distribution
+    is over the classes, and the KL summed over positions and classes is averaged over the batch."""
+    s, t, temp = randn(2, 3, 5, seed=3), 3 * randn(2, 3, 5, seed=4), 2.0
+    p, q = torch.softmax(t / temp, dim=-1), torch.softmax(s / temp, dim=-1)
+    kl = float((p * (p.log() - q.log())).sum()) / 2
+    assert float(kd_loss(s, t, None, alpha=1.0, temperature=temp)) == pytest.approx(temp ** 2 * kl)
+
+
+def test_kd_loss_needs_labels_only_when_alpha_is_below_one():
+    s, t = randn(4, 10, seed=1), randn(4, 10, seed=2)
+    assert float(kd_loss(s, t, None, alpha=1.0, temperature=2)) == pytest.approx(
+        float(kd_loss(s, t, torch.tensor([1, 2, 3, 4]), alpha=1.0, temperature=2)))
+    with pytest.raises(ep.ModelError) as err:
+        kd_loss(s, t, None, alpha=0.99, temperature=2)
+    assert str(err.value) == "kd_loss: labels are needed when alpha < 1"
+
+
+@pytest.mark.parametrize("alpha,temperature", [(1.5, 2.0), (-0.5, 2.0), (0.5, 0.0), (0.5, -1.0)],
+                         ids=["alpha-above-1", "alpha-negative", "temperature-0", "temperature-negative"])
+def test_kd_loss_refuses_alpha_outside_0_1_or_a_temperature_not_above_0_naming_both(alpha, temperature):
+    s, y = randn(4, 10), torch.tensor([1, 2, 3, 4])
+    with pytest.raises(ep.ModelError) as err:
+        kd_loss(s, s.clone(), y, alpha=alpha, temperature=temperature)
+    assert str(err.value) == f"kd_loss: alpha={alpha} must be in [0, 1] and temperature={temperature} > 0"
 
 
 def test_kd_loss_teacher_shape_mismatch_names_both_shapes():
@@ -210,6 +280,150 @@ def test_gradual_nm_leaves_every_chosen_layer_2_of_4(dense, data):
     assert satisfies_nm(fin.fc1.weight, 2, 4) and satisfies_nm(fin.res[0].weight, 2, 4)
 
 
+# ------------------------------------------------------------------ gradual pruning, step by step (no training)
+
+def _masked_linears(count, width=8):
+    """`count` Linear(width, width) layers in a Sequential (named "0", "1", ...) with seeded weights and the
+    all-ones masks finetune gives the layers a schedule prunes."""
+    with torch.random.fork_rng(devices=[]):  # Linear's own initialization draws from the global RNG
+        model = torch.nn.Sequential(*(torch.nn.Linear(width, width) for _ in range(count)))
+    with torch.no_grad():
+        for i, layer in enumerate(model):
+            layer.weight.copy_(randn(width, width, seed=10 + i))
+    for layer in model:
+        ensure_mask(layer)
+    return model
+
+
+def _alive_per_group(layer, m=4):
+    """Non-zero weights in each group of m along the input dimension."""
+    w = layer.weight_orig * layer.weight_mask
+    return (w.reshape(w.shape[0], -1, m) != 0).sum(dim=-1)
+
+
+def test_apply_gradual_prunes_at_begin_every_k_steps_after_and_at_every_step_from_end():
+    """begin 1, k 3, end 6: prunings at steps 1 and 4, then at 6 = end although 6 - 1 is no multiple of 3, and at
+    every step after. The layer's weight carries each new mask at once, before any forward recomputes it."""
+    model = _masked_linears(1, width=10)
+    layer, zeros = model[0], []
+    g = ep.GradualSchedule(initial_sparsity=0.1, final_sparsity=0.8, begin_step=1, end_step=6, every_k_steps=3)
+    for step in range(9):
+        apply_gradual(model, g, ["0"], step)
+        assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask), step
+        zeros.append(int((layer.weight == 0).sum()))
+    assert zeros == [0, 10, 10, 10, 76, 76, 80, 80, 80]  # of 100; at step 4: 0.8 - 0.7 * (1 - 3/5)^3 = 0.7552
+
+
+def test_a_gradual_schedule_with_initial_equal_to_final_holds_that_sparsity_from_begin_on():
+    model = _masked_linears(1, width=10)
+    g = ep.GradualSchedule(initial_sparsity=0.5, final_sparsity=0.5, begin_step=2, end_step=4)
+    zeros = []
+    for step in range(5):
+        apply_gradual(model, g, ["0"], step)
+        zeros.append(int((model[0].weight == 0).sum()))
+    assert zeros == [0, 0, 50, 50, 50]
+
+
+def test_gradual_nm_masks_more_layers_as_the_schedule_advances_each_exactly_n_of_m():
+    """s_t = 0, 0.289, 0.4375, 0.492, 0.5 at steps 0-4 of a ramp to 0.5: ceil(4 * s_t / 0.5) = 0, 3, 4, 4, 4 of the
+    four layers carry 2:4 masks, and a layer masked again keeps 2 of every 4 of its weights."""
+    model = _masked_linears(4)
+    g = ep.GradualSchedule(final_sparsity=0.5, begin_step=0, end_step=4, method="n:m")
+    for step, count in enumerate([0, 3, 4, 4, 4]):
+        apply_gradual(model, g, ["0", "1", "2", "3"], step)
+        for i, layer in enumerate(model):
+            assert torch.all(_alive_per_group(layer) == (2 if i < count else 4)), (step, i)
+
+
+def test_an_nm_schedule_without_a_ramp_final_sparsity_zero_masks_every_layer_from_the_first_step():
+    model = _masked_linears(2)
+    g = ep.GradualSchedule(final_sparsity=0.0, begin_step=0, end_step=4, method="n:m")
+    apply_gradual(model, g, ["0", "1"], 0)
+    assert all(torch.all(_alive_per_group(layer) == 2) for layer in model)
+
+
+_SCHEDULE_RANGE = r"^GradualSchedule: need 0 <= initial_sparsity <= final_sparsity < 1 \(got {}, {}\)$"
+_SCHEDULE_STEPS = r"^GradualSchedule: need begin_step < end_step and every_k_steps >= 1 \(got {}, {}, {}\)$"
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="structured"), r"^GradualSchedule\(method='structured'\): expected 'unstructured' or 'n:m'$"),
+    (dict(begin_step=5, end_step=5), _SCHEDULE_STEPS.format(5, 5, 1)),
+    (dict(begin_step=6, end_step=5), _SCHEDULE_STEPS.format(6, 5, 1)),
+    (dict(every_k_steps=0), _SCHEDULE_STEPS.format(0, 10, 0)),
+    (dict(final_sparsity=1.0), _SCHEDULE_RANGE.format(0.0, 1.0)),
+    (dict(initial_sparsity=0.6), _SCHEDULE_RANGE.format(0.6, 0.5)),
+    (dict(initial_sparsity=-0.1), _SCHEDULE_RANGE.format(-0.1, 0.5)),
+], ids=["method", "end-at-begin", "end-before-begin", "k-0", "final-1", "initial-above-final", "initial-negative"])
+def test_gradual_schedule_refuses_settings_out_of_range_naming_them(kw, match):
+    with pytest.raises(ep.EdgepruneError, match=match):
+        ep.GradualSchedule(**{**dict(final_sparsity=0.5, begin_step=0, end_step=10), **kw})
+
+
+def test_magnitude_mask_zeroes_the_round_s_times_n_smallest_weights_even_a_single_one():
+    layer = _masked_linears(1, width=10)[0]
+    w = layer.weight_orig.abs()
+    assert torch.equal(magnitude_mask(layer, 0.01) == 0, w == w.min())  # round(0.01 * 100) = 1
+    assert torch.all(magnitude_mask(layer, 0.004) == 1)  # round(0.4) = 0
+
+
+def test_sparsity_is_the_zero_fraction_of_all_conv_and_linear_weights_each_mask_counted_as_it_is_now():
+    model = _masked_linears(1, width=10)  # 100 weights under a mask
+    plain = torch.nn.Linear(10, 5)  # 50 weights, 10 of them zero, no mask
+    with torch.no_grad():
+        plain.weight.copy_(randn(5, 10, seed=3))
+        plain.weight[0] = 0
+    model.append(plain)
+    mask = torch.ones(100)
+    mask[:30] = 0
+    model[0].weight_mask.copy_(mask.view(10, 10))  # as load_state_dict does: no forward has recomputed `weight` yet
+    assert sparsity(model) == 40 / 150
+    assert sparsity(torch.nn.Sequential(torch.nn.ReLU())) == 0.0  # nothing to prune
+
+
+def test_ensure_mask_gives_an_unmasked_layer_an_all_ones_mask_and_leaves_a_masked_one_as_it_was():
+    """Schedules write into a layer's mask in place: a second pruning method stacked on a masked layer would
+    replace its mask tensor and hook."""
+    plain, pruned = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    torch_prune.l1_unstructured(pruned, "weight", amount=0.5)
+    mask, hooks = pruned.weight_mask, list(pruned._forward_pre_hooks.values())
+    ensure_mask(plain)
+    ensure_mask(pruned)
+    assert torch.equal(plain.weight_mask, torch.ones(8, 8))
+    assert pruned.weight_mask is mask and list(pruned._forward_pre_hooks.values()) == hooks
+
+
+def test_resolve_layers_refuses_names_that_are_no_conv_or_linear_layer_listing_those_there_are():
+    with pytest.raises(ep.ModelError) as err:
+        resolve_layers(zoo.small_cnn(), ["fc1", "stem.1", "nope"], None)
+    assert str(err.value) == ("layers ['stem.1', 'nope'] are not Conv/Linear layers of SmallCNN (it has stem.0, res.0, "
+                              "res.3, expand.0, depthwise.0, branch_a.0, branch_b.0, fc1, classifier)")
+
+
+class _Keywords(torch.nn.Module):
+    """Three Linear layers called with keyword inputs, as transformers models are."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, pixels, scale=None):
+        return self.c(self.b(self.a(pixels if scale is None else pixels * scale)))
+
+
+def test_default_layers_are_all_but_the_first_and_last_run_with_a_batchs_inputs_as_training_runs_them():
+    """A batch's inputs are one tensor or a dict of keyword tensors (metrics.logits); a tuple is neither, and
+    training refuses it, so the layer search does too."""
+    assert resolve_layers(zoo.small_cnn(), None, randn(2, 1, 8, 8)) == [
+        "res.0", "res.3", "expand.0", "depthwise.0", "branch_a.0", "branch_b.0", "fc1"]
+    assert resolve_layers(_Keywords(), None, {"pixels": randn(2, 4), "scale": randn(2, 4)}) == ["b"]
+    pair = (randn(2, 4), randn(2, 4))
+    with pytest.raises(ep.ModelError):
+        logits(_Keywords(), pair)
+    with pytest.raises(ep.ModelError):
+        resolve_layers(_Keywords(), None, pair)
+
+
 def test_bn_recalibration_sets_running_stats_to_the_data(dense, data):
     xtr, ytr, _, _ = data
     stale = copy.deepcopy(dense)
@@ -291,6 +505,18 @@ def test_resume_of_a_run_with_dropout_shuffling_and_random_augmentation_is_bit_i
     assert resumed.resumed_from == 1
     assert _same_weights(whole.model, resumed.model)
     assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+
+
+def test_a_resumed_run_draws_the_gaussians_python_and_numpy_held_over_at_the_checkpoint():
+    """random.gauss and numpy's legacy randn make their values in pairs and hold the second for their next call: a
+    checkpoint taken between the two calls hands those values back, to the last bit."""
+    with rng.seeded(7):
+        random.gauss(0, 1), np.random.randn()
+        saved = rng.states()
+        expected = random.gauss(0, 1), np.random.randn()
+        random.seed(8), np.random.seed(8)
+        rng.restore(saved)
+        assert (random.gauss(0, 1), np.random.randn()) == expected
 
 
 def test_finetune_seeds_the_global_rngs_for_the_run_and_gives_the_callers_back(data):
@@ -595,3 +821,127 @@ def test_the_finetuned_flag_survives_save_and_load(structured, data, tmp_path):
         directory = ep.save(model, plan, tmp_path / name, factory=zoo.small_cnn)
         assert json.loads((directory / "structure.json").read_text())["finetuned"] is flag
         assert ep.record_of(ep.load(zoo.small_cnn, directory)).finetuned is flag
+
+
+# ------------------------------------------------------------------------- checkpoints, written and read back
+
+class _CountingSGD(torch.optim.SGD):
+    """SGD that also keeps a plain number per parameter in its state, as an optimizer from a factory may."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["steps"] = self.state[p].get("steps", 0) + 1
+        return super().step(closure)
+
+
+def _stepped():
+    """A Linear layer and its optimizer after one step (momentum buffers and step counts in its state)."""
+    with torch.random.fork_rng(devices=[]):
+        model = torch.nn.Linear(4, 2)
+    opt = _CountingSGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(randn(3, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+# what finetune records beside the tensors (loop.py)
+_RECORD = {"settings": {"lr": 0.1}, "history": [], "best_metric": None, "best_epoch": None, "since_best": 0,
+           "stopped_early": False}
+
+
+def test_a_checkpoint_gives_back_weights_best_weights_and_optimizer_state_plain_numbers_included(tmp_path):
+    model, opt = _stepped()
+    best = {k: v + 1 for k, v in model.state_dict().items()}
+    directory = tmp_path / "runs" / "first"  # neither exists yet
+    save_checkpoint(directory, 3, model, opt, best, _RECORD)
+    record, tensors = latest_checkpoint(directory)
+    assert record["epoch"] == 3 and record["has_best"] is True and record["settings"] == {"lr": 0.1}
+    assert (directory / "epoch-0003.json").read_text() == json.dumps(record, indent=2)  # readable by eye
+    with safe_open(directory / "epoch-0003.safetensors", "pt") as weights:  # the tensors file says what it is
+        assert weights.metadata() == {"schema": "edgeprune.finetune-checkpoint/1"}
+    assert all(torch.equal(tensors[f"model.{k}"], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(tensors[f"best.{k}"], v) for k, v in best.items())
+    resumed = _CountingSGD(torch.nn.Linear(4, 2).parameters(), lr=0.1, momentum=0.9)
+    resumed.load_state_dict(optimizer_state(tensors, record["optimizer"]))
+    was, now = opt.state_dict()["state"], resumed.state_dict()["state"]
+    assert sorted(was) == sorted(now) == [0, 1]
+    for i in was:
+        assert now[i]["steps"] == 1 and torch.equal(now[i]["momentum_buffer"], was[i]["momentum_buffer"])
+
+
+_REMEDY = "move it out of the checkpoint directory to resume from an older checkpoint, or start afresh"
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: {k: v for k, v in r.items() if k != "history"}, "key 'history' is missing from the checkpoint record"),
+    (lambda r: dict(r, epoch="1"), "key 'epoch' is '1', expected int"),
+    (lambda r: dict(r, has_best=1), "key 'has_best' is 1, expected bool"),
+    (lambda r: dict(r, since_best=True), "key 'since_best' is True, expected int"),
+    (lambda r: dict(r, best_metric="high"), "key 'best_metric' is 'high', expected int or float or null"),
+    (lambda r: dict(r, best_epoch=1.0), "key 'best_epoch' is 1.0, expected int or null"),
+    (lambda r: [r], "not a checkpoint record (a JSON list, not an object)"),
+], ids=["key-missing", "str-for-int", "int-for-bool", "bool-for-int", "str-for-number", "float-for-int", "no-object"])
+def test_a_damaged_checkpoint_record_is_refused_naming_the_file_the_key_and_the_remedy(tmp_path, edit, says):
+    model, opt = _stepped()
+    save_checkpoint(tmp_path, 1, model, opt, None, _RECORD)
+    marker = tmp_path / "epoch-0001.json"
+    marker.write_text(json.dumps(edit(json.loads(marker.read_text()))))
+    with pytest.raises(ep.MalformedError) as err:
+        latest_checkpoint(tmp_path)
+    assert str(err.value) == f"{marker}: {says}; {_REMEDY}"
+
+
+def _two_epochs(directory):
+    """Complete checkpoints of epochs 1 and 2 side by side, as a run killed between writing epoch 2 and removing
+    epoch 1 leaves them."""
+    model, opt = _stepped()
+    save_checkpoint(directory, 1, model, opt, None, _RECORD)
+    first = {p.name: p.read_bytes() for p in directory.iterdir()}
+    save_checkpoint(directory, 2, model, opt, None, _RECORD)
+    for name, content in first.items():
+        (directory / name).write_bytes(content)
+
+
+def _weights_missing(directory):
+    (directory / "epoch-0002.safetensors").unlink()
+
+
+def _weights_altered(directory):
+    path = directory / "epoch-0002.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+
+
+def _other_schema(directory):
+    path = directory / "epoch-0002.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), schema="edgeprune.finetune-checkpoint/2")))
+
+
+@pytest.mark.parametrize("damage,epoch", [(None, 2), (_weights_missing, 1), (_weights_altered, 1), (_other_schema, 1)],
+                         ids=["intact", "weights-missing", "weights-altered", "other-schema"])
+def test_resuming_takes_the_newest_complete_checkpoint_passing_over_an_incomplete_or_foreign_one(tmp_path, damage,
+                                                                                                   epoch):
+    _two_epochs(tmp_path)
+    if damage is not None:
+        damage(tmp_path)
+    record, _ = latest_checkpoint(tmp_path)
+    assert record["epoch"] == epoch
+
+
+def test_a_new_checkpoint_replaces_the_older_epochs_and_leaves_other_files_alone(tmp_path):
+    model, opt = _stepped()
+    (tmp_path / "epoch-0001.notes").write_text("the caller's")
+    save_checkpoint(tmp_path, 1, model, opt, None, _RECORD)
+    save_checkpoint(tmp_path, 2, model, opt, None, _RECORD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001.notes", "epoch-0002.json",
+                                                          "epoch-0002.safetensors"]
+
+
+def test_an_epoch_saved_again_replaces_its_checkpoint(tmp_path):
+    """A resumed run saves again an epoch whose checkpoint was damaged (and so passed over), or whose weights were
+    written before the run was killed and its record not."""
+    model, opt = _stepped()
+    save_checkpoint(tmp_path, 1, model, opt, None, _RECORD)
+    save_checkpoint(tmp_path, 1, model, opt, None, dict(_RECORD, since_best=1))
+    record, _ = latest_checkpoint(tmp_path)
+    assert record["epoch"] == 1 and record["since_best"] == 1
