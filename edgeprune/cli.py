@@ -472,6 +472,9 @@ _HISTORY = typer.Option(str(DEFAULT_HISTORY), "--history", envvar=HISTORY_ENV_VA
 _THREADS = typer.Option(None, "--threads", help="runtime threads (default: the device's setting)")
 _CORES = typer.Option(None, "--cores", help="pin to these CPUs, e.g. 0,1 (default: the device's)")
 _RUNTIME = typer.Option(None, "--runtime", help="executorch | litert | onnx | tflm (default: from the artifact)")
+_NO_HISTORY = typer.Option(False, "--no-history", help="append nothing to the history")
+_NAME = typer.Option(None, "--name", help="the model's name in the history (default: the measured artifact's file "
+                     "name)")
 _TRUST = typer.Option(False, "--trust-new-host-key", help="accept and record an unknown SSH host key (first use only; "
                       "a changed key is always refused)")
 
@@ -591,9 +594,8 @@ def bench_cmd(
     runtime: Optional[str] = _RUNTIME,
     trust_new_host_key: bool = _TRUST,
     history: str = _HISTORY,
-    no_history: bool = typer.Option(False, "--no-history", help="do not append the results to the history"),
-    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the history (default: the "
-                                       "artifact's file name)"),
+    no_history: bool = _NO_HISTORY,
+    name: Optional[str] = _NAME,
 ) -> None:
     """Measure ARTIFACT's latency on one or more devices; print the statistics and the device's state, and
     append each result to the history database (`edgeprune history` shows it)."""
@@ -712,9 +714,8 @@ def regress_cmd(
     runtime: Optional[str] = _RUNTIME,
     trust_new_host_key: bool = _TRUST,
     history: str = _HISTORY,
-    no_history: bool = typer.Option(False, "--no-history", help="do not append the comparison to the history"),
-    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the history (default: the "
-                                       "candidate's file name)"),
+    no_history: bool = _NO_HISTORY,
+    name: Optional[str] = _NAME,
 ) -> None:
     """Judge CANDIDATE against --baseline on a device, A/B interleaved in one process. Exit 0 when it is
     the same or faster, 1 slower, 3 inconclusive, 2 on a usage or device error."""
