@@ -74,8 +74,10 @@ def plot_history(records: Iterable, path: "str | Path", *, overwrite: bool = Fal
             r = by_id[record_id]
             ax.axvline(x_of[record_id], color=color_of[(r.device, r.name, r.kind)], linestyle=":", lw=1.5,
                        gid="change-point", label="change point (first record of a new level)" if n == 0 else None)
-            ax.annotate(f"{ratio - 1:+.1%}", (x_of[record_id], 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(3, -10), textcoords="offset points", fontsize=7)
+            # one text line per change, stepped down: changes of two devices a record apart would overlap
+            ax.annotate(f"{r.device}: {ratio - 1:+.1%}", (x_of[record_id], 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -10 - 9 * (n % 4)), textcoords="offset points", fontsize=7,
+                        color=color_of[(r.device, r.name, r.kind)])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("record # (as `edgeprune history` lists them, oldest first)")
         ax.set_ylabel("p50 (ms)")
