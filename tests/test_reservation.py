@@ -46,12 +46,12 @@ def test_runs_in_a_reservation_share_one_lock_which_others_cannot_take(chains, t
 
 def test_the_lease_is_renewed_while_the_reservation_lives(chains, tmp_path):
     base, _ = chains
-    # a 3 s lease, renewed every second: expired leases are reclaimed by the next runner, live ones not
-    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0, lease_s=3, deadline_s=3)
+    # a 6 s lease, renewed every 2 s: expired leases are reclaimed by the next runner, live ones not
+    device = local_device(workdir=str(tmp_path / "work"), lock_wait_s=0, lease_s=6, deadline_s=6)
     with ep.reserve(device):
         first = lease_of(device)["expires"]
-        time.sleep(4.5)
-        assert lease_of(device)["expires"] > first + 1
+        time.sleep(8)  # past the first lease
+        assert lease_of(device)["expires"] > first + 2
         with pytest.raises(ep.DeviceBusyError):
             ep.bench(base, device, settings=QUICK_BENCH)
 
