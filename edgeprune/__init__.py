@@ -10,9 +10,10 @@ from .budget import Budget
 from .costs import ModelCost, measure
 from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune, lottery, recalibrate_bn
 from .export import Artifact, ExportError, export, verify
+from .deployment import Deployment, LayerKernel, deploy
 from .devices import Device, load_devices
 from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
-                     HistoryError, HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError,
+                     DeployError, HistoryError, HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError,
                      SettingsError, TargetError, WorkdirError)
 from .history import History, HistoryRecord, open_history
 from .plan import GroupDecision, LayerDecision, Plan
@@ -38,4 +39,5 @@ __all__ = [
 ]
 __all__ += ["CompareSettings", "Comparison", "Reservation", "Verdict", "compare", "reserve"]
 __all__ += ["History", "HistoryError", "HistoryRecord", "open_history"]
+__all__ += ["Deployment", "DeployError", "LayerKernel", "deploy"]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

@@ -76,3 +76,9 @@ class HistoryError(EdgepruneError):
     appended to: not an SQLite file, damaged, another program's database, written by a newer edgeprune,
     locked past its timeout, or a URL that is not `sqlite:///…`. The message names the file (or the URL);
     the file is left exactly as it was, so no earlier record is lost."""
+
+
+class DeployError(EdgepruneError):
+    """A deploy whose artifact did not check out on the device: an output differed from PyTorch's beyond
+    export's tolerance there (the message names it; the bundle keeps what the device computed), or the
+    device could not build what it runs (TensorRT without trtexec)."""

@@ -33,6 +33,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # harness.py beside us, even via runpy
 
+import numpy as np  # noqa: E402
+
 import harness  # noqa: E402
 
 # ExecuTorch ScalarType codes (executorch/runtime/core/portable_type/scalar_type.h) -> numpy dtypes
@@ -115,7 +117,7 @@ class ExecuTorch(harness.Backend):
             reset(args.threads)  # before load_method: a delegate binds the pool when it is initialized
         runtime = runtime_module.Runtime.get()
         try:
-            program = runtime.load_program(args.artifact)
+            program = runtime.load_program(harness.model_bytes(args) or args.artifact)
             if args.method not in program.method_names:
                 raise harness.UsageError("artifact %s: the program has no method '%s' (it has: %s)"
                                          % (args.artifact, args.method, ", ".join(sorted(program.method_names))))
@@ -143,8 +145,11 @@ class ExecuTorch(harness.Backend):
         if args.threads is None:
             size = "unknown" if threads is None else threads
             notes.append("threads: ExecuTorch's default threadpool size (%s)" % size)
+        def outputs(returned):
+            return [t.detach().numpy() if hasattr(t, "detach") else np.asarray(t) for t in returned]
+
         return harness.Session("executorch", _version(), engine, specs, threads=threads,
-                               bind=bind, notes=notes)
+                               bind=bind, notes=notes, outputs=outputs)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ class LiteRT(harness.Backend):
     def load(self, args, ctx):
         name, module = harness.import_first("litert", _INTERPRETERS)
         interpreter_class = module.Interpreter
-        kwargs = {"model_path": args.artifact}
+        data = harness.model_bytes(args)
+        kwargs = {"model_content": data} if data is not None else {"model_path": args.artifact}
         if args.threads is not None:
             kwargs["num_threads"] = args.threads
         try:
@@ -74,11 +75,18 @@ class LiteRT(harness.Backend):
                 interpreter.set_tensor(d["index"], x)
             return interpreter.invoke
 
+        def outputs(returned):
+            result = []
+            for d in interpreter.get_output_details():
+                scale, zero_point = d.get("quantization", (0.0, 0))
+                result.append(harness.dequantized(interpreter.get_tensor(d["index"]), scale, zero_point))
+            return result
+
         notes = ["interpreter: %s.Interpreter" % name]
         if args.threads is None:
             notes.append("threads: the interpreter's default (num_threads not set)")
         return harness.Session("litert", _version(name), "xnnpack", specs,
-                               threads=args.threads, bind=bind, notes=notes)
+                               threads=args.threads, bind=bind, notes=notes, outputs=outputs)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import harness  # noqa: E402
 
 JETPACK_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+ENGINE, LAYER_INFO, BUILD_LOG = "model.engine", "layers.json", "build.log"  # what deploy brings back
 TRT_MIN_WARMUP_MS = 200  # trtexec's own default --warmUp
 
 
@@ -110,7 +111,7 @@ def _signed64(value: int) -> int:
 
 
 def read_onnx_graph(data: bytes):
-    """({"inputs": [InputSpec...], "ops": set of op types}) of an ONNX model, reading only what the
+    """({"inputs": [InputSpec...], "ops": set of op types, "outputs": [names]}) of an ONNX model, reading only what the
     harness needs. Initializers listed among the inputs (older exporters) are left out."""
     buf = memoryview(data)
     graph = None
@@ -119,7 +120,7 @@ def read_onnx_graph(data: bytes):
             graph = value
     if graph is None:
         raise OnnxFormatError("no graph")
-    initializers, inputs, ops = set(), [], set()
+    initializers, inputs, outputs, ops = set(), [], [], set()
     for number, wire, value in _fields(graph):
         if wire != 2:
             continue
@@ -133,8 +134,12 @@ def read_onnx_graph(data: bytes):
                     initializers.add(bytes(v).decode("utf-8", "replace"))
         elif number == 11:  # ValueInfoProto
             inputs.append(_value_info(value))
+        elif number == 12:  # ValueInfoProto of an output: its name is all deploy needs
+            for n, w, v in _fields(value):
+                if n == 1 and w == 2:
+                    outputs.append(bytes(v).decode("utf-8", "replace"))
     specs = [spec for spec in inputs if spec.name not in initializers]
-    return {"inputs": specs, "ops": ops}
+    return {"inputs": specs, "ops": ops, "outputs": outputs}
 
 
 def _value_info(buf):
@@ -212,6 +217,40 @@ def parse_trtexec_log(text: str) -> dict:
     return out
 
 
+_ELIGIBLE = re.compile(r"\(Sparsity\) Layers eligible for sparse math:(.*)$", re.M)
+_PICKED = re.compile(r"\(Sparsity\) TRT inference plan picked sparse implementation for layers:(.*)$", re.M)
+
+
+def parse_sparsity(text: str):
+    """What a --verbose build log with --sparsity=enable says: {"eligible": [layer names], "picked": [...]}
+    (TensorRT's "(Sparsity) Layers eligible for sparse math: ..." and "... picked sparse implementation for
+    layers: ..." lines), or None when the log has neither line."""
+    eligible, picked = _ELIGIBLE.search(text), _PICKED.search(text)
+    if eligible is None and picked is None:
+        return None
+
+    def names(m):
+        return [n.strip() for n in m.group(1).split(",") if n.strip()] if m else []
+    return {"eligible": names(eligible), "picked": names(picked)}
+
+
+def parse_trtexec_outputs(text: str):
+    """{output name: float32 array} from trtexec's --exportOutput JSON: a list of {"name", "dimensions"
+    ("1x10"), "values"}; trtexec writes non-finite values as nan / inf, which JSON lacks."""
+    text = re.sub(r"(?<![\w.\"])(-?)(inf|nan)\b", lambda m: '"%s%s"' % (m.group(1), m.group(2)), text)
+    result = {}
+    for entry in json.loads(text):
+        if not isinstance(entry, dict) or "name" not in entry or "values" not in entry:
+            raise ValueError("an entry without name and values: %r" % (entry,)[:200])
+        dims = [int(d) for d in str(entry.get("dimensions", "")).split("x") if d.strip()]
+        values = np.asarray([float(v) for v in entry["values"]], dtype=np.float32)
+        if dims and int(np.prod(dims)) != values.size:
+            raise ValueError("output '%s': %d values for dimensions %s" % (entry["name"], values.size,
+                                                                          entry.get("dimensions")))
+        result[entry["name"]] = values.reshape(dims) if dims else values
+    return result
+
+
 def _trt_version_number(code: str) -> str:
     """TensorRT.trtexec [TensorRT v8601] -> 8.6.1 (major*1000 + minor*100 + patch; 10.x: 100300 -> 10.3.0)."""
     n = int(code)
@@ -234,6 +273,40 @@ def _tail(text: str, lines: int = 5) -> str:
 
 # ------------------------------------------------------------------------------------------- backends
 
+def _trtexec_or_missing():
+    exe = find_trtexec()
+    if exe is None:
+        try:
+            import tensorrt  # noqa: F401
+            bindings = ("; the TensorRT Python bindings are installed, but edgeprune builds and runs engines with "
+                        "trtexec only: install it (JetPack's tensorrt package puts it at %s)" % JETPACK_TRTEXEC)
+        except ImportError:
+            bindings = " and the TensorRT Python bindings are not installed either"
+        raise harness.runtime_missing("tensorrt", "trtexec is not on PATH nor at %s%s" % (JETPACK_TRTEXEC, bindings))
+    return exe
+
+
+def _graph(args):
+    data = harness.model_bytes(args)
+    try:
+        if data is None:
+            with open(args.artifact, "rb") as f:
+                data = f.read()
+        return read_onnx_graph(data)
+    except (OnnxFormatError, UnicodeDecodeError) as exc:
+        raise harness.UsageError("artifact %s: not a readable ONNX model (%s)" % (args.artifact, exc))
+
+
+def trt_flags(graph, precision: str):
+    """trtexec's build flags for a precision: 2:4 sparse kernels allowed wherever TensorRT finds them faster."""
+    flags = ["--sparsity=enable"]
+    if precision != "fp32":
+        flags.append("--%s" % precision)
+    if "QuantizeLinear" in graph["ops"] and precision not in ("int8", "best"):
+        flags.append("--int8")  # explicit (QDQ) int8 needs the int8 builder flag
+    return flags
+
+
 def find_trtexec():
     return shutil.which("trtexec") or (JETPACK_TRTEXEC if os.access(JETPACK_TRTEXEC, os.X_OK) else None)
 
@@ -248,11 +321,14 @@ class Onnx(harness.Backend):
         parser.add_argument("--trt-precision", choices=("fp16", "int8", "fp32", "best"), default="fp16",
                             help="trtexec only: the precision flag the engine is built with")
 
+    @staticmethod
+    def engine(args) -> str:
+        if args.engine == "auto":
+            return "trtexec" if find_trtexec() else "onnxruntime"
+        return args.engine
+
     def load(self, args, ctx):
-        engine = args.engine
-        if engine == "auto":
-            engine = "trtexec" if find_trtexec() else "onnxruntime"
-        if engine == "trtexec":
+        if self.engine(args) == "trtexec":
             return self._trtexec(args, ctx)
         return self._onnxruntime(args)
 
@@ -266,7 +342,8 @@ class Onnx(harness.Backend):
             options.intra_op_num_threads = args.threads
         options.log_severity_level = 3  # errors only: warnings would flood stderr
         try:
-            session = ort.InferenceSession(args.artifact, sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(harness.model_bytes(args) or args.artifact, sess_options=options,
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, Fail, NotImplemented (an op) ...
             raise harness.UsageError("artifact %s: onnxruntime cannot load it (%s)"
                                      % (args.artifact, harness.first_line(exc)))
@@ -299,25 +376,14 @@ class Onnx(harness.Backend):
         if others:
             notes.append("onnxruntime also offers %s; this run used the CPU provider" % ", ".join(others))
         return harness.Session("onnxruntime", ort.__version__, "onnxruntime-cpu", specs, threads=args.threads,
-                               bind=bind, notes=notes)
+                               bind=bind, notes=notes, outputs=lambda returned: [np.asarray(o) for o in returned])
 
     # -- trtexec
     def _trtexec(self, args, ctx):
-        exe = find_trtexec()
-        if exe is None:
-            raise harness.runtime_missing("tensorrt", "trtexec is not on PATH nor at %s" % JETPACK_TRTEXEC)
-        try:
-            with open(args.artifact, "rb") as f:
-                graph = read_onnx_graph(f.read())
-        except (OnnxFormatError, UnicodeDecodeError) as exc:
-            raise harness.UsageError("artifact %s: not a readable ONNX model (%s)" % (args.artifact, exc))
+        exe = _trtexec_or_missing()
+        graph = _graph(args)
         specs = graph["inputs"]
-        precision = args.trt_precision
-        flags = ["--sparsity=enable"]
-        if precision != "fp32":
-            flags.append("--%s" % precision)
-        if "QuantizeLinear" in graph["ops"] and precision not in ("int8", "best"):
-            flags.append("--int8")  # explicit (QDQ) int8 needs the int8 builder flag
+        flags = trt_flags(graph, args.trt_precision)
         notes = ["threads: not applicable (TensorRT runs on the GPU; --threads is ignored)"] if args.threads else []
 
         def measure(arrays, ctx):
@@ -325,6 +391,89 @@ class Onnx(harness.Backend):
 
         return harness.Session("tensorrt", "unknown", "trtexec " + " ".join(flags), specs, threads=None,
                                measure=measure, notes=notes)
+
+    # -- deploy: an engine built on this device, run on the reference inputs
+    def deploy_build(self, args, ctx, samples, out):
+        """TensorRT (deploy_check.deploy's hook): build the engine here with trtexec, with its layer
+        information and build log, and run it on each reference sample. None: onnxruntime runs the .onnx
+        as it is, through the generic path."""
+        if self.engine(args) != "trtexec":
+            return None
+        import deploy_check  # beside this file; uploaded with the harness
+
+        exe = _trtexec_or_missing()
+        graph = _graph(args)
+        specs, flags = graph["inputs"], trt_flags(graph, args.trt_precision)
+        work = tempfile.mkdtemp(prefix="trtexec-", dir=out)
+        try:
+            onnx_path = os.path.join(work, "model.onnx")
+            with open(onnx_path, "wb") as f:  # the checked bytes, in a dir of this run's own
+                f.write(harness.model_bytes(args) or b"")
+            first = deploy_check.fit_inputs(specs, samples[0], 0)
+            dynamic = [s for s in specs if None in s.shape]
+            shapes = ["%s:%s" % (_trt_name(s.name), "x".join(str(d) for d in x.shape))
+                      for s, x in zip(specs, first) if s in dynamic]
+            build = [exe, "--onnx=%s" % onnx_path, "--saveEngine=%s" % os.path.join(out, ENGINE)] + flags + [
+                "--profilingVerbosity=detailed", "--exportLayerInfo=%s" % os.path.join(out, LAYER_INFO),
+                "--verbose", "--skipInference"]
+            if shapes:  # a dynamic input: build the engine for the reference inputs' shape
+                build += ["--%s=%s" % (which, ",".join(shapes)) for which in ("minShapes", "optShapes", "maxShapes")]
+            ctx.progress("load", 0, force=True)
+            started = time.monotonic()
+            status, log = ctx.run_child(build, what="trtexec (building the engine)")
+            build_s = time.monotonic() - started
+            with open(os.path.join(out, BUILD_LOG), "w", encoding="utf-8") as f:
+                f.write(log)
+            if status != 0:
+                raise harness.UsageError("artifact %s: trtexec could not build the engine (exit status %s): %s"
+                                         % (args.artifact, status, _tail(log)))
+            info = parse_trtexec_log(log)
+            outputs = []
+            ctx.progress("measure", 0, force=True)
+            for i, sample in enumerate(samples):
+                arrays = deploy_check.fit_inputs(specs, sample, i)
+                outputs.append(self._engine_outputs(exe, graph, specs, arrays, work, args, ctx, i))
+                ctx.progress("measure", i + 1)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return {"runtime": "tensorrt", "runtime_version": info.get("version", "unknown"),
+                "engine": "trtexec " + " ".join(flags), "threads": None, "outputs": outputs,
+                "files": [ENGINE, LAYER_INFO, BUILD_LOG],
+                "notes": ["the engine was built on this device by trtexec %s" % " ".join(flags)],
+                "tensorrt": {"flags": flags, "build_s": round(build_s, 3), "sparsity": parse_sparsity(log),
+                             "engine": ENGINE, "layer_info": LAYER_INFO, "build_log": BUILD_LOG}}
+
+    @staticmethod
+    def _engine_outputs(exe, graph, specs, arrays, work, args, ctx, index):
+        """The engine's outputs for one sample, in the ONNX graph's output order (trtexec --exportOutput)."""
+        load, shapes = [], []
+        for k, (spec, x) in enumerate(zip(specs, arrays)):
+            path = os.path.join(work, "input_%d.bin" % k)
+            x.tofile(path)
+            load.append("%s:%s" % (_trt_name(spec.name), path))
+            if None in spec.shape:
+                shapes.append("%s:%s" % (_trt_name(spec.name), "x".join(str(d) for d in x.shape)))
+        exported = os.path.join(work, "outputs_%d.json" % index)
+        argv = [exe, "--loadEngine=%s" % os.path.join(args.deploy_out, ENGINE), "--loadInputs=%s" % ",".join(load),
+                "--exportOutput=%s" % exported, "--iterations=1", "--warmUp=0", "--duration=0", "--avgRuns=1"]
+        if shapes:
+            argv.append("--shapes=%s" % ",".join(shapes))
+        status, log = ctx.run_child(argv, what="trtexec (running the engine)")
+        if status != 0:
+            raise harness.UsageError("artifact %s: trtexec could not run the engine on reference sample %d "
+                                     "(exit status %s): %s" % (args.artifact, index, status, _tail(log)))
+        try:
+            with open(exported, "r", encoding="utf-8") as f:
+                by_name = parse_trtexec_outputs(f.read())
+        except (OSError, ValueError) as exc:
+            raise harness.UsageError("artifact %s: cannot read trtexec's --exportOutput report (%s)"
+                                     % (args.artifact, exc))
+        names = graph["outputs"] or list(by_name)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise harness.UsageError("artifact %s: the engine's outputs %s lack %s"
+                                     % (args.artifact, ", ".join(by_name), ", ".join(missing)))
+        return [by_name[n] for n in names]
 
     def _run_trtexec(self, exe, flags, specs, arrays, args, ctx):
         notes = []

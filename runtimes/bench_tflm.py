@@ -146,8 +146,10 @@ class TFLM(harness.Backend):
 
     def load(self, args, ctx):
         _, runtime = harness.import_first("tflm", ("tflite_micro.python.tflite_micro.runtime",))
-        with open(args.artifact, "rb") as f:
-            model = f.read()
+        model = harness.model_bytes(args)
+        if model is None:
+            with open(args.artifact, "rb") as f:
+                model = f.read()
         if model[4:8] != b"TFL3":
             raise harness.UsageError("artifact %s: not a TFLite flatbuffer (no 'TFL3' identifier at byte 4)"
                                      % args.artifact)
@@ -174,11 +176,27 @@ class TFLM(harness.Backend):
                 interpreter.set_input(x, i)
             return interpreter.invoke
 
+        def outputs(returned):
+            result, i = [], 0
+            while True:  # TFLM says how many outputs only by refusing the index past the last
+                try:
+                    d = interpreter.get_output_details(i)
+                except (IndexError, ValueError, RuntimeError):
+                    break
+                qp = d.get("quantization_parameters") or {}
+                scales = np.asarray(qp.get("scales", []), dtype=np.float64).ravel()
+                zero_points = np.asarray(qp.get("zero_points", []), dtype=np.int64).ravel()
+                result.append(harness.dequantized(interpreter.get_output(i), scales[0] if scales.size == 1 else 0.0,
+                                                  zero_points[0] if zero_points.size == 1 else 0))
+                i += 1
+            return result
+
         notes = ["TFLite-Micro's reference kernels on this CPU (not a microcontroller); arena %d bytes"
                  % args.arena_bytes]
         if args.threads not in (None, 1):
             notes.append("--threads %d ignored: TFLite-Micro is single-threaded" % args.threads)
-        return harness.Session("tflm", _version(), "tflm-reference-kernels", specs, threads=1, bind=bind, notes=notes)
+        return harness.Session("tflm", _version(), "tflm-reference-kernels", specs, threads=1, bind=bind, notes=notes,
+                               outputs=outputs)
 
 
 if __name__ == "__main__":

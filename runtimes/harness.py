@@ -162,11 +162,13 @@ class Session:
     bind(arrays) -> invoke: sets the prepared inputs (or captures them, for runtimes that take inputs per
         call) and returns a zero-argument callable running one inference; only that call is timed.
     measure(arrays, ctx) -> Measured: instead of bind, for engines that time themselves (trtexec).
+    outputs(returned) -> [float arrays]: the outputs of the inference just run, given what invoke returned
+        (dequantized where the artifact's outputs are quantized); what `edgeprune deploy` compares.
     threads: the thread count in effect (None where it cannot be known); notes: observations to report.
     """
 
     def __init__(self, runtime, runtime_version, engine, inputs, threads=None, bind=None, measure=None,
-                 notes=None):
+                 notes=None, outputs=None):
         self.runtime = runtime
         self.runtime_version = runtime_version
         self.engine = engine
@@ -174,6 +176,7 @@ class Session:
         self.threads = threads
         self.bind = bind
         self.measure = measure
+        self.outputs = outputs
         self.notes = list(notes or [])
 
 
@@ -259,6 +262,13 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     ab.add_argument("--round-runs", type=int, default=5, help="inferences of each artifact per round")
     ab.add_argument("--first-round", type=int, default=0,
                     help="index of the first round (even: the baseline first), to continue an earlier batch")
+    deploy = parser.add_argument_group("deploy", "run ARTIFACT once per reference input and write its outputs "
+                                                 "(edgeprune deploy; see deploy_check.py)")
+    deploy.add_argument("--deploy-reference", default=None,
+                        help="an .npz of reference inputs (input_<sample>_<k>): turns deploy mode on")
+    deploy.add_argument("--deploy-sha256", default=None,
+                        help="the sha256 ARTIFACT must have; it is loaded from the very bytes checked")
+    deploy.add_argument("--deploy-out", default=None, help="the directory the outputs (and an engine) go to")
     backend.add_arguments(parser)
     return parser
 
@@ -300,6 +310,12 @@ def check_artifact(path: str) -> int:
     if size == 0:
         raise UsageError("artifact %s: the file is empty" % path)
     return size
+
+
+def model_bytes(args):
+    """The artifact's bytes when deploy mode checked them (load from these, never from the path again: a file
+    swapped after the check must not run), else None."""
+    return getattr(args, "artifact_bytes", None)
 
 
 def _fmt_cpus(cpus) -> str:
@@ -395,11 +411,12 @@ def _npz_inputs(specs, path):
         if not fits:
             want = "(%s)" % ", ".join("?" if d is None else str(d) for d in spec.shape)
             raise UsageError("%s has shape %s; %s needs %s" % (where, tuple(x.shape), _label(i, spec), want))
-        arrays.append(np.ascontiguousarray(_convert(x, spec, where, _label(i, spec))))
+        arrays.append(np.ascontiguousarray(convert_input(x, spec, where, _label(i, spec))))
     return arrays
 
 
-def _convert(x, spec: InputSpec, where: str, label: str):
+def convert_input(x, spec: InputSpec, where: str, label: str):
+    """`x` as the dtype `spec` takes: float data for a quantized input is quantized with its scale."""
     if x.dtype == spec.dtype:
         return x
     if spec.dtype.kind in "iu" and spec.scale and x.dtype.kind == "f":  # float data for a quantized input
@@ -409,6 +426,14 @@ def _convert(x, spec: InputSpec, where: str, label: str):
     if spec.dtype.kind == x.dtype.kind or (spec.dtype.kind == "f" and x.dtype.kind in "iu"):
         return x.astype(spec.dtype)
     raise UsageError("%s has dtype %s; %s is %s" % (where, x.dtype, label, spec.dtype))
+
+
+def dequantized(x, scale, zero_point):
+    """A quantized output as float32 ((q - zero_point) * scale); anything else as it is."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iu" and scale:
+        return ((x.astype(np.float64) - float(zero_point)) * float(scale)).astype(np.float32)
+    return x
 
 
 def describe_inputs(specs, arrays):
@@ -822,7 +847,11 @@ def main(backend: Backend, argv=None) -> None:
     ctx = Context(args, started, json_fd)
     try:
         ctx.start_watchdog()
-        if args.ab_baseline is not None:
+        if args.deploy_reference is not None:
+            import deploy_check  # travels beside this file; only deploy runs need it
+
+            result = deploy_check.deploy(backend, args, ctx)
+        elif args.ab_baseline is not None:
             import interleave  # travels beside this file; only A/B runs need it
 
             result = interleave.benchmark_ab(backend, args, ctx)

@@ -114,3 +114,11 @@ def test_prune_saves_a_model_that_loads_with_identical_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(*x), expected(*x))
     assert ep.measure(loaded, x).macs <= 0.5 * ep.measure(zoo.small_cnn(), x).macs
+
+
+def test_every_command_that_builds_a_model_takes_its_input_name_as_input_name():
+    # sensitivity once spelt it --name, the history's option (a leftover of the single-module CLI)
+    for command in ("plan", "prune", "sensitivity", "export", "deploy"):
+        result = run(command, "--help", env={"COLUMNS": "200"})
+        assert "--input-name" in result.output, command
+    assert " --name " not in run("sensitivity", "--help", env={"COLUMNS": "200"}).output

@@ -87,7 +87,7 @@ def test_an_export_killed_as_its_manifest_is_put_in_place_does_not_block_the_rer
     """)
     with pytest.warns(UserWarning, match="interrupted"):
         art = ep.export(small_cnn(), zoo.small_cnn.example_inputs(), JETSON, out)
-    assert sorted(p.name for p in out.iterdir()) == [ONNX, ONNX + ".manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [ONNX, ONNX + ".manifest.json", ONNX + ".reference.npz"]
     assert art.manifest["sha256"] == sha256(art.path)
 
 
@@ -114,17 +114,18 @@ def test_a_full_disk_while_the_manifest_is_written_fails_cleanly_and_the_rerun_s
     out = disk / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    # fill the disk so that the artifact fits and not one more page: the manifest cannot be written
+    # fill the disk so that the artifact and its reference fit and not one more page: the manifest cannot be written
     ballast = disk / "ballast"
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    artifact_pages = -(-(earlier / ONNX).stat().st_size // PAGE) * PAGE
+    artifact_pages = sum(-(-(earlier / name).stat().st_size // PAGE) * PAGE for name in (ONNX, ONNX + ".reference.npz"))
     ballast.write_bytes(b"\0" * (free - artifact_pages))
     with pytest.raises(ep.ArtifactError, match=r"manifest\.json: cannot be written: No space left on device"):
         ep.export(small_cnn(), zoo.small_cnn.example_inputs(), JETSON, out)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no artifact without its manifest, no leftovers
     ballast.unlink()
     art = ep.export(small_cnn(), zoo.small_cnn.example_inputs(), JETSON, out)
-    assert sorted(p.name for p in out.iterdir()) == sorted([ONNX, ONNX + ".manifest.json", "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([ONNX, ONNX + ".manifest.json", ONNX + ".reference.npz",
+                                                            "notes.txt"])
     assert art.manifest["sha256"] == sha256(art.path)
 
 

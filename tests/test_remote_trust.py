@@ -165,7 +165,7 @@ def test_a_symlinked_workdir_or_lock_is_refused(sshd, bench_artifacts, tmp_path,
 # ------------------------------------------------------------------------------ what runs is what was checked
 
 # Every file a run of an ONNX artifact uploads, by its name in the run dir ("artifact": the model file).
-UPLOADED = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "interleave.py",
+UPLOADED = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "interleave.py", "deploy_check.py",
             "bench_onnx.py",
             "artifact")
 CODE = [name for name in UPLOADED if name.endswith(".py")]

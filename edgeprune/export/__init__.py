@@ -31,13 +31,14 @@ from torch import nn
 from .._atomic import check_dir_output, make_dir, sha256_file
 from .._jsonfile import read_json_object
 from ..errors import ArtifactError, MalformedError
-from ..inputs import InputSpec, call, normalize, output_shapes
+from ..inputs import InputSpec, call, output_shapes
 from ..plan import Plan
 from ..pruning import finalize, record_of
 from ..targets import Target, load_target
 from .formats import ExportError
 from . import holdout, publish
 from .manifest import SCHEMA as MANIFEST_SCHEMA, manifest_file, manifest_path as artifact_manifest_path
+from .reference import Reference, as_numpy, reference_path, torch_outputs
 from .verify import check_weights, compare_outputs
 
 __all__ = ["Artifact", "ExportError", "export", "verify", "FORMATS"]
@@ -79,20 +80,6 @@ def _model_hash(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _as_numpy(example_inputs: Any) -> list[np.ndarray]:
-    args, kwargs = normalize(example_inputs)
-    return [t.detach().cpu().numpy() for t in list(args) + list(kwargs.values())]
-
-
-def _torch_outputs(model: nn.Module, example_inputs: Any) -> list[np.ndarray]:
-    with torch.no_grad():
-        out = call(model, example_inputs)
-    if hasattr(out, "to_tuple"):
-        out = out.to_tuple()
-    flat = out if isinstance(out, (list, tuple)) else [out]
-    return [t.detach().float().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)]
 
 
 def _choose(target: Target, precision: Optional[str], fmt: Optional[str]) -> tuple[str, str]:
@@ -168,7 +155,8 @@ def export(
     manifest_path = artifact_manifest_path(final_path)
     check_dir_output(out_dir)  # a file in the way is an ArtifactError naming it
     publish.recover(out_dir)  # an export killed here before is rolled back first: it must not block this one
-    publish.check_destinations(out_dir, final_path.name, [final_path.name, manifest_path.name], force)
+    reference_name = reference_path(final_path).name
+    publish.check_destinations(out_dir, final_path.name, [final_path.name, manifest_path.name, reference_name], force)
 
     final_model = finalize(model).eval()
     make_dir(out_dir)
@@ -184,7 +172,8 @@ def export(
         if not staged.is_file():
             raise ExportError(f"the {fmt} exporter wrote no artifact")
 
-        checks = _verify(module, final_model, example_inputs, staged, precision, plan, held_out, facts)
+        checks = _verify(module, final_model, example_inputs, staged, precision, plan, held_out, facts,
+                         reference_to=staging / reference_name)
         checks["source"] = data.source.value
         memory = _memory_fit(target, staged, staging, final_model, example_inputs, held_out)
         memory = _relative_paths(memory, staging)
@@ -220,18 +209,25 @@ def export(
     return Artifact(final_path, manifest, manifest_path, files)
 
 
-def _verify(module, model, example_inputs, path, precision, plan, inputs: list, facts: dict) -> dict:
-    expected = [_torch_outputs(model, x) for x in inputs]
-    got = [module.run(path, _as_numpy(x)) for x in inputs]
+def _verify(module, model, example_inputs, path, precision, plan, inputs: list, facts: dict,
+            reference_to: Optional[Path] = None) -> dict:
+    """The checks of the artifact at `path` on `inputs`; `reference_to`: also write the inputs and PyTorch's
+    outputs there (the reference deploy checks the artifact against on the device)."""
+    expected = [torch_outputs(model, x) for x in inputs]
+    got = [module.run(path, as_numpy(x)) for x in inputs]
     if len(got[0]) < len(expected[0]):
         expected = [e[: len(got[0])] for e in expected]
     outputs = compare_outputs(expected, got, precision)
+    extra = {}
+    if reference_to is not None:
+        Reference([as_numpy(x) for x in inputs], expected).write(reference_to)
+        extra["reference"] = reference_to.name
     # layer paths as the artifact records them -> the model's (litert-torch drops iterated containers)
     aliases = {k.removesuffix(".weight"): v.removesuffix(".weight")
                for k, v in (facts.get("weight_names") or {}).items()}
     weights = check_weights(plan, model, module.weights(path), aliases)
     return {"runtime": module.RUNTIME, "inputs": len(inputs), "outputs": outputs, "weights": weights,
-            "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))]}
+            "output_shapes": [list(s) for s in output_shapes(call(model, example_inputs))], **extra}
 
 
 def _relative_paths(value: Any, staging: Path) -> Any:
@@ -276,8 +272,8 @@ def _memory_fit(target: Target, path: Path, staging: Path, model: nn.Module, exa
     # the device runs TFLite-Micro, not LiteRT: the artifact must run there too, and agree with PyTorch
     inputs = _held_out(example_inputs, VERIFY_INPUTS, held_out)
     memory["tflm_outputs"] = compare_outputs(
-        [_torch_outputs(model, x) for x in inputs],
-        [mcu.tflm_run(path, _as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs], "int8")
+        [torch_outputs(model, x) for x in inputs],
+        [mcu.tflm_run(path, as_numpy(x), arena_size=max(arena * 2, 64 * 1024)) for x in inputs], "int8")
     return memory
 
 

@@ -2,7 +2,7 @@
 
 `baselines` stores each baseline artifact with its record; `plugin` is the pytest plugin (registered as
 the `pytest11` entry point `edgeprune`: installing edgeprune is enough) with the `ep_latency` fixture;
-`report` renders the session's comparisons as a table and as JSON. `edgeprune regress` (cli.py) is the
+`report` renders the session's comparisons as a table and as JSON. `edgeprune regress` (cli/regress.py) is the
 same judgement for CI systems that do not run pytest.
 """
 

@@ -270,6 +270,7 @@ def bench_result(held: Held, artifact: Path, sha: str, manifest: Optional[dict],
     )
 
 
+CHANGED = 8  # the harness's exit when the artifact's bytes on the device are not the ones checked (deploy_check.py)
 BENCH_KEYS = ("runtime", "runtime_version", "n", "p50", "ci95_p50", "samples")  # what a result must hold
 
 
@@ -325,6 +326,8 @@ def run_harness(session: Session, device: Device, kind: str, rundir: str, remote
                                      f"(command_timeout_s); {describe_kill(killed)}{tail}")
         raise RemoteTimeoutError(f"device '{device.name}': the benchmark ran past its {timeout:.0f} s timeout "
                                  f"(command_timeout_s) and was killed on the device: {error_line(done.stderr)}{tail}")
+    if done.rc == CHANGED:
+        raise ArtifactError(f"device '{device.name}': {error_line(done.stderr)}")
     if done.rc != 0:
         raise DeviceError(f"device '{device.name}': the {kind} harness failed (exit {done.rc}): "
                           f"{error_line(done.stderr)}{tail}")

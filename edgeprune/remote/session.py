@@ -118,6 +118,10 @@ class Session:
     def put(self, local: Path, remote: str, timeout: float, on_bytes: Optional[Callable[[int, int], None]] = None) -> None:
         raise NotImplementedError
 
+    def get(self, remote: str, local: Path, timeout: float, size: int) -> None:
+        """Copy `remote` (`size` bytes, as the device reported) to `local`; the caller checks its sha256."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -227,3 +231,11 @@ class LocalSession(Session):
         if on_bytes:
             size = Path(remote).stat().st_size
             on_bytes(size, size)
+
+    def get(self, remote, local, timeout, size):
+        self.check_cancel()
+        try:
+            shutil.copyfile(remote, local)
+        except OSError as exc:
+            raise DeviceError(f"device '{self.device.name}': cannot copy {remote} back to {local}: "
+                              f"{exc.strerror or exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import posixpath
 import shlex
 import socket
 import threading
@@ -39,6 +40,15 @@ RECEIVER = ("import os, sys\n"
             "    left -= len(chunk)\n"
             "os.fsync(fd)\n"
             "os.close(fd)\n")
+
+
+# The reverse, for bringing files back without SFTP: the device's python writes the file to stdout.
+SENDER = ("import os, sys\n"
+          "fd = os.open(sys.argv[1], os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))\n"
+          "out = sys.stdout.buffer\n"
+          "for chunk in iter(lambda: os.read(fd, 1 << 16), b''):\n"
+          "    out.write(chunk)\n"
+          "out.flush()\n")
 
 
 class Watchdog:
@@ -228,35 +238,49 @@ class SSHSession(Session):
             self._open_sftp(timeout)
         if self._no_sftp is not None:
             return self._put_streamed(local, remote, timeout, on_bytes)
-        name = Path(local).name
+        self._sftp_transfer("upload", Path(local).name, remote, timeout, on_bytes,
+                            lambda callback: self._sftp.put(str(local), remote, callback=callback, confirm=True))
+
+    def get(self, remote, local, timeout, size):
+        self.check_cancel()
+        if self._sftp is None and self._no_sftp is None:
+            self._open_sftp(timeout)
+        if self._no_sftp is not None:
+            return self._get_streamed(remote, local, timeout, size)
+        self._sftp_transfer("download", posixpath.basename(remote), remote, timeout, None,
+                            lambda callback: self._sftp.get(remote, str(local), callback=callback))
+
+    def _sftp_transfer(self, what: str, name: str, remote: str, timeout: float, on_bytes, transfer) -> None:
+        """One SFTP transfer, `transfer(callback)`, bounded by `timeout` as a whole and per request."""
         end = time.monotonic() + timeout
 
         def callback(done, total):
             self.check_cancel()
             if time.monotonic() > end:
-                raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} ran past its {timeout:g} s "
+                raise RemoteTimeoutError(f"device '{self.device.name}': {what} of {name} ran past its {timeout:g} s "
                                          "timeout")
             if on_bytes:
                 on_bytes(done, total)
 
-        watchdog = Watchdog(self, timeout + KILL_GRACE_S, f"the upload of {name}")
+        watchdog = Watchdog(self, timeout + KILL_GRACE_S, f"the {what} of {name}")
         try:
             with watchdog:
                 # the channel timeout bounds each SFTP request; the callback and the watchdog the transfer
                 self._sftp.get_channel().settimeout(timeout)
-                self._sftp.put(str(local), remote, callback=callback, confirm=True)
+                transfer(callback)
         except RemoteTimeoutError:
             raise
         except socket.timeout:
-            raise RemoteTimeoutError(f"device '{self.device.name}': upload of {name} stalled for {timeout:g} s") from None
+            raise RemoteTimeoutError(f"device '{self.device.name}': {what} of {name} stalled for {timeout:g} s") from None
         except Exception as exc:  # IOError from the server, SFTPError (a plain Exception), SSHException, EOFError
             if watchdog.fired:
                 raise watchdog.error() from None
             transport = self.client.get_transport()
             if transport is None or not transport.is_active():
-                raise self._lost(f"the upload of {name}") from None
+                raise self._lost(f"the {what} of {name}") from None
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: {reason}") from None
+            where = f"to {remote}" if what == "upload" else f"from {remote}"
+            raise DeviceError(f"device '{self.device.name}': cannot {what} {name} {where}: {reason}") from None
 
     def _open_sftp(self, timeout: float) -> None:
         """SFTP if the server offers it; else remember why not (dropbear without sftp-server, an OpenSSH
@@ -317,6 +341,35 @@ class SSHSession(Session):
             raise DeviceError(f"device '{self.device.name}': cannot upload {name} to {remote}: the server offers "
                               f"no SFTP ({self._no_sftp}), and streaming it through '{self.device.python}' over an "
                               f"exec channel failed (exit {channel.exit_status}: {why[-1] if why else 'no message'})")
+
+    def _get_streamed(self, remote, local, timeout, size) -> None:
+        """Download over an exec channel (no SFTP): the device's python writes the file to stdout; exactly
+        `size` bytes are expected, and the caller's sha256 check follows."""
+        step = f"the download of {posixpath.basename(remote)}"
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(step)
+        out, err, channel = Tail(size + 1), Tail(STDERR_KEEP), None
+        with Watchdog(self, timeout + KILL_GRACE_S, step) as watchdog:
+            try:
+                channel = transport.open_session(timeout=timeout)
+                channel.exec_command(shlex.join([self.device.python, "-c", SENDER, remote]))
+                self._read_until_done(channel, transport, timeout, None, step, out, err)
+            except (RemoteTimeoutError, KeyboardInterrupt):
+                raise
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise watchdog.error() or self._failed_channel(step, exc) from None
+            finally:
+                if channel is not None:
+                    channel.close()
+        data = out.value()
+        if channel.exit_status != 0 or out.dropped or len(data) != size:
+            why = err.value().decode("utf-8", "replace").strip().splitlines()
+            raise DeviceError(f"device '{self.device.name}': cannot download {remote}: the server offers no SFTP "
+                              f"({self._no_sftp}), and streaming it through '{self.device.python}' gave "
+                              f"{len(data) + out.dropped} of {size} bytes (exit {channel.exit_status}"
+                              f"{': ' + why[-1] if why else ''})")
+        Path(local).write_bytes(data)
 
     def close(self):
         try:

@@ -23,7 +23,7 @@ from .upload import last_json, runtimes_dir
 UNTRUSTED = 7  # the exit code of both programs when a path is not private or a file changed after its check
 BOOTSTRAP = "bootstrap.py"  # uploaded; run only through LOADER
 DEVICE_MODULES = ("device_state.py", "supervisor.py")  # what device.py imports
-HARNESS_MODULES = ("harness.py", "device_state.py", "interleave.py")  # what every bench_*.py imports (A/B: interleave)
+HARNESS_MODULES = ("harness.py", "device_state.py", "interleave.py", "deploy_check.py")  # A/B: interleave; deploy
 
 
 @lru_cache(maxsize=None)

@@ -12,7 +12,8 @@ from ..devices import Device
 from ..errors import ArtifactError, DeviceError
 from .session import Completed, Session, error_line
 
-SUPPORT_FILES = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "interleave.py")
+SUPPORT_FILES = ("bootstrap.py", "device.py", "device_state.py", "supervisor.py", "harness.py", "interleave.py",
+                 "deploy_check.py")
 Progress = Callable[[str, dict], None]
 
 
