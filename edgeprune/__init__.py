@@ -12,9 +12,9 @@ from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune
 from .export import Artifact, ExportError, export, verify
 from .deployment import Deployment, LayerKernel, deploy
 from .devices import Device, load_devices
-from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeviceBusyError, DeviceError, EdgepruneError,
-                     DeployError, HistoryError, HostKeyError, MalformedError, ModelError, RecipeError, RemoteTimeoutError,
-                     SettingsError, TargetError, WorkdirError)
+from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeployError, DeviceBusyError, DeviceError,
+                     EdgepruneError, HistoryError, HostKeyError, MalformedError, ModelError, RecipeError,
+                     RemoteTimeoutError, SettingsError, TargetError, WorkdirError)
 from .history import History, HistoryRecord, open_history
 from .plan import GroupDecision, LayerDecision, Plan
 from .policy import plan

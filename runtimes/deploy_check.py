@@ -224,8 +224,8 @@ def deploy(backend, args, ctx) -> dict:
         "samples": len(samples),
         "output_shapes": [list(np.shape(o)) for o in outputs[0]] if outputs else [],
         "seconds": round(time.monotonic() - started, 3),
-        "files": {name: {"sha256": file_sha256(os.path.join(out, name)), "bytes": os.path.getsize(os.path.join(out, name))}
-                  for name in files},
+        "files": {name: {"sha256": file_sha256(path), "bytes": os.path.getsize(path)}
+                  for name, path in ((name, os.path.join(out, name)) for name in files)},
         "facts": device_facts(),
         "state_before": state_before,
         "state_after": device_state.sample_state(),

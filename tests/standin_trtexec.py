@@ -60,6 +60,7 @@ def build(opts):
         sys.exit(1)
     graph = model.graph
     weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
     consumers = {}
     for node in graph.node:
         for name in node.input:
@@ -77,7 +78,10 @@ def build(opts):
             fused.add(following[0].name)
         entry = {"Name": name, "LayerType": "Reformat", "TacticValue": "0x0000000000000000"}
         if node.op_type in ("Conv", "Gemm"):
-            w = weights[node.input[1]]
+            source = node.input[1]
+            while source not in weights and producers[source].op_type == "DequantizeLinear":  # an int8 QDQ weight
+                source = producers[source].input[0]
+            w = weights[source]
             sparse_ok = low_precision and is_2_4(w)
             out_channels = w.shape[0]
             chosen = sparse_ok and out_channels >= PICK_CHANNELS

@@ -151,8 +151,9 @@ def test_deploy_over_ssh_without_sftp_streams_the_outputs_back(no_sftp_server, s
 
 # ------------------------------------------------------------------------------------------------ failing
 
-def test_an_artifact_changed_on_the_device_after_its_upload_never_runs(bench_artifacts, tmp_path):
-    toml, device = local(tmp_path)
+@pytest.mark.parametrize("where", ["local", "loopback"])
+def test_an_artifact_changed_on_the_device_after_its_upload_never_runs(where, bench_artifacts, sshd, tmp_path):
+    device = local(tmp_path)[1] if where == "local" else loopback(sshd, tmp_path)
     artifact = bench_artifacts.tflite
 
     def tamper(stage, info):
@@ -292,7 +293,7 @@ def test_exported_outputs_keep_their_shape_and_non_finite_values():
 
 
 def test_the_jetson_release_is_read_from_nv_tegra_release():
-    line = "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 UTC"
+    line = "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 2024"
     assert deploy_check.parse_l4t(line) == "36.3.0"
     assert deploy_check.parse_l4t("garbage") is None
     assert deploy_check.parse_os_release('NAME="Ubuntu"\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n') == "Ubuntu 22.04.4 LTS"
@@ -335,3 +336,18 @@ def test_edgeprune_deploy_whose_outputs_differ_on_the_device_exits_1(small_cnn, 
     assert result.exit_code == 1, result.output
     assert "failed:" in result.output and "output 0: max |a-b| 0.5" in result.output
     assert (tmp_path / "bundle" / "device-outputs.npz").exists()
+
+
+def test_an_int8_jetson_deploy_builds_an_int8_engine_from_the_qdq_export(small_cnn, jetson_small, trtexec_on_path,
+                                                                         tmp_path):
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, jetson_small, budget=ep.Budget(macs_ratio=0.8))
+    pruned = ep.prune(small_cnn.model, plan, small_cnn.inputs)
+    calibration = [tuple(torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for x in small_cnn.inputs)
+                   for s in range(100, 132)]
+    art = ep.export(pruned, small_cnn.inputs, jetson_small, tmp_path / "out", precision="int8", calibration=calibration)
+    d = ep.deploy(art.path, local(tmp_path)[1], tmp_path / "bundle")
+    assert d.passed and d.manifest["checks"]["compared_at"] == "int8"
+    assert "--int8" in d.manifest["tensorrt"]["flags"] and "--fp16" not in d.manifest["tensorrt"]["flags"]
+    rows = {r.layer: r for r in d.layers}
+    assert all(rows[x.layer].onnx_node for x in plan.layers)  # found behind the QDQ weights' DequantizeLinear
+    assert any(r.sparse_kernel for r in d.layers if r.method == "n:m")

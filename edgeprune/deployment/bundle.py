@@ -134,7 +134,8 @@ def _tensorrt(loadable: str, record: dict) -> list[str]:
         "# call context.execute_async_v3(stream)",
         "```",
         "",
-        f"C++: `IRuntime::deserializeCudaEngine` on the file's bytes. From the shell: `trtexec --loadEngine={loadable}`.",
+        "C++: `IRuntime::deserializeCudaEngine` on the file's bytes.",
+        f"From the shell: `trtexec --loadEngine={loadable}`.",
         "",
         f"Layers on sparse (2:4) kernels: {', '.join(sparse) if sparse else 'none'}.",
     ]

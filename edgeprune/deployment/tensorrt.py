@@ -9,12 +9,14 @@ math: ..." and "(Sparsity) TRT inference plan picked sparse implementation for l
 "HasSparseWeights").
 
 A plan layer is found in the engine through the ONNX graph: the node that consumes the layer's weight
-(`<layer>.weight`, export keeps PyTorch's names) is named in the engine layer that holds it, alone or fused
+(`<layer>.weight`, or `<layer>.weight_quantized` behind a DequantizeLinear in an int8 QDQ export: export
+keeps PyTorch's names) is named in the engine layer that holds it, alone or fused
 ("node_Conv_113 + node_relu_1").
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -62,8 +64,10 @@ def weight_nodes(onnx_path: "str | Path") -> dict[str, str]:
             continue
         for name in node.input[1:2] if node.op_type != "MatMul" else node.input[:2]:
             weight = source(name)
-            if weight and weight.endswith(".weight"):
-                found.setdefault(weight[: -len(".weight")], node.name)
+            # an int8 QDQ export names it `<layer>.weight_quantized`
+            m = re.fullmatch(r"(.+)\.weight(?:_quantized)?", weight or "")
+            if m:
+                found.setdefault(m.group(1), node.name)
     return found
 
 

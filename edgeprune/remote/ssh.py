@@ -271,7 +271,8 @@ class SSHSession(Session):
         except RemoteTimeoutError:
             raise
         except socket.timeout:
-            raise RemoteTimeoutError(f"device '{self.device.name}': {what} of {name} stalled for {timeout:g} s") from None
+            raise RemoteTimeoutError(f"device '{self.device.name}': {what} of {name} stalled for "
+                                     f"{timeout:g} s") from None
         except Exception as exc:  # IOError from the server, SFTPError (a plain Exception), SSHException, EOFError
             if watchdog.fired:
                 raise watchdog.error() from None
