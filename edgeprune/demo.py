@@ -33,7 +33,7 @@ from edgeprune.metrics import accuracy
 
 TARGETS = ("jetson-orin-nano-8gb", "raspberry-pi-5", "corstone-300-ethos-u55-128")
 BUDGET = ep.Budget(macs_ratio=0.5)
-STAGES = ("sensitivity", "plan + prune", "fine-tune (KD)", "export + verify", "benchmark")
+STAGES = ("sensitivity", "plan + prune", "fine-tune (KD)", "export + verify", "benchmark", "deploy")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Row:
     memory: str
     flash: str = ""  # the plan's weights against the target's flash (MCU targets)
     flags: tuple[str, ...] = ()  # what makes either measurement suspect ("dense: noisy: CV 40 % > 5 %")
+    deployed: str = ""  # where the pruned artifact's bundle is, or why it was not deployed
 
 
 def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
@@ -113,7 +114,7 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
                       "not exported: the planned model does not fit flash", flash)
             if not fits_flash(plan, target):  # export would refuse it: say so in its row and go on
                 rows.append(row)
-                bar.advance(task, 2)
+                bar.advance(task, 3)
                 continue
             stage("export + verify")
             int8 = target.family == "mcu"
@@ -138,6 +139,14 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
                 points.append({"label": f"{target_name} {label}", "accuracy": acc, "latency_ms": r.p50,
                                "device": r.device, "runtime": r.runtime, "proxy": r.proxy, "group": target_name})
             (out / target_name / "bench.json").write_text(json.dumps([r.to_dict() for r in timed], indent=2))
+            stage("deploy")
+            try:
+                d = ep.deploy(pruned_art.path, device, out / target_name / "bundle", devices=devices)
+                row.deployed = (f"{d.artifact.relative_to(out)}: outputs checked in {d.runtime} {d.runtime_version} "
+                                f"on '{device}'")
+            except ep.DeviceError as exc:  # a Jetson's engine needs TensorRT on the device: say so, go on
+                row.deployed = f"not deployed: {exc}"
+            bar.advance(task)
     plots.plot_layer_sparsity(plans, out / "layer-sparsity.png")
     plots.plot_accuracy_vs_latency(points, out / "accuracy-vs-latency.png")
     console.print(summary(rows, splits))
@@ -212,10 +221,11 @@ def summary(rows: list[Row], splits: Splits) -> Table:
 
 
 def notes(rows: list[Row]) -> list[str]:
-    """Per target, what does not fit a table cell: memory against the target's budgets, and why a
-    measurement is flagged."""
+    """Per target, what does not fit a table cell: memory against the target's budgets, why a measurement
+    is flagged, and where the deploy bundle is (or why there is none)."""
     lines = [f"{r.target}: " + "; ".join(x for x in (r.flash, r.memory) if x) for r in rows if r.flash or r.memory]
-    return lines + [f"{r.target}: † " + "; ".join(r.flags) for r in rows if r.flags]
+    return (lines + [f"{r.target}: † " + "; ".join(r.flags) for r in rows if r.flags]
+            + [f"{r.target}: deploy: {r.deployed}" for r in rows if r.deployed])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def test_the_demo_runs_the_whole_flow_and_leaves_a_report(tmp_path):
         timings = json.loads((out / target / "bench.json").read_text())
         # timed here, not on the target: every number is labelled a proxy
         assert [t["proxy"] for t in timings] == [True, True] and all(t["device"] == "local" for t in timings)
+    # deployed where this machine runs what the target runs; the Jetson's engine needs TensorRT on the device
+    assert json.loads((out / "raspberry-pi-5" / "bundle" / "deploy.json").read_text())["passed"] is True
+    assert "jetson-orin-nano-8gb: deploy: not deployed: " in done.output and "trtexec" in done.output
 
 
 def test_the_demo_refuses_a_report_folder_that_has_files(tmp_path):
