@@ -249,7 +249,9 @@ def _manifest(device: Device, artifact: Path, sha: str, manifest: dict, result: 
                   "cur_mhz": state.get("cur_mhz"), "max_mhz": state.get("max_mhz"), "thermal": state.get("thermal")},
         "checks": {"outputs": checks, "compared_at": compare_at, "samples": result.get("samples"),
                    "reference": source},
-        "notes": list(result.get("notes") or []),
+        "notes": list(result.get("notes") or []) + (
+            [f"the artifact was exported for {manifest['target']}; this device is '{device.name}' ({device.target})"]
+            if manifest.get("target") and manifest.get("target") != device.target else []),
         "overhead_s": {k: round(v, 3) for k, v in overhead.items()},
     }
     if result.get("tensorrt"):

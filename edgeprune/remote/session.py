@@ -221,21 +221,18 @@ class LocalSession(Session):
             except subprocess.TimeoutExpired:
                 continue
 
-    def put(self, local, remote, timeout, on_bytes=None):
+    def _copy(self, source, destination, what: str) -> None:
         self.check_cancel()
         try:
-            shutil.copyfile(local, remote)
+            shutil.copyfile(source, destination)
         except OSError as exc:
-            raise DeviceError(f"device '{self.device.name}': cannot copy {Path(local).name} to {remote}: "
-                              f"{exc.strerror or exc}") from None
+            raise DeviceError(f"device '{self.device.name}': cannot copy {what}: {exc.strerror or exc}") from None
+
+    def put(self, local, remote, timeout, on_bytes=None):
+        self._copy(local, remote, f"{Path(local).name} to {remote}")
         if on_bytes:
             size = Path(remote).stat().st_size
             on_bytes(size, size)
 
     def get(self, remote, local, timeout, size):
-        self.check_cancel()
-        try:
-            shutil.copyfile(remote, local)
-        except OSError as exc:
-            raise DeviceError(f"device '{self.device.name}': cannot copy {remote} back to {local}: "
-                              f"{exc.strerror or exc}") from None
+        self._copy(remote, local, f"{remote} back to {local}")
