@@ -144,7 +144,7 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
                 d = ep.deploy(pruned_art.path, device, out / target_name / "bundle", devices=devices)
                 row.deployed = (f"{d.artifact.relative_to(out)}: outputs checked in {d.runtime} {d.runtime_version} "
                                 f"on '{device}'")
-            except ep.DeviceError as exc:  # a Jetson's engine needs TensorRT on the device: say so, go on
+            except ep.EdgepruneError as exc:  # a Jetson's engine needs TensorRT on the device: say so, go on
                 row.deployed = f"not deployed: {exc}"
             bar.advance(task)
     plots.plot_layer_sparsity(plans, out / "layer-sparsity.png")

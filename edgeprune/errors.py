@@ -80,5 +80,4 @@ class HistoryError(EdgepruneError):
 
 class DeployError(EdgepruneError):
     """A deploy whose artifact did not check out on the device: an output differed from PyTorch's beyond
-    export's tolerance there (the message names it; the bundle keeps what the device computed), or the
-    device could not build what it runs (TensorRT without trtexec)."""
+    export's tolerance there (the message names it; the bundle keeps what the device computed)."""

@@ -225,12 +225,12 @@ def parse_sparsity(text: str):
     """What a --verbose build log with --sparsity=enable says: {"eligible": [layer names], "picked": [...]}
     (TensorRT's "(Sparsity) Layers eligible for sparse math: ..." and "... picked sparse implementation for
     layers: ..." lines), or None when the log has neither line."""
-    eligible, picked = _ELIGIBLE.search(text), _PICKED.search(text)
-    if eligible is None and picked is None:
+    eligible, picked = _ELIGIBLE.findall(text), _PICKED.findall(text)
+    if not eligible and not picked:
         return None
 
-    def names(m):
-        return [n.strip() for n in m.group(1).split(",") if n.strip()] if m else []
+    def names(lines):  # a long list may come on several lines
+        return [n.strip() for line in lines for n in line.split(",") if n.strip()]
     return {"eligible": names(eligible), "picked": names(picked)}
 
 
@@ -297,10 +297,27 @@ def _graph(args):
         raise harness.UsageError("artifact %s: not a readable ONNX model (%s)" % (args.artifact, exc))
 
 
+def _shape_profile(specs, samples):
+    """--minShapes/--optShapes/--maxShapes covering every sample's shape of each dynamic input."""
+    flags = []
+    for which, pick in (("minShapes", lambda shapes: np.min(shapes, axis=0)), ("optShapes", lambda shapes: shapes[0]),
+                        ("maxShapes", lambda shapes: np.max(shapes, axis=0))):
+        parts = []
+        for k, spec in enumerate(specs):
+            if None in spec.shape:
+                shape = pick(np.array([s[k].shape for s in samples]))
+                parts.append("%s:%s" % (_trt_name(spec.name), "x".join(str(int(d)) for d in shape)))
+        flags.append("--%s=%s" % (which, ",".join(parts)))
+    return flags
+
+
 def trt_flags(graph, precision: str):
-    """trtexec's build flags for a precision: 2:4 sparse kernels allowed wherever TensorRT finds them faster."""
+    """trtexec's build flags for a precision: 2:4 sparse kernels allowed wherever TensorRT finds them faster;
+    fp32 without TF32 (TensorRT's default on Ampere rounds fp32 matmuls to TF32)."""
     flags = ["--sparsity=enable"]
-    if precision != "fp32":
+    if precision == "fp32":
+        flags.append("--noTF32")
+    else:
         flags.append("--%s" % precision)
     if "QuantizeLinear" in graph["ops"] and precision not in ("int8", "best"):
         flags.append("--int8")  # explicit (QDQ) int8 needs the int8 builder flag
@@ -409,15 +426,14 @@ class Onnx(harness.Backend):
             onnx_path = os.path.join(work, "model.onnx")
             with open(onnx_path, "wb") as f:  # the checked bytes, in a dir of this run's own
                 f.write(harness.model_bytes(args) or b"")
-            first = deploy_check.fit_inputs(specs, samples[0], 0)
-            dynamic = [s for s in specs if None in s.shape]
-            shapes = ["%s:%s" % (_trt_name(s.name), "x".join(str(d) for d in x.shape))
-                      for s, x in zip(specs, first) if s in dynamic]
+            dynamic = any(None in s.shape for s in specs)
+            # one inference on trtexec's own inputs after the build (8.5's --buildOnly became 8.6's --skipInference:
+            # neither is in every JetPack's trtexec)
             build = [exe, "--onnx=%s" % onnx_path, "--saveEngine=%s" % os.path.join(out, ENGINE)] + flags + [
                 "--profilingVerbosity=detailed", "--exportLayerInfo=%s" % os.path.join(out, LAYER_INFO),
-                "--verbose", "--skipInference"]
-            if shapes:  # a dynamic input: build the engine for the reference inputs' shape
-                build += ["--%s=%s" % (which, ",".join(shapes)) for which in ("minShapes", "optShapes", "maxShapes")]
+                "--verbose", "--iterations=1", "--warmUp=0", "--duration=0", "--avgRuns=1"]
+            if dynamic:  # an engine for every reference input's shape, tuned for the first one's
+                build += _shape_profile(specs, [deploy_check.fit_inputs(specs, s, i) for i, s in enumerate(samples)])
             ctx.progress("load", 0, force=True)
             started = time.monotonic()
             status, log = ctx.run_child(build, what="trtexec (building the engine)")

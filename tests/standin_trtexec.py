@@ -34,12 +34,20 @@ def log(line: str) -> None:
     print("[12/02/2026-06:00:00] " + line, flush=True)
 
 
+# The options edgeprune may pass that every trtexec of JetPack 5 and 6 (TensorRT 8.5 to 10.3) takes; an
+# option outside it fails as trtexec fails on an unknown one (8.5 has no --skipInference, 11 no --fp16).
+KNOWN = {"onnx", "saveEngine", "loadEngine", "sparsity", "fp16", "int8", "best", "noTF32", "profilingVerbosity",
+         "exportLayerInfo", "exportOutput", "exportTimes", "loadInputs", "shapes", "minShapes", "optShapes",
+         "maxShapes", "verbose", "iterations", "warmUp", "duration", "avgRuns"}
+
+
 def options(argv):
     opts = {}
     for arg in argv:
         m = re.fullmatch(r"--([A-Za-z0-9]+)(?:=(.*))?", arg)
-        if not m:
-            sys.exit("unknown argument " + arg)
+        if not m or m.group(1) not in KNOWN:
+            log("[E] Unknown option: " + arg)
+            sys.exit(1)
         opts[m.group(1)] = m.group(2) if m.group(2) is not None else True
     return opts
 

@@ -18,7 +18,9 @@ import torch
 
 import edgeprune as ep
 from edgeprune._atomic import sha256_file
-from edgeprune.export.reference import read_reference, reference_path
+from edgeprune.devices import get_device
+from edgeprune.deployment import MAX_DOWNLOAD, checked_result, device_outputs
+from edgeprune.export.reference import Reference, read_reference, reference_path
 from helpers import RUNTIMES_DIR, cosine, run_cli
 from remote_helpers import devices_toml, locked, loopback, run_dirs
 
@@ -58,6 +60,10 @@ def trtexec_on_path(tmp_path, monkeypatch) -> Path:
 
 
 def local(tmp_path: Path) -> tuple[Path, ep.Device]:
+    """This test's `local` device (its own work dir), once per test however often it is asked for."""
+    toml = tmp_path / "devices.toml"
+    if toml.exists():
+        return toml, get_device("local", toml)
     return devices_toml("local", tmp_path, None)
 
 
@@ -261,6 +267,7 @@ def test_a_jetson_deploy_without_trtexec_says_so_and_stops(jetson_2_4, tmp_path,
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin")
     with pytest.raises(ep.DeviceError, match=r"trtexec is not on PATH nor at /usr/src/tensorrt/bin/trtexec"):
         ep.deploy(artifact, device, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists() and not run_dirs(device) and not locked(device)
 
 
 def test_the_engine_outputs_are_compared_at_fp16_tolerance(jetson_2_4, trtexec_on_path, tmp_path):
@@ -313,7 +320,7 @@ def test_edgeprune_deploy_writes_the_bundle_and_prints_the_checks(bench_artifact
 
 
 @pytest.mark.e2e
-def test_edgeprune_deploy_into_a_nonempty_directory_exits_1_without_a_traceback(bench_artifacts, tmp_path):
+def test_edgeprune_deploy_into_a_nonempty_directory_exits_2_without_a_traceback(bench_artifacts, tmp_path):
     toml, device = local(tmp_path)
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "x").write_text("x")
@@ -351,3 +358,103 @@ def test_an_int8_jetson_deploy_builds_an_int8_engine_from_the_qdq_export(small_c
     rows = {r.layer: r for r in d.layers}
     assert all(rows[x.layer].onnx_node for x in plan.layers)  # found behind the QDQ weights' DequantizeLinear
     assert any(r.sparse_kernel for r in d.layers if r.method == "n:m")
+
+
+def test_an_int8_export_is_deployed_as_an_int8_engine_only(jetson_2_4, small_cnn, jetson_small, tmp_path):
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, jetson_small, budget=ep.Budget(macs_ratio=0.8))
+    pruned = ep.prune(small_cnn.model, plan, small_cnn.inputs)
+    calibration = [tuple(torch.randn(x.shape, generator=torch.Generator().manual_seed(s)) for x in small_cnn.inputs)
+                   for s in range(100, 110)]
+    art = ep.export(pruned, small_cnn.inputs, jetson_small, tmp_path / "out", precision="int8", calibration=calibration)
+    # TensorRT runs QDQ layers in int8 whatever the flags: an fp16 comparison would fail a sound engine
+    device = local(tmp_path)[1]
+    with pytest.raises(ep.SettingsError, match=r"precision='fp16': this export is int8 \(QDQ\)"):
+        ep.deploy(art.path, device, tmp_path / "bundle", precision="fp16")
+    with pytest.raises(ep.SettingsError, match=r"precision='int8': a TensorRT int8 engine is built from an int8"):
+        ep.deploy(jetson_2_4[0], device, tmp_path / "bundle", precision="int8")
+
+
+def test_a_bundle_moved_aside_by_a_killed_deploy_is_put_back(bench_artifacts, tmp_path):
+    import subprocess
+
+    from edgeprune._atomic import temporary_path
+
+    out = tmp_path / "bundle"
+    dead = subprocess.Popen(["true"])  # a process that has exited: the deploy that was killed
+    dead.wait()
+    aside = temporary_path(out, "old")
+    aside = aside.with_name(aside.name.replace(f".{os.getpid()}-", f".{dead.pid}-"))
+    aside.mkdir()
+    (aside / "deploy.json").write_text("{}")
+    with pytest.warns(UserWarning, match="put back the bundle an interrupted deploy had moved aside"), \
+            pytest.raises(ep.ArtifactError, match="exists and is not empty"):
+        ep.deploy(bench_artifacts.tflite, local(tmp_path)[1], out)
+    assert (out / "deploy.json").read_text() == "{}" and not aside.exists()
+
+
+# ------------------------------------------------------------------------ what a device reports is checked
+
+def _report(**overrides) -> dict:
+    files = {"outputs.npz": {"sha256": "0" * 64, "bytes": 10}}
+    return {"runtime": "litert", "files": files, **overrides}
+
+
+@pytest.mark.parametrize("name", ["../outside.npz", "/etc/passwd", ".hidden", "a/b"])
+def test_a_reported_file_name_that_is_not_a_plain_name_is_refused(name, tmp_path):
+    device = local(tmp_path)[1]
+    report = _report(files={"outputs.npz": {"sha256": "0" * 64, "bytes": 10}, name: {"sha256": "0" * 64, "bytes": 1}})
+    with pytest.raises(ep.ArtifactError, match=r"not a plain name .*nothing was brought back"):
+        checked_result(report, "litert", False, device)
+
+
+@pytest.mark.parametrize("size", [-1, MAX_DOWNLOAD + 1, "10"])
+def test_a_reported_file_size_outside_the_download_limit_is_refused(size, tmp_path):
+    report = _report(files={"outputs.npz": {"sha256": "0" * 64, "bytes": size}})
+    with pytest.raises(ep.ArtifactError, match=r"a size of at most 4 GiB"):
+        checked_result(report, "litert", False, local(tmp_path)[1])
+
+
+def test_a_report_of_another_runtime_or_without_the_engine_is_refused(tmp_path):
+    device = local(tmp_path)[1]
+    with pytest.raises(ep.ArtifactError, match=r"runtime 'onnxruntime', expected litert"):
+        checked_result(_report(runtime="onnxruntime"), "litert", False, device)
+    with pytest.raises(ep.ArtifactError, match=r"runtime 'onnxruntime', expected tensorrt"):
+        checked_result(_report(runtime="onnxruntime"), "onnx", True, device)
+    tensorrt = _report(runtime="tensorrt", tensorrt={"flags": ["--fp16"], "sparsity": None})
+    with pytest.raises(ep.ArtifactError, match=r"no layers.json, model.engine"):
+        checked_result(tensorrt, "onnx", True, device)
+
+
+def test_tensorrt_details_that_are_not_flags_and_layer_lists_are_refused(tmp_path):
+    files = {n: {"sha256": "0" * 64, "bytes": 1} for n in ("outputs.npz", "model.engine", "layers.json")}
+    for details in ({"flags": "--fp16"}, {"flags": ["--fp16"], "sparsity": {"picked": "conv"}}):
+        with pytest.raises(ep.ArtifactError, match="TensorRT build details"):
+            checked_result({"runtime": "tensorrt", "files": files, "tensorrt": details}, "onnx", True,
+                           local(tmp_path)[1])
+
+
+def _outputs_file(path: Path, arrays: dict) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_device_outputs_must_match_the_reference_in_count_and_shape(tmp_path):
+    device = local(tmp_path)[1]
+    ref = Reference([[np.zeros((1, 4), np.float32)]] * 2, [[np.zeros((1, 10), np.float32)]] * 2)
+    good = {"output_0_0": np.ones((1, 10), np.float32), "output_1_0": np.ones((1, 10), np.float32)}
+    assert [o[0].shape for o in device_outputs(_outputs_file(tmp_path / "ok.npz", good), ref, device)] == [(1, 10)] * 2
+    with pytest.raises(ep.ArtifactError, match=r"lack output_1_0: sample 1 has 1 output"):
+        device_outputs(_outputs_file(tmp_path / "a.npz", {"output_0_0": good["output_0_0"]}), ref, device)
+    with pytest.raises(ep.ArtifactError, match=r"have output_1_0 of shape \[1, 9\]; PyTorch's is \[1, 10\]"):
+        device_outputs(_outputs_file(tmp_path / "b.npz", {**good, "output_1_0": np.ones((1, 9), np.float32)}), ref,
+                       device)
+    with pytest.raises(ep.ArtifactError, match=r"hold output_0_1: the model has 1 output"):
+        device_outputs(_outputs_file(tmp_path / "c.npz", {**good, "output_0_1": np.ones(1)}), ref, device)
+
+
+def test_an_output_member_far_larger_than_its_reference_is_not_loaded(tmp_path):
+    ref = Reference([[np.zeros(1, np.float32)]], [[np.zeros((1, 10), np.float32)]])
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, output_0_0=np.zeros((1, 10_000_000), np.float32))  # 40 MB, ~40 KB compressed
+    with pytest.raises(ep.ArtifactError, match=r"hold 40000128 bytes for output_0_0, of shape \[1, 10\]"):
+        device_outputs(path, ref, local(tmp_path)[1])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -44,6 +43,10 @@ from .tensorrt import LayerKernel, kernels
 
 SCHEMA = "edgeprune.deploy/1"
 OUTPUTS = "outputs.npz"  # what runtimes/deploy_check.py writes
+ENGINE, LAYER_INFO = "model.engine", "layers.json"  # what runtimes/bench_onnx.py's TensorRT build writes
+# the runtime each harness reports (bench_onnx: onnxruntime or, building an engine, tensorrt)
+RUNTIMES = {"executorch": {"executorch"}, "litert": {"litert"}, "tflm": {"tflm"}, "onnx": {"onnxruntime", "tensorrt"}}
+MAX_DOWNLOAD = 4 << 30  # an engine of a large model is hundreds of MB; more is a device that lies
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -68,7 +71,7 @@ def _reference(artifact: Path, manifest: dict, model: Optional[nn.Module], examp
         if example_inputs is None and verify_inputs is None:
             raise SettingsError("deploy with model= needs example_inputs= (or verify_inputs=) to compute the "
                                 "reference outputs on")
-        if manifest["precision"] == "int8" and verify_inputs is None:
+        if manifest.get("precision") == "int8" and verify_inputs is None:
             raise ExportError(f"{artifact.name} is int8: it is only meant to agree with PyTorch on data like its "
                               f"calibration data, so pass verify_inputs= (examples like that data)")
         data = holdout.split([], list(verify_inputs) if verify_inputs is not None else None, example_inputs)
@@ -88,7 +91,9 @@ def _reference(artifact: Path, manifest: dict, model: Optional[nn.Module], examp
 def _precisions(kind: str, manifest: dict, precision: Optional[str]) -> tuple[bool, str, str]:
     """(TensorRT?, the engine's build precision, the precision outputs are compared at)."""
     tensorrt = kind == "onnx" and manifest.get("runtime") == "tensorrt"
-    exported = manifest["precision"]
+    exported = manifest.get("precision")
+    if exported not in ("fp32", "int8"):
+        raise MalformedError(f"the artifact's manifest: key 'precision' is {exported!r}, expected fp32 or int8")
     if not tensorrt:
         if precision not in (None, exported):
             raise SettingsError(f"precision={precision!r}: only a TensorRT engine is built on the device; this "
@@ -100,6 +105,9 @@ def _precisions(kind: str, manifest: dict, precision: Optional[str]) -> tuple[bo
     if build == "int8" and exported != "int8":
         raise SettingsError("precision='int8': a TensorRT int8 engine is built from an int8 (QDQ) export; export "
                             "with precision='int8' first (its calibration is in the QDQ nodes)")
+    if exported == "int8" and build != "int8":
+        raise SettingsError(f"precision={build!r}: this export is int8 (QDQ): TensorRT runs its quantized layers in "
+                            f"int8 whatever the builder flags, so its engine is int8; leave precision out")
     return True, build, build
 
 
@@ -133,6 +141,7 @@ def deploy(artifact: "str | Path", device: "str | Device", out: "str | Path", *,
     if isinstance(device, str):
         device = get_device(device, devices)
     out = Path(out)
+    bundle.recover(out)
     _check_out(out, force)
     tensorrt, build, compare_at = _precisions(kind, manifest, precision)
     reference, source = _reference(artifact, manifest, model, example_inputs, verify_inputs)
@@ -154,16 +163,15 @@ def deploy(artifact: "str | Path", device: "str | Device", out: "str | Path", *,
             result = held.timed("run_s", run_harness, held.session, device, kind, held.rundir,
                                 held.remote[(artifact, sha)], settings, held.deadline, held.report, extra,
                                 ("schema", "runtime", "files"))
-            for name, info in _files(result, device).items():
+            for name, info in checked_result(result, kind, tensorrt, device).items():
                 held.report("download", {"file": name, "bytes": info["bytes"]})
                 held.timed("download_s", held.session.get, f"{remote_out}/{name}", fetched / name,
                            held.cmd_timeout("download"), info["bytes"])
                 if sha256_file(fetched / name) != info["sha256"]:
                     raise ArtifactError(f"device '{device.name}': {name} arrived corrupted: its sha256 differs from "
                                         f"the one the device reported")
-        got = _device_outputs(fetched / OUTPUTS, len(reference.inputs), device)
-        expected = [e[: len(g)] for e, g in zip(reference.outputs, got)]
-        checks = compare_outputs(expected, got, compare_at)
+        got = device_outputs(fetched / OUTPUTS, reference, device)
+        checks = compare_outputs(reference.outputs, got, compare_at)
         layers, warnings = (), ()
         if tensorrt:
             layers, warnings = _tensorrt_report(plan, artifact, fetched, result)
@@ -182,46 +190,89 @@ def deploy(artifact: "str | Path", device: "str | Device", out: "str | Path", *,
     return deployment
 
 
-def _files(result: dict, device: Device) -> dict[str, dict]:
-    """The files the device says it wrote, checked: plain names only (never a path out of its dir)."""
+def checked_result(result: dict, kind: str, tensorrt: bool, device: Device) -> dict[str, dict]:
+    """The device's report, checked before anything of it is used: the runtime the harness can report, the
+    TensorRT details' types, and the files to bring back (plain names, a sha256 and a size within
+    MAX_DOWNLOAD each; the outputs always, the engine and its layer information from a TensorRT build).
+    Returns the files; ArtifactError naming the device otherwise."""
+    def refuse(what: str) -> ArtifactError:
+        return ArtifactError(f"device '{device.name}': the deploy run reported {what}; nothing was brought back")
+
+    runtime = result.get("runtime")
+    if runtime not in RUNTIMES[kind] or (runtime == "tensorrt") != tensorrt:
+        raise refuse(f"runtime {runtime!r}, expected {'tensorrt' if tensorrt else ' or '.join(RUNTIMES[kind])}")
     files = result.get("files")
-    if not isinstance(files, dict) or OUTPUTS not in files:
-        raise ArtifactError(f"device '{device.name}': the deploy run reported no {OUTPUTS}")
+    if not isinstance(files, dict):
+        raise refuse("no files")
     for name, info in files.items():
-        if not _SAFE_NAME.fullmatch(name) or not isinstance(info, dict) or not isinstance(info.get("bytes"), int) \
-                or not isinstance(info.get("sha256"), str):
-            raise ArtifactError(f"device '{device.name}': the deploy run reported a file {name!r} that is not a "
-                                f"plain name with its sha256 and size; nothing was brought back")
+        if not (isinstance(name, str) and _SAFE_NAME.fullmatch(name) and isinstance(info, dict)
+                and isinstance(info.get("sha256"), str) and isinstance(info.get("bytes"), int)
+                and 0 <= info["bytes"] <= MAX_DOWNLOAD):
+            raise refuse(f"a file {name!r} that is not a plain name with its sha256 and a size of at most "
+                         f"{MAX_DOWNLOAD >> 30} GiB")
+    needed = {OUTPUTS} | ({ENGINE, LAYER_INFO} if tensorrt else set())
+    if needed - set(files):
+        raise refuse(f"no {', '.join(sorted(needed - set(files)))}")
+    if tensorrt:
+        trt = result.get("tensorrt")
+        sparsity = trt.get("sparsity") if isinstance(trt, dict) else None
+        if not isinstance(trt, dict) or not isinstance(trt.get("flags"), list) \
+                or not all(isinstance(f, str) for f in trt["flags"]) \
+                or not (sparsity is None or (isinstance(sparsity, dict) and all(
+                    isinstance(sparsity.get(k, []), list) and all(isinstance(n, str) for n in sparsity.get(k, []))
+                    for k in ("eligible", "picked")))):
+            raise refuse("TensorRT build details that are not flags and layer-name lists")
     return files
 
 
-def _device_outputs(path: Path, samples: int, device: Device) -> list[list[np.ndarray]]:
+def device_outputs(path: Path, reference: Reference, device: Device) -> list[list[np.ndarray]]:
+    """The outputs the device computed, as many per sample as the reference has and each of its shape.
+    Only those arrays are read, and only after their stored size is checked against the reference's (a
+    compressed member could claim gigabytes)."""
+    def refuse(what: str) -> ArtifactError:
+        return ArtifactError(f"device '{device.name}': its outputs ({OUTPUTS}) {what}")
+
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in npz.files}
+            sizes = {info.filename: info.file_size for info in npz.zip.infolist()}
+            got = []
+            for i, expected in enumerate(reference.outputs):
+                row = []
+                for k, ref in enumerate(expected):
+                    key = f"output_{i}_{k}"
+                    if f"{key}.npy" not in sizes:
+                        raise refuse(f"lack {key}: sample {i} has {len(expected)} output(s)")
+                    if sizes[f"{key}.npy"] > 8 * np.asarray(ref).size + 4096:  # float64 and the .npy header
+                        raise refuse(f"hold {sizes[f'{key}.npy']} bytes for {key}, of shape {list(np.shape(ref))}")
+                    array = npz[key]
+                    if array.shape != np.shape(ref):
+                        raise refuse(f"have {key} of shape {list(array.shape)}; PyTorch's is {list(np.shape(ref))}")
+                    row.append(array)
+                extra = [n for n in sizes if n.startswith(f"output_{i}_") and n[:-4] not in
+                         {f"output_{i}_{k}" for k in range(len(expected))}]
+                if extra:
+                    raise refuse(f"hold {extra[0][:-4]}: the model has {len(expected)} output(s)")
+                got.append(row)
+    except ArtifactError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a bad zip, an object array
-        raise ArtifactError(f"device '{device.name}': its outputs ({OUTPUTS}) cannot be read: {exc}") from None
-    got = []
-    for i in range(samples):
-        row, k = [], 0
-        while f"output_{i}_{k}" in data:
-            row.append(data[f"output_{i}_{k}"])
-            k += 1
-        if not row:
-            raise ArtifactError(f"device '{device.name}': its outputs lack sample {i} of {samples}")
-        got.append(row)
+        raise refuse(f"cannot be read: {exc}") from None
     return got
 
 
 def _tensorrt_report(plan: Optional[Plan], artifact: Path, fetched: Path, result: dict):
-    trt = result.get("tensorrt") or {}
+    trt = result["tensorrt"]
     try:
-        layer_info = json.loads((fetched / trt.get("layer_info", "layers.json")).read_text(encoding="utf-8"))
+        layer_info = json.loads((fetched / LAYER_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return (), (f"TensorRT's layer information could not be read ({exc}): which layers run sparse is unknown",)
     if plan is None:
         return (), ("the artifact has no plan (not pruned by edgeprune): no per-layer sparse-kernel report",)
-    rows = kernels(plan, artifact, layer_info, trt.get("sparsity"), list(trt.get("flags") or []))
+    try:
+        rows = kernels(plan, artifact, layer_info, trt.get("sparsity"), list(trt["flags"]))
+    except ImportError:
+        return (), ("no per-layer sparse-kernel report: the onnx package is not installed on this host "
+                    "(pip install 'edgeprune[export]')",)
     warnings = [f"{r.layer}: planned 2:4 but TensorRT runs it with a dense kernel: {r.reason}"
                 for r in rows if r.method == "n:m" and not r.sparse_kernel]
     if trt.get("sparsity") is None:

@@ -9,7 +9,8 @@
       layers.json, build.log   (TensorRT) the engine's layer information and trtexec's build log
       README.md            how to load it in its runtime; nothing in the bundle needs edgeprune
 
-Written into a staging directory beside `out` and renamed into place: a bundle is whole or absent.
+Written into a staging directory beside `out` and renamed into place: a bundle is whole or absent. A run
+killed while it swapped an old bundle for a new one is undone by the next: the old bundle is put back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import make_dir, remove_path, sha256_file
+from .._atomic import abandoned, make_dir, remove_path, sha256_file, temporary_path
+from .._warn import warn
 from ..errors import ArtifactError
 from ..export.reference import Reference
 
@@ -37,9 +39,7 @@ def write(out: Path, artifact: Path, manifest: dict, fetched: Path, reference: R
     """Write the bundle into `out` (replaced only with `force`); returns the path of the loadable file and
     the manifest as written (with the bundle's files and their sha256)."""
     make_dir(out.parent)
-    stage = out.parent / f".{out.name}.stage-{os.getpid()}"
-    if stage.exists():
-        remove_path(stage)
+    stage = temporary_path(out, "stage")
     stage.mkdir()
     try:
         if record["runtime"] == "tensorrt":
@@ -57,6 +57,7 @@ def write(out: Path, artifact: Path, manifest: dict, fetched: Path, reference: R
         record = dict(record, load=loadable,
                       files={p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.is_file()})
         (stage / MANIFEST).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        _sync(stage)
         _swap(stage, out, force)
     finally:
         if stage.exists():
@@ -64,14 +65,38 @@ def write(out: Path, artifact: Path, manifest: dict, fetched: Path, reference: R
     return out / loadable, record
 
 
+def _sync(directory: Path) -> None:
+    """Flush the bundle's files to disk before the rename makes them the bundle."""
+    for path in directory.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def recover(out: Path) -> None:
+    """Undo what a killed deploy into `out` left beside it: its staging dir goes; an old bundle it had moved
+    aside comes back if `out` is missing (the kill fell between the two renames), else goes."""
+    ours = [left for left in abandoned(out.parent, ("stage", "old")) if left.path.name.startswith(f".{out.name}.")]
+    for left in ours:
+        if left.kind == "old" and not out.exists():
+            os.replace(left.path, out)
+            warn(f"{out}: put back the bundle an interrupted deploy had moved aside")
+        else:
+            remove_path(left.path)
+
+
 def _swap(stage: Path, out: Path, force: bool) -> None:
     old = None
     if out.exists():
         if any(out.iterdir()) and not force:  # checked before the run; someone wrote there meanwhile
             raise ArtifactError(f"{out}: files appeared there during the deploy; pass force=True to replace them")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = temporary_path(out, "old")
         os.replace(out, old)
-    os.replace(stage, out)
+    try:
+        os.replace(stage, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)  # the earlier bundle, as it was
+        raise
     if old is not None:
         remove_path(old)
 
@@ -127,7 +152,8 @@ def _tensorrt(loadable: str, record: dict) -> list[str]:
         "import tensorrt as trt",
         "",
         "logger = trt.Logger(trt.Logger.WARNING)",
-        f"with open(\"{loadable}\", \"rb\") as f, trt.Runtime(logger) as runtime:",
+        "runtime = trt.Runtime(logger)",
+        f"with open(\"{loadable}\", \"rb\") as f:",
         "    engine = runtime.deserialize_cuda_engine(f.read())",
         "context = engine.create_execution_context()",
         "# bind device buffers per I/O tensor (engine.get_tensor_name(i), context.set_tensor_address) and",

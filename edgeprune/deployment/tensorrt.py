@@ -90,7 +90,7 @@ def _in_list(names: list[str], node: str) -> bool:
 
 def kernels(plan: Plan, onnx_path: "str | Path", layer_info: dict, sparsity: Optional[dict],
             flags: list[str]) -> list[LayerKernel]:
-    """One LayerKernel per pruned or 2:4 layer of `plan`, as the engine runs it."""
+    """One LayerKernel per layer of `plan` (kept ones included), as the engine runs it."""
     nodes = weight_nodes(onnx_path)
     engine_layers = _engine_layers(layer_info)
     low_precision = any(f in ("--fp16", "--int8", "--best") for f in flags)

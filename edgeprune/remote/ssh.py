@@ -247,7 +247,14 @@ class SSHSession(Session):
             self._open_sftp(timeout)
         if self._no_sftp is not None:
             return self._get_streamed(remote, local, timeout, size)
-        self._sftp_transfer("download", posixpath.basename(remote), remote, timeout, None,
+        name = posixpath.basename(remote)
+
+        def within(done: int, total: int) -> None:  # the device said `size`: more is refused as it arrives
+            if done > size or total > size:
+                raise DeviceError(f"device '{self.device.name}': {name} is larger than the {size} bytes the device "
+                                  f"reported; the download was stopped")
+
+        self._sftp_transfer("download", name, remote, timeout, within,
                             lambda callback: self._sftp.get(remote, str(local), callback=callback))
 
     def _sftp_transfer(self, what: str, name: str, remote: str, timeout: float, on_bytes, transfer) -> None:
