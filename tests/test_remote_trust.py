@@ -4,6 +4,7 @@ loopback sshd, with a second local account (`other_user`) as the other user of a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,10 @@ import pytest
 
 import edgeprune as ep
 from edgeprune.devices import get_device, local_device
+from edgeprune.remote.trust import program, remove_argv
+from edgeprune.remote.upload import HASHER
 from helpers import DEVICE_PY, QUICK_BENCH
+from remote_helpers import device_python
 
 from sshd_server import SSHServer, SSHServerUnavailable
 
@@ -345,3 +349,127 @@ def test_a_live_holders_lock_is_still_waited_for(bench_artifacts, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------- the work dir check and the sha256 check, step by step
+
+def whole(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def python_that_at(tmp_path: Path, step: str, then: str) -> str:
+    """A device python that does `then` in place of `step` ("prepare": the work dir check, "sha256": the sha256
+    check of the upload) and runs everything else as the real python does."""
+    when = "args[2:3] == ['prepare']" if step == "prepare" else f"args[1:2] == [{HASHER!r}]"
+    return str(device_python(tmp_path, f"python-{step}", f"if {when}:\n" + textwrap.indent(then, "    ")))
+
+
+@pytest.mark.parametrize("step, named", [("prepare", "mkdir"), ("sha256", "the sha256 check")])
+def test_a_device_check_whose_step_hangs_names_that_step_in_its_timeout(tmp_path, step, named):
+    python = python_that_at(tmp_path, step, "time.sleep(60)")
+    found = ep.check(local_device(workdir=str(tmp_path / "work"), python=python, command_timeout_s=1))
+    assert re.fullmatch(rf"device 'local': {named} ran past its 1 s timeout; killed \(pid \d+\)", found.error), \
+        found.error
+
+
+def test_a_device_python_gone_by_the_sha256_check_is_named_with_the_fix(tmp_path):
+    python = python_that_at(tmp_path, "sha256", "sys.stderr.write('sh: 1: python3: not found\\n')\nos._exit(127)")
+    found = ep.check(local_device(workdir=str(tmp_path / "work"), python=python))
+    assert found.error == (f"device 'local': cannot run python '{python}' there (sh: 1: python3: not found); "
+                           "set `python` in devices.toml")
+
+
+def test_a_sha256_check_that_prints_no_json_is_reported_with_the_end_of_its_output(tmp_path):
+    python = python_that_at(tmp_path, "sha256", "print('Welcome to pi5-lab')\nprint('.' * 300)\nsys.exit(0)")
+    found = ep.check(local_device(workdir=str(tmp_path / "work"), python=python))
+    # the last 200 characters of stdout, and the stderr's last line
+    assert found.error == ("device 'local': the sha256 check printed no result JSON (stdout ends '" + "." * 199
+                           + "\\n'; stderr: no error output)")
+
+
+def test_a_work_dir_check_that_prints_json_but_no_object_is_refused(tmp_path):
+    python = python_that_at(tmp_path, "prepare", "print('[1, 2]')\nsys.exit(0)")
+    found = ep.check(local_device(workdir=str(tmp_path / "work"), python=python))
+    assert found.error == "device 'local': the work dir check printed list, not a JSON object"
+
+
+def test_a_file_gone_before_its_sha256_check_is_an_error_with_the_devices_reason(bench_artifacts, tmp_path):
+    device = local_device(workdir=str(tmp_path / "work"))
+    gone: list[Path] = []
+
+    def remove(stage, info):  # on the device, between the upload and the sha256 check
+        if stage == "verify":
+            gone.append(the_run_dir(device) / bench_artifacts.onnx.name)
+            gone[0].unlink()
+
+    with pytest.raises(ep.DeviceError) as raised:
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=remove)
+    assert str(raised.value) == (f"device 'local': cannot checksum the upload: FileNotFoundError: [Errno 2] No such "
+                                 f"file or directory: '{gone[0]}'")
+
+
+def test_an_artifact_changed_here_after_it_was_hashed_is_refused_not_measured(bench_artifacts, tmp_path):
+    artifact = tmp_path / "model.onnx"
+    shutil.copy(bench_artifacts.onnx, artifact)
+    changed = bytearray(artifact.read_bytes())
+    changed[len(changed) // 2] ^= 0xFF
+    hashed, uploaded = hashlib.sha256(artifact.read_bytes()).hexdigest(), hashlib.sha256(changed).hexdigest()
+    stages: list[str] = []
+
+    def change(stage, info):  # the run hashed the artifact when it started; it is uploaded now
+        stages.append(stage)
+        if stage == "upload" and info["file"] == artifact.name:
+            artifact.write_bytes(bytes(changed))
+
+    with pytest.raises(ep.ArtifactError, match=whole(
+            f"device 'local': model.onnx arrived corrupted: sha256 on the device {uploaded[:16]}… != local "
+            f"{hashed[:16]}…; nothing was run")):
+        ep.bench(artifact, local_device(workdir=str(tmp_path / "work")), settings=QUICK_BENCH, progress=change)
+    assert "measure" not in stages
+
+
+def test_each_uploaded_file_is_reported_with_its_size_and_progress_before_the_sha256_check(bench_artifacts, tmp_path):
+    events: list = []
+    ep.bench(bench_artifacts.onnx, local_device(workdir=str(tmp_path / "work")), settings=QUICK_BENCH,
+             progress=lambda stage, info: events.append((stage, dict(info))))
+    stages = [stage for stage, _ in events]
+    uploads = events[stages.index("upload"):stages.index("verify")]
+    assert [stage for stage, _ in uploads] == ["upload", "upload-progress"] * len(UPLOADED)
+    files = [info for _, info in uploads[::2]]
+    assert sorted(f["file"] for f in files) == sorted(bench_artifacts.onnx.name if n == "artifact" else n
+                                                     for n in UPLOADED)
+    assert {"file": bench_artifacts.onnx.name, "bytes": bench_artifacts.onnx.stat().st_size} in files
+    assert [info for _, info in uploads[1::2]] == [{"done": f["bytes"], "total": f["bytes"]} for f in files]
+    assert events[stages.index("verify")] == ("verify", {})
+
+
+def test_a_runs_overhead_is_reported_stage_by_stage(bench_artifacts, tmp_path):
+    # the stages bench/runner_overhead.py reads, and the totals
+    result = ep.bench(bench_artifacts.onnx, local_device(workdir=str(tmp_path / "work")), settings=QUICK_BENCH)
+    assert set(result.overhead_s) == {"connect_s", "setup_s", "upload_s", "verify_s", "lock_s", "run_s", "cleanup_s",
+                                      "total_s", "outside_window_s"}
+
+
+@pytest.mark.parametrize("stage, step", [("upload", "upload"), ("verify", "sha256")])
+def test_a_deadline_passed_before_the_upload_or_the_sha256_check_names_that_step(bench_artifacts, tmp_path, stage,
+                                                                                  step):
+    device = local_device(workdir=str(tmp_path / "work"), deadline_s=3.0)
+    seen: dict = {}
+
+    def late(now, info):
+        if now == "connect":  # the deadline started just before this report
+            seen["connect"] = time.monotonic()
+        elif now == stage and "slept" not in seen:
+            seen["slept"] = True
+            time.sleep(max(0.0, seen["connect"] + device.deadline_s + 0.05 - time.monotonic()))
+
+    with pytest.raises(ep.RemoteTimeoutError, match=whole(
+            f"device 'local': the overall deadline of 3 s (deadline_s) passed before {step}")):
+        ep.bench(bench_artifacts.onnx, device, settings=QUICK_BENCH, progress=late)
+
+
+@pytest.mark.parametrize("rundir, workdir, name", [("/w/run-a1", "/w", "run-a1"), ("/w/run-a1/", "/w", "run-a1"),
+                                                   ("/w/check-X//", "/w", "check-X")])
+def test_a_run_dir_is_removed_by_its_name_in_its_work_dir_whatever_its_trailing_slashes(rundir, workdir, name):
+    device = local_device(workdir="/w")
+    assert remove_argv(device, rundir) == [device.python, "-c", program("workdir.py"), "remove", workdir, name]
