@@ -20,6 +20,7 @@ import re
 import sqlite3
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,9 +214,7 @@ class History:
         except sqlite3.Error as exc:
             raise self._error("cannot be opened", exc) from None
         try:
-            self._check()
-            self._conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-            self._migrate()
+            self._open_when_free()
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._error("cannot be opened", exc) from None
@@ -246,6 +245,23 @@ class History:
             return HistoryError(f"{self.path}: not a readable history database ({reason}); it was left as it is: "
                                 "move it aside (or restore it from a backup) to start a new history there")
         return HistoryError(f"{self.path}: {what}: {reason}")
+
+    def _open_when_free(self) -> None:
+        """Check the file, switch it to WAL (readers never block the writer, nor it them) and create its
+        tables. Several processes opening a new file at once meet "database is locked" at once, not after
+        the busy timeout: SQLite does not wait for the exclusive lock that switching to WAL needs (4 writers
+        on one new file: 2 of 15 runs failed so). So the whole opening is retried, up to the timeout."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                self._check()
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def _check(self) -> None:
         """Read the whole file's structure before anything writes to it: garbage fails on its header
