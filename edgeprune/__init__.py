@@ -6,7 +6,8 @@
     pruned = ep.prune(model, plan)
 """
 
-from .budget import Budget
+from .budget import (Budget, Estimate, FlashBudget, LatencyBudget, LatencyRatioBudget, MacsBudget, RamBudget,
+                     SparsityBudget, SramBudget)
 from .costs import ModelCost, measure
 from .finetune import FinetuneResult, GradualSchedule, finetune, iterative_prune, lottery, recalibrate_bn
 from .export import Artifact, ExportError, export, verify
@@ -33,7 +34,8 @@ __all__ = [
     "FinetuneResult", "GradualSchedule", "finetune", "iterative_prune", "lottery", "recalibrate_bn",
     "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
     "HostKeyError", "RemoteTimeoutError", "WorkdirError", "bench", "bench_many", "check", "check_many", "load_devices",
-    "Artifact", "ArtifactError", "Budget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
+    "Artifact", "ArtifactError", "Budget", "Estimate", "FlashBudget", "LatencyBudget", "LatencyRatioBudget",
+    "MacsBudget", "RamBudget", "SparsityBudget", "SramBudget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
     "MalformedError", "ModelError", "SettingsError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]

@@ -32,6 +32,8 @@ class LayerCost:
     macs: int
     weights: int  # elements of the weight tensor
     nonzero_weights: int
+    in_elements: int = 0  # elements of its input and output activations, per call (the largest call)
+    out_elements: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,17 @@ def _weight(module: nn.Module) -> torch.Tensor:
 def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
     layers = prunable_layers(model)
     macs: dict[str, int] = {}
+    elements: dict[str, tuple[int, int]] = {}
     order: list[str] = []
 
     def hook(name):
-        def record(module, _inputs, output):
+        def record(module, inputs, output):
             if name not in macs:
                 order.append(name)
             macs[name] = macs.get(name, 0) + _layer_macs(module, output)
+            seen = elements.get(name, (0, 0))
+            first = inputs[0].numel() if inputs and torch.is_tensor(inputs[0]) else 0
+            elements[name] = (max(seen[0], first), max(seen[1], output.numel()))
 
         return record
 
@@ -115,12 +121,13 @@ def measure(model: nn.Module, example_inputs: Any) -> ModelCost:
     per_layer = {}
     for name, module in layers.items():
         w = _weight(module)
-        per_layer[name] = LayerCost(macs.get(name, 0), w.numel(), int(torch.count_nonzero(w)))
+        per_layer[name] = LayerCost(macs.get(name, 0), w.numel(), int(torch.count_nonzero(w)),
+                                    *elements.get(name, (0, 0)))
     params = sum(p.numel() for p in model.parameters())
     return ModelCost(counter.get_total_flops() // 2, params, per_layer, tuple(order), inside)
 
 
-_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # one weight or activation element stored at each precision
 
 
 def weight_bytes(model: nn.Module, precision: str) -> int:
@@ -130,9 +137,17 @@ def weight_bytes(model: nn.Module, precision: str) -> int:
     weights = {id(m.weight) for m in prunable_layers(model).values()}
     total = 0
     for p in model.parameters():
-        width = _BYTES[precision] if id(p) in weights or precision != "int8" else 4
+        width = BYTES[precision] if id(p) in weights or precision != "int8" else 4
         total += p.numel() * width
     return total
+
+
+def activation_bytes(cost: ModelCost, precision: str) -> int:
+    """The largest input + output of any one Conv/Linear layer at `precision`: both live in memory while it
+    runs, so a runtime's activation memory (TFLite-Micro's arena) is at least this. A lower bound: the arena
+    also holds what later layers still need (residuals) and scratch buffers."""
+    pairs = [c.in_elements + c.out_elements for c in cost.layers.values()]
+    return max(pairs, default=0) * BYTES[precision]
 
 
 def compare_table(dense: ModelCost, pruned: ModelCost, title: str = "dense vs pruned (measured)") -> "Table":

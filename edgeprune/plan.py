@@ -12,9 +12,13 @@ from typing import Any, Literal, Optional
 from rich.table import Table
 from rich.text import Text
 
-from .budget import Budget
+from .budget import Budget, Estimate
 from .errors import MalformedError
 from .inputs import InputSpec
+
+# plan/2: budgets of every kind (latency, memory), activation_bytes; plan/1 files read as they were written
+SCHEMA = "edgeprune.plan/2"
+READS = ("edgeprune.plan/1", SCHEMA)
 
 Method = Literal["structured", "n:m", "unstructured", "keep"]
 METHODS = ("structured", "n:m", "unstructured", "keep")
@@ -72,6 +76,7 @@ class Plan:
     params_after: int = 0
     sparsity: float = 0.0  # fraction of prunable weights zeroed or removed
     weight_bytes: int = 0  # parameters of the planned model at the target's default precision (0: not estimated)
+    activation_bytes: int = 0  # the largest layer input + output at that precision (0: not estimated)
     # what the user must know beyond the rows: rollbacks, recipe entries the rules overrode, N:M the device
     # does not accelerate, "does not fit flash: ..." when weight_bytes exceeds the target's flash
     notes: list[str] = field(default_factory=list)
@@ -91,15 +96,21 @@ class Plan:
     def macs_ratio(self) -> float:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
+    def estimate(self) -> Estimate:
+        """What the plan is expected to cost, for a budget to judge (`Budget.meets`)."""
+        known = self.weight_bytes or None, self.activation_bytes or None
+        return Estimate(macs_ratio=self.macs_ratio, sparsity=self.sparsity, flash_bytes=known[0],
+                        sram_bytes=known[1], ram_bytes=sum(known) if all(known) else None)
+
     def replace_layer(self, decision: LayerDecision) -> None:
         self.layers = [decision if d.layer == decision.layer else d for d in self.layers]
 
     # -- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k not in ("example_inputs", "inputs", "budget")}
-        data["budget"] = {self.budget.kind: self.budget.value}
+        data["budget"] = self.budget.to_json()
         data["inputs"] = self.inputs.to_json() if self.inputs else None
-        data["schema"] = "edgeprune.plan/1"
+        data["schema"] = SCHEMA
         return data
 
     def to_json(self, indent: int = 2) -> str:
@@ -111,8 +122,9 @@ class Plan:
         MalformedError naming the key (callers add the file it came from)."""
         if not isinstance(data, dict):
             raise MalformedError(f"not an edgeprune plan: a {type(data).__name__}, not a JSON object")
-        if data.get("schema") != "edgeprune.plan/1":
-            raise MalformedError("not an edgeprune plan (missing or unknown 'schema')")
+        if data.get("schema") not in READS:
+            raise MalformedError(f"not an edgeprune plan this version reads ('schema' {data.get('schema')!r}, "
+                                 f"expected one of {', '.join(READS)})")
         try:
             return cls._from_dict(dict(data))
         except KeyError as exc:
@@ -130,7 +142,7 @@ class Plan:
         groups = [GroupDecision(**{**g, "layers": tuple(g["layers"])}) for g in data.pop("groups")]
         inputs = InputSpec.from_json(data.pop("inputs")) if data.get("inputs") else None
         data.pop("inputs", None)
-        budget = Budget(**data.pop("budget"))
+        budget = Budget.from_json(data.pop("budget"), "plan: budget")
         return cls(layers=layers, groups=groups, inputs=inputs, budget=budget, **data)
 
     @classmethod

@@ -28,7 +28,6 @@ model is frozen and the search redone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -36,8 +35,8 @@ import torch
 from torch import nn
 
 from ._copy import copy_model
-from .budget import Budget
-from .costs import ModelCost, measure, prunable_layers, weight_bytes
+from .budget import Budget, Estimate
+from .costs import BYTES, ModelCost, measure, prunable_layers, weight_bytes
 from .errors import BudgetError, EdgepruneError, ModelError
 from .finite import check_finite, check_finite_outputs
 from .inputs import InputSpec, call
@@ -47,7 +46,9 @@ from .pruning.nm import reduction_size
 from .pruning.structured import IMPORTANCES, ChannelGraph, ChannelGroup, remove_channels
 from .pruning.unstructured import global_amounts
 from .recipe import Recipe, load_recipe
-from .rules import LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, rule_choices, structured_instead
+from .rules import (LayerChoice, apply_recipe, channels, is_depthwise, nm_fits, removal_for, rule_choices,
+                    structured_instead)
+from .sensitivity import Sensitivity
 from .targets import Target, load_target
 from ._warn import warn
 
@@ -56,12 +57,16 @@ _SEARCH_STEPS = 30
 
 
 class _Estimator:
-    """Effective MACs and zeroed weights of a candidate plan, from the dense per-layer costs."""
+    """What a candidate plan costs (effective MACs, zeroed weights, bytes of weights and activations at the
+    target's precision), from the dense per-layer costs."""
 
-    def __init__(self, cost: ModelCost, modules: dict[str, nn.Module], prunable: list[str]):
+    def __init__(self, cost: ModelCost, modules: dict[str, nn.Module], prunable: list[str], precision: str,
+                 dense_weight_bytes: int):
         self.cost = cost
         self.modules = modules
         self.prunable = prunable
+        self.precision = precision
+        self.dense_weight_bytes = dense_weight_bytes
         self.total_weights = sum(cost.layers[n].weights for n in prunable) or 1
 
     def fractions(self, groups: list[ChannelGroup], removal: dict[str, int]) -> tuple[dict, dict]:
@@ -84,14 +89,19 @@ class _Estimator:
                 in_f[n] = 1.0  # a depthwise conv's cost follows its channel count once, not twice
         return out_f, in_f
 
-    def evaluate(self, groups, removal, choices: dict[str, LayerChoice], unstructured: dict[str, float]):
+    def evaluate(self, groups, removal, choices: dict[str, LayerChoice], unstructured: dict[str, float]) -> Estimate:
         out_f, in_f = self.fractions(groups, removal)
         macs = self.cost.other_macs
         zeroed = 0.0
+        removed_weights = 0.0
+        activations = 0.0
         for n, c in self.cost.layers.items():
             f = out_f[n] * in_f[n]
             layer_macs = c.macs * f
             kept_weights = c.weights * f
+            removed_weights += c.weights - kept_weights
+            # a layer's input and output live in memory at once: the largest pair bounds the activation memory
+            activations = max(activations, c.in_elements * in_f[n] + c.out_elements * out_f[n])
             choice = choices.get(n)
             if choice and choice.method == "n:m":
                 layer_macs *= choice.mac_rate  # zeros the hardware skips; all of them where it has no sparse kernel
@@ -104,19 +114,11 @@ class _Estimator:
         for g in groups:
             if g.attention:  # its score and context matmuls run once per head kept
                 macs -= self.cost.macs_outside_layers(g.attention) * removal.get(g.root, 0) / g.channels
-        return macs, zeroed / self.total_weights
-
-
-def _keep_count(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
-    """Channels left after removing `fraction` of the group, rounded to the target's alignment."""
-    if g.head_dim:
-        return max(1, round(g.heads * (1 - fraction))) * g.head_dim
-    floor = align * math.ceil(max(min_channels, align) / align)
-    if g.channels <= floor:
-        return g.channels
-    kept = align * round(g.channels * (1 - fraction) / align)
-    return g.channels if kept >= g.channels else max(kept, floor)
-
+        width = BYTES[self.precision]
+        stored = self.dense_weight_bytes - removed_weights * width
+        return Estimate(macs_ratio=macs / self.cost.macs if self.cost.macs else 1.0,
+                        sparsity=zeroed / self.total_weights, flash_bytes=int(stored),
+                        sram_bytes=int(activations * width), ram_bytes=int(stored + activations * width))
 
 def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, within: Callable,
             priority: Optional[dict[str, float]] = None) -> dict[str, int]:
@@ -141,10 +143,6 @@ def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, withi
             return removal
 
 
-def removal_for(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
-    return g.channels - _keep_count(g, fraction, align, min_channels)
-
-
 def plan(
     model: nn.Module,
     example_inputs: Any,
@@ -165,6 +163,8 @@ def plan(
     target = load_target(target)
     if not isinstance(budget, Budget):
         raise BudgetError(f"budget must be an edgeprune.Budget, got {type(budget).__name__}")
+    if budget.needs_device:
+        budget.quantity(Estimate())  # says what the budget needs that the policy alone cannot tell
     if importance not in IMPORTANCES:
         raise EdgepruneError(f"unknown importance {importance!r}: expected one of {', '.join(IMPORTANCES)}")
     if scope not in SCOPES:
@@ -192,7 +192,8 @@ def plan(
     choices, notes = apply_recipe(choices, modules, target, recipe_obj, source)
     rule_kept = {n for n, c in choices.items() if c.method == "keep"}
     prunable = [n for n in modules if n not in rule_kept]
-    estimator = _Estimator(cost, modules, prunable)
+    estimator = _Estimator(cost, modules, prunable, target.precision.default,
+                           weight_bytes(work, target.precision.default))
     if sensitivity is not None:
         _check_sensitivity(sensitivity, target, modules, scope)
 
@@ -201,7 +202,7 @@ def plan(
     for _attempt in range(len(modules) + 1):
         result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
                         broken, loss_fn, nm_structured=False, sensitivity=sensitivity)
-        if result.by_method("n:m") and not _meets(result, budget, cost.macs):
+        if result.by_method("n:m") and not budget.meets(result.estimate()):
             # 2:4 alone does not reach the budget: let the 2:4 layers lose channels too
             result = _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance,
                             broken, loss_fn, nm_structured=True, sensitivity=sensitivity)
@@ -234,8 +235,6 @@ _BEND_RANGE = (0.25, 4.0)
 
 
 def _check_sensitivity(sens, target: Target, modules: dict[str, nn.Module], scope: str) -> None:
-    from .sensitivity import Sensitivity
-
     if not isinstance(sens, Sensitivity):
         raise EdgepruneError(f"sensitivity must be an edgeprune Sensitivity, got {type(sens).__name__}")
     if sens.target != target.name:
@@ -290,12 +289,6 @@ def _explain_sensitivity(result: Plan, sens, groups: list[ChannelGroup], free: l
         result.replace_layer(replace(d, reason=f"{d.reason}; {measured}: {decided}"))
 
 
-def _meets(result: Plan, budget: Budget, dense_macs: int) -> bool:
-    if budget.kind == "macs_ratio":
-        return result.macs_after <= budget.macs_ratio * dense_macs
-    return result.sparsity >= budget.sparsity
-
-
 def _solve(work, example_inputs, target, budget, choices, estimator, align, scope, importance, broken, loss_fn,
            nm_structured, sensitivity=None):
     shrinkable = ("structured", "n:m") if nm_structured else ("structured",)
@@ -319,8 +312,8 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
 
     unstructured = {n: c.amount for n, c in choices.items() if c.method == "unstructured" and c.amount is not None}
     searched_u = [n for n, c in choices.items() if c.method == "unstructured" and c.amount is None]
-    if searched_u and budget.kind == "sparsity":
-        unstructured.update(global_amounts({n: estimator.modules[n] for n in searched_u}, budget.sparsity))
+    if searched_u and budget.counts_zeros:
+        unstructured.update(global_amounts({n: estimator.modules[n] for n in searched_u}, budget.value))
 
     if scope == "global" and free:
         if importance == "taylor":
@@ -352,10 +345,7 @@ def _solve(work, example_inputs, target, budget, choices, estimator, align, scop
             return {g.root: removal_for(g, x, align, min_channels) for g in free}
 
     def within(removal: dict[str, int]) -> bool:
-        macs, sparsity = estimator.evaluate(groups, removal, choices, unstructured)
-        if budget.kind == "macs_ratio":
-            return macs <= budget.macs_ratio * estimator.cost.macs
-        return sparsity >= budget.sparsity
+        return budget.meets(estimator.evaluate(groups, removal, choices, unstructured))
 
     def meets(x: float) -> bool:
         return within({**removal_at(x), **fixed})
@@ -431,10 +421,12 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
         GroupDecision(i, g.root, g.channels, removal.get(g.root, 0), g.out_layers, g.heads)
         for i, g in enumerate(groups) if removal.get(g.root, 0) > 0
     ]
-    macs, sparsity = estimator.evaluate(groups, removal, choices, unstructured)
+    estimate = estimator.evaluate(groups, removal, choices, unstructured)
     return Plan(
         target=target.name, family=target.family, budget=budget, importance=importance, scope=scope,
-        alignment=align, layers=rows, groups=decisions, macs_after=int(macs), sparsity=sparsity,
+        alignment=align, layers=rows, groups=decisions, macs_before=estimator.cost.macs,
+        macs_after=int(estimate.macs_ratio * estimator.cost.macs), sparsity=estimate.sparsity,
+        weight_bytes=estimate.flash_bytes or 0, activation_bytes=estimate.sram_bytes or 0,
     )
 
 
@@ -492,16 +484,11 @@ def _flash_shortfall(result: Plan, target: Target) -> str:
 
 
 def _check_budget(result: Plan, budget: Budget, target: Target) -> None:
-    if budget.kind == "macs_ratio" and result.macs_ratio > budget.macs_ratio + 1e-9:
+    estimate = result.estimate()
+    if not budget.meets(estimate):
         raise BudgetError(
-            f"{target.name}: Budget(macs_ratio={budget.macs_ratio:g}) cannot be met under this target's rules: "
-            f"the most the policy can remove keeps {result.macs_ratio:.3f} of the MACs "
-            f"(alignment {result.alignment}, min_channels {target.alignment.min_channels}, kept layers as listed). "
-            "Loosen the budget or override layers in a recipe."
-        )
-    if budget.kind == "sparsity" and result.sparsity + 1e-9 < budget.sparsity:
-        raise BudgetError(
-            f"{target.name}: Budget(sparsity={budget.sparsity:g}) cannot be met under this target's rules: "
-            f"at most {result.sparsity:.3f} of the prunable weights can be zeroed or removed. "
-            "Loosen the budget or override layers in a recipe."
+            f"{target.name}: Budget({budget}) cannot be met under this target's rules: the most the policy can "
+            f"remove leaves {budget.quantity(estimate):.3f} ({budget.meaning}), {budget.miss(estimate):.1%} "
+            f"{'over' if budget.upper else 'short'} (alignment {result.alignment}, min_channels "
+            f"{target.alignment.min_channels}, kept layers as listed). Loosen the budget or override layers in a recipe."
         )

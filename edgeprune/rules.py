@@ -13,8 +13,9 @@ layers the rules leave free to prune, and only where its method fits the layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from torch import nn
 
@@ -23,7 +24,7 @@ from .budget import Budget
 from .costs import ModelCost
 from .errors import RecipeError
 from .pruning.nm import reduction_size
-from .pruning.structured import ChannelGraph
+from .pruning.structured import ChannelGraph, ChannelGroup
 from .recipe import LayerOverride, Recipe
 from .targets import Target
 
@@ -80,29 +81,75 @@ def structured_instead(why: str, align: int) -> str:
     return f"{why}; structured instead, counts multiples of {align} (alignment)"
 
 
-def family_choice(target: Target, budget: Budget, module: nn.Module, align: int) -> LayerChoice:
-    """The method the target's family gives a layer no other rule keeps."""
-    family = target.family
-    if family == "jetson" and target.accelerates("n:m"):
+class FamilyRules:
+    """How one target family prunes a layer that no other rule keeps. One subclass per family, looked up
+    by the profile's `family` (`rules_for`): a new family is one more subclass, not another branch."""
+
+    families: ClassVar[tuple[str, ...]] = ()
+    _registry: ClassVar[dict[str, "FamilyRules"]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for family in cls.families:
+            FamilyRules._registry[family] = cls()
+
+    def choice(self, target: Target, budget: Budget, module: nn.Module, align: int) -> LayerChoice:
+        zeros = _zeros_pay_off(target, budget)
+        return zeros or self.dense_choice(target, module, align)
+
+    def dense_choice(self, target: Target, module: nn.Module, align: int) -> LayerChoice:
+        return LayerChoice(
+            "structured",
+            f"{target.runtime.delegate} on {target.hardware.simd}: unstructured gives no speed-up "
+            f"(sparsity.unstructured_benefit=none); structured, counts multiples of {align} (alignment.channel_multiple)",
+        )
+
+
+def _zeros_pay_off(target: Target, budget: Budget) -> Optional[LayerChoice]:
+    """Unstructured, where the budget counts zeroed weights and the hardware turns zeros into a gain."""
+    if not budget.counts_zeros or target.sparsity.unstructured_benefit not in ("flash", "speed"):
+        return None
+    benefit = "weights compressed in flash" if target.sparsity.unstructured_benefit == "flash" else "sparse kernels"
+    return LayerChoice("unstructured",
+                       f"{budget.key} budget; unstructured zeros pay off here ({benefit}: sparsity.unstructured_benefit)")
+
+
+class CpuRules(FamilyRules):
+    families = ("arm-cpu", "x86-cpu")
+
+
+class JetsonRules(FamilyRules):
+    """2:4 on the layers wide enough for the sparse tensor cores, whatever the budget; structured elsewhere."""
+
+    families = ("jetson",)
+
+    def choice(self, target, budget, module, align):
+        if not target.accelerates("n:m"):
+            return super().choice(target, budget, module, align)
         fits, why = nm_fits(target, module)
         if fits:
             return LayerChoice("n:m", why, n=target.sparsity.nm.n, m=target.sparsity.nm.m)
         return LayerChoice("structured", structured_instead(why, align))
-    if budget.kind == "sparsity" and target.sparsity.unstructured_benefit in ("flash", "speed"):
-        benefit = "weights compressed in flash" if target.sparsity.unstructured_benefit == "flash" else "sparse kernels"
-        return LayerChoice("unstructured",
-                           f"sparsity budget; unstructured zeros pay off here ({benefit}: sparsity.unstructured_benefit)")
-    if family == "mcu":
+
+
+class McuRules(FamilyRules):
+    families = ("mcu",)
+
+    def dense_choice(self, target, module, align):
         return LayerChoice(
             "structured",
             f"{target.runtime.delegate} int8 has no sparse kernels: structured shrinks SRAM activations and "
             f"flash weights, counts multiples of {align} (alignment)",
         )
-    return LayerChoice(
-        "structured",
-        f"{target.runtime.delegate} on {target.hardware.simd}: unstructured gives no speed-up "
-        f"(sparsity.unstructured_benefit=none); structured, counts multiples of {align} (alignment.channel_multiple)",
-    )
+
+
+def rules_for(target: Target) -> FamilyRules:
+    return FamilyRules._registry.get(target.family, CpuRules())
+
+
+def family_choice(target: Target, budget: Budget, module: nn.Module, align: int) -> LayerChoice:
+    """The method the target's family gives a layer no other rule keeps."""
+    return rules_for(target).choice(target, budget, module, align)
 
 
 FIRST_LAYER = "first layer"
@@ -127,6 +174,22 @@ def rule_choices(model: nn.Module, example_inputs: Any, target: Target, budget: 
         else:
             choices[name] = family_choice(target, budget, module, align)
     return choices
+
+
+def keep_count(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
+    """Channels left after removing `fraction` of the group, rounded to the target's alignment."""
+    if g.head_dim:
+        return max(1, round(g.heads * (1 - fraction))) * g.head_dim
+    floor = align * math.ceil(max(min_channels, align) / align)
+    if g.channels <= floor:
+        return g.channels
+    kept = align * round(g.channels * (1 - fraction) / align)
+    return g.channels if kept >= g.channels else max(kept, floor)
+
+
+def removal_for(g: ChannelGroup, fraction: float, align: int, min_channels: int) -> int:
+    """Channels to remove from the group for `fraction`, as the target's alignment and minimum allow."""
+    return g.channels - keep_count(g, fraction, align, min_channels)
 
 
 def _is_glob(pattern: str) -> bool:

@@ -24,7 +24,9 @@ from .budget import Budget
 from .errors import EdgepruneError, ModelError
 from .finite import check_finite
 from .batchnorm import recalibrate_
+from .costs import measure, prunable_layers
 from .metrics import accuracy
+from .rules import removal_for, rule_choices
 from .targets import Target, load_target
 
 SCHEMA = "edgeprune.sensitivity/1"
@@ -119,8 +121,6 @@ class Sensitivity:
 
 def _eligible(work: nn.Module, example_inputs: Any, target: Target, layers: Optional[Sequence[str]]):
     """{layer: policy choice} for the layers the policy would prune (same rules as `policy.plan`)."""
-    from .costs import measure, prunable_layers
-    from .rules import rule_choices
 
     cost = measure(work, example_inputs)
     modules = prunable_layers(work)
@@ -187,7 +187,6 @@ def sensitivity(
     from .pruning.nm import apply_nm
     from .pruning.structured import ChannelGraph, remove_channels
     from .pruning.unstructured import apply_unstructured
-    from .policy import removal_for
     from ._copy import copy_model
 
     target = load_target(target)

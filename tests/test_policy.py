@@ -504,6 +504,51 @@ def test_infeasible_sparsity_budget_is_a_budget_error(small_cnn):
         ep.plan(small_cnn.model, small_cnn.inputs, STM32, ep.Budget(sparsity=0.95))
 
 
+def test_infeasible_flash_budget_says_how_far_over_it_stays(small_cnn):
+    with pytest.raises(ep.BudgetError, match=r"Budget\(flash_kib=0.01\) cannot be met.*KiB\), [0-9.]+% over"):
+        ep.plan(small_cnn.model, small_cnn.inputs, STM32, ep.Budget(flash_kib=0.01))
+
+
+@pytest.mark.parametrize("budget", [ep.Budget(latency_ms=2.0), ep.Budget(latency_ratio=0.5)])
+def test_latency_budget_without_a_device_is_a_budget_error_that_asks_for_one(small_cnn, budget):
+    with pytest.raises(ep.BudgetError, match=r"needs a device to measure on \(device='local'"):
+        ep.plan(small_cnn.model, small_cnn.inputs, PI5, budget)
+
+
+def _dense_estimate(zm, target) -> ep.Estimate:
+    return ep.plan(zm.model, zm.inputs, target, ep.Budget(macs_ratio=1.0)).estimate()
+
+
+@pytest.mark.parametrize(("key", "field", "unit", "model", "fraction"), [
+    ("flash_kib", "flash_bytes", 1024, "tiny_mobilenet_v2", 0.6), ("ram_mib", "ram_bytes", 1024 * 1024, "tiny_mobilenet_v2", 0.6),
+    # the kept first layer's input and output bound small_cnn's activations: 0.75 of the dense is as low as it goes
+    ("sram_kib", "sram_bytes", 1024, "small_cnn", 0.8),
+])
+def test_memory_budget_plan_lands_just_inside_its_budget(zoo_model, key, field, unit, model, fraction):
+    zm = zoo_model(model)
+    limit = fraction * getattr(_dense_estimate(zm, STM32), field)
+    plan = ep.plan(zm.model, zm.inputs, STM32, ep.Budget(**{key: limit / unit}))
+    kept = getattr(plan.estimate(), field)
+    assert 0.9 * limit <= kept <= limit, (kept, limit)
+
+
+def test_flash_estimate_is_the_pruned_models_weight_bytes(tiny_resnet):
+    plan = ep.plan(tiny_resnet.model, tiny_resnet.inputs, STM32, ep.Budget(flash_kib=20))
+    pruned = ep.prune(tiny_resnet.model, plan)
+    from edgeprune.costs import weight_bytes
+
+    assert plan.estimate().flash_bytes == weight_bytes(pruned, "int8")
+
+
+def test_activation_estimate_is_the_largest_layer_input_and_output_pair(small_cnn):
+    from edgeprune.costs import activation_bytes
+
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, STM32, ep.Budget(macs_ratio=1.0))
+    cost = ep.measure(small_cnn.model, small_cnn.inputs)
+    pairs = [c.in_elements + c.out_elements for c in cost.layers.values()]
+    assert plan.activation_bytes == activation_bytes(cost, "int8") == max(pairs) > 0
+
+
 # -- importance and scope --------------------------------------------------------------------------------
 
 

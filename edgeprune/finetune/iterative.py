@@ -13,12 +13,13 @@ from torch.utils.data import DataLoader
 
 from .._copy import copy_model
 from ..batchnorm import recalibrate_ as _recalibrate_
-from ..budget import Budget
-from ..costs import measure
+from ..budget import Budget, Estimate
+from ..costs import activation_bytes, measure, weight_bytes
 from ..errors import BudgetError, EdgepruneError, ModelError
 from ..metrics import split_batch as _split
 from ..policy import plan as make_plan
 from ..pruning import RECORD_ATTR, finalize, prune, record_of
+from ..targets import load_target
 from .data import check_loader, first_batch, seeded_epoch
 from .loop import FinetuneResult, finetune
 from .masks import enforce_masks, ensure_mask, magnitude_mask, refresh_weight, resolve_layers
@@ -29,21 +30,21 @@ __all__ = ["iterative_prune", "lottery"]
 def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: Budget, train_data: DataLoader, *,
                     steps: int = 3, epochs_per_step: int = 1, checkpoint_dir: "str | Path | None" = None,
                     recipe: Any = None, importance: str = "l2", **finetune_kwargs) -> FinetuneResult:
-    """Structured pruning in `steps` stages: the MACs kept go from 1.0 to `budget.macs_ratio` linearly; each
-    stage plans (`ep.plan`, with `recipe` and `importance`) and prunes (`ep.prune`) the current model,
-    recalibrates BatchNorm on `train_data`, then fine-tunes for `epochs_per_step`. History entries carry
-    `prune_step`, `macs_ratio`."""
-    if not isinstance(budget, Budget) or budget.kind != "macs_ratio":
-        raise BudgetError("iterative_prune takes Budget(macs_ratio=r); for sparsity use finetune(gradual=...)")
+    """Pruning in `steps` stages: the quantity `budget` bounds (MACs kept, flash, ...) goes linearly from the
+    dense model's to the budget's (`Budget.stage`); each stage plans (`ep.plan`, with `recipe` and
+    `importance`) and prunes (`ep.prune`) the current model, recalibrates BatchNorm on `train_data`, then
+    fine-tunes for `epochs_per_step`. History entries carry `prune_step`, `macs_ratio`."""
+    if not isinstance(budget, Budget):
+        raise BudgetError(f"budget must be an edgeprune.Budget, got {type(budget).__name__}")
     if steps < 1:
         raise EdgepruneError(f"steps={steps}: must be >= 1")
+    target = load_target(target)
     dense = measure(finalize(model).eval(), example_inputs).macs
+    original = _estimate(model, example_inputs, target, dense)
     current, history, result = model, [], None
     for k in range(1, steps + 1):
-        goal = 1.0 - (1.0 - budget.macs_ratio) * k / steps
-        now = measure(finalize(current).eval(), example_inputs).macs
-        relative = min(1.0, goal * dense / now)
-        p = make_plan(current, example_inputs, target, Budget(macs_ratio=relative), recipe=recipe, importance=importance)
+        stage = budget.stage(k, steps, original, _estimate(current, example_inputs, target, dense))
+        p = make_plan(current, example_inputs, target, stage, recipe=recipe, importance=importance)
         pruned = prune(current, p)
         with seeded_epoch(train_data, finetune_kwargs.get("seed", 0), 0):
             _recalibrate_(pruned, train_data)
@@ -55,6 +56,16 @@ def iterative_prune(model: nn.Module, example_inputs: Any, target: Any, budget: 
         current = result.model
     result.history = history
     return result
+
+
+def _estimate(model: nn.Module, example_inputs: Any, target, dense_macs: int) -> Estimate:
+    """What `model` costs now, its MACs against the original dense model's."""
+    work = finalize(model).eval()
+    cost = measure(work, example_inputs)
+    precision = target.precision.default
+    weights, activations = weight_bytes(work, precision), activation_bytes(cost, precision)
+    return Estimate(macs_ratio=cost.macs / dense_macs, sparsity=0.0, flash_bytes=weights, sram_bytes=activations,
+                    ram_bytes=weights + activations)
 
 
 def lottery(model: nn.Module, train_data: DataLoader, *, rounds: int, sparsity_per_round: float,
