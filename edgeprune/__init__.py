@@ -18,7 +18,9 @@ from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeployErro
                      RemoteTimeoutError, SettingsError, TargetError, WorkdirError)
 from .history import History, HistoryRecord, open_history
 from .plan import GroupDecision, LayerDecision, Plan
-from .policy import plan
+from .closedloop import plan
+from .latency import LatencyModel, LatencyTable, LayerConfig
+from .profiling import profile
 from .pruning import PruneRecord, finalize, prune, record_of
 from .recipe import Recipe
 from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, check, check_many
@@ -41,5 +43,6 @@ __all__ = [
 ]
 __all__ += ["CompareSettings", "Comparison", "Reservation", "Verdict", "compare", "reserve"]
 __all__ += ["History", "HistoryError", "HistoryRecord", "open_history"]
+__all__ += ["LatencyModel", "LatencyTable", "LayerConfig", "profile"]
 __all__ += ["Deployment", "DeployError", "LayerKernel", "deploy"]
 __all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]

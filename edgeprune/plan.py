@@ -77,6 +77,10 @@ class Plan:
     sparsity: float = 0.0  # fraction of prunable weights zeroed or removed
     weight_bytes: int = 0  # parameters of the planned model at the target's default precision (0: not estimated)
     activation_bytes: int = 0  # the largest layer input + output at that precision (0: not estimated)
+    latency_ms: Optional[float] = None  # p50 predicted by the device's latency model (None: none was given)
+    dense_latency_ms: Optional[float] = None  # the dense model's, by the same model
+    measured_latency_ms: Optional[float] = None  # p50 measured on the device (plans made there: closedloop)
+    iterations: list[dict] = field(default_factory=list)  # the closed loop's, one per plan measured
     # what the user must know beyond the rows: rollbacks, recipe entries the rules overrode, N:M the device
     # does not accelerate, "does not fit flash: ..." when weight_bytes exceeds the target's flash
     notes: list[str] = field(default_factory=list)
@@ -100,7 +104,8 @@ class Plan:
         """What the plan is expected to cost, for a budget to judge (`Budget.meets`)."""
         known = self.weight_bytes or None, self.activation_bytes or None
         return Estimate(macs_ratio=self.macs_ratio, sparsity=self.sparsity, flash_bytes=known[0],
-                        sram_bytes=known[1], ram_bytes=sum(known) if all(known) else None)
+                        sram_bytes=known[1], ram_bytes=sum(known) if all(known) else None,
+                        latency_ms=self.measured_latency_ms or self.latency_ms, dense_latency_ms=self.dense_latency_ms)
 
     def replace_layer(self, decision: LayerDecision) -> None:
         self.layers = [decision if d.layer == decision.layer else d for d in self.layers]

@@ -40,6 +40,7 @@ from .costs import BYTES, ModelCost, measure, prunable_layers, weight_bytes
 from .errors import BudgetError, EdgepruneError, ModelError
 from .finite import check_finite, check_finite_outputs
 from .inputs import InputSpec, call
+from .latency import LatencyModel
 from .plan import GroupDecision, LayerDecision, Plan
 from .pruning import apply_masks, finalize, refresh
 from .pruning.nm import reduction_size
@@ -61,8 +62,10 @@ class _Estimator:
     target's precision), from the dense per-layer costs."""
 
     def __init__(self, cost: ModelCost, modules: dict[str, nn.Module], prunable: list[str], precision: str,
-                 dense_weight_bytes: int):
+                 dense_weight_bytes: int, latency: Optional[LatencyModel] = None):
         self.cost = cost
+        self.latency = latency
+        self.dense_latency_ms = latency.dense_ms if latency else None
         self.modules = modules
         self.prunable = prunable
         self.precision = precision
@@ -118,7 +121,18 @@ class _Estimator:
         stored = self.dense_weight_bytes - removed_weights * width
         return Estimate(macs_ratio=macs / self.cost.macs if self.cost.macs else 1.0,
                         sparsity=zeroed / self.total_weights, flash_bytes=int(stored),
-                        sram_bytes=int(activations * width), ram_bytes=int(stored + activations * width))
+                        sram_bytes=int(activations * width), ram_bytes=int(stored + activations * width),
+                        latency_ms=self.latency_at(out_f, in_f), dense_latency_ms=self.dense_latency_ms)
+
+    def latency_at(self, out_f: dict[str, float], in_f: dict[str, float]) -> Optional[float]:
+        if self.latency is None:
+            return None
+        counts = {}
+        for n in self.latency.layers:
+            out_c, in_c = channels(self.modules[n])
+            kept_out = round(out_c * out_f[n])
+            counts[n] = (kept_out if is_depthwise(self.modules[n]) else round(in_c * in_f[n]), kept_out)
+        return self.latency.predict(counts)
 
 def _refill(removal: dict[str, int], free: list[ChannelGroup], align: int, within: Callable,
             priority: Optional[dict[str, float]] = None) -> dict[str, int]:
@@ -154,16 +168,21 @@ def plan(
     scope: str = "per-layer",
     loss_fn: Optional[Callable] = None,
     sensitivity: "Any | None" = None,
+    latency: Optional[LatencyModel] = None,
 ) -> Plan:
     """Decide, layer by layer, how to prune `model` for `target` within `budget`. `model` is not changed.
 
     With `sensitivity` (from `edgeprune.sensitivity` for the same target), each channel group's removal
     fraction is bent by its layers' measured drop: sensitive groups keep more, insensitive ones give more,
-    and the budget search still meets the budget."""
+    and the budget search still meets the budget.
+
+    With `latency` (a `LatencyModel` measured on the device for this model, see `edgeprune.profiling`), every
+    candidate's p50 is predicted from it, so a latency budget can be searched; without it such a budget is
+    an error."""
     target = load_target(target)
     if not isinstance(budget, Budget):
         raise BudgetError(f"budget must be an edgeprune.Budget, got {type(budget).__name__}")
-    if budget.needs_device:
+    if budget.needs_device and latency is None:
         budget.quantity(Estimate())  # says what the budget needs that the policy alone cannot tell
     if importance not in IMPORTANCES:
         raise EdgepruneError(f"unknown importance {importance!r}: expected one of {', '.join(IMPORTANCES)}")
@@ -193,7 +212,9 @@ def plan(
     rule_kept = {n for n, c in choices.items() if c.method == "keep"}
     prunable = [n for n in modules if n not in rule_kept]
     estimator = _Estimator(cost, modules, prunable, target.precision.default,
-                           weight_bytes(work, target.precision.default))
+                           weight_bytes(work, target.precision.default), latency)
+    if latency is not None:
+        _check_latency(latency, modules, cost)
     if sensitivity is not None:
         _check_sensitivity(sensitivity, target, modules, scope)
 
@@ -427,6 +448,7 @@ def _assemble(target, budget, choices, estimator, groups, in_group, removal, uns
         alignment=align, layers=rows, groups=decisions, macs_before=estimator.cost.macs,
         macs_after=int(estimate.macs_ratio * estimator.cost.macs), sparsity=estimate.sparsity,
         weight_bytes=estimate.flash_bytes or 0, activation_bytes=estimate.sram_bytes or 0,
+        latency_ms=estimate.latency_ms, dense_latency_ms=estimate.dense_latency_ms,
     )
 
 
@@ -468,6 +490,20 @@ def _verify(model, example_inputs, result: Plan, importance, loss_fn, estimator:
     result.sparsity = 1 - kept / estimator.total_weights if estimator.prunable else 0.0
     result.weight_bytes = weight_bytes(pruned, target.precision.default)
     return {}, {}
+
+
+def _check_latency(latency: LatencyModel, modules: dict[str, nn.Module], cost: ModelCost) -> None:
+    if not isinstance(latency, LatencyModel):
+        raise EdgepruneError(f"latency must be an edgeprune LatencyModel, got {type(latency).__name__}")
+    unknown = [n for n in latency.layers if n not in modules]
+    if unknown:
+        raise ModelError(f"the latency model names layer {unknown[0]!r}, which the model does not have: was it "
+                         "profiled for another model?")
+    for name, config in latency.layers.items():
+        out_c, in_c = channels(modules[name])
+        if (config.in_channels, config.out_channels) != (in_c, out_c):
+            raise ModelError(f"the latency model was profiled with layer {name!r} at {config.in_channels}→"
+                             f"{config.out_channels} channels, the model has {in_c}→{out_c}: profile it again")
 
 
 def _flash_shortfall(result: Plan, target: Target) -> str:

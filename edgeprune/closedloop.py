@@ -1,0 +1,166 @@
+"""Meet a latency budget on the device: plan with the device's latency model, prune, export, measure there,
+correct the model with what was measured, plan again, until the measured p50 lies within the window
+(0.90–1.00 × the budget by default) or no plan can reach it.
+
+Each iteration is recorded in the plan (`Plan.iterations`): the latency the search aimed at, what the
+latency model predicted, the measured p50 and its 95 % CI, and the device seconds it cost. A budget the
+device's noise cannot resolve (the p50's CI wider than the window) is an error that says so: a plan
+measured inside the window by luck would not stay there on the next run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from .budget import Budget, LatencyBudget, LatencyRatioBudget
+from .devices import Device, get_device
+from .errors import BudgetError
+from .export import export
+from .latency import LatencyModel
+from .plan import Plan
+from .policy import plan as plan_with_model
+from .profiling import profile
+from .pruning import prune
+from .remote import BenchSettings, bench
+from .targets import Target, load_target
+
+WINDOW = (0.90, 1.00)
+AIM = 0.95  # where in the window the search aims: its middle, so noise on either side stays inside
+MAX_ITERATIONS = 6
+
+
+@dataclass(frozen=True)
+class Iteration:
+    aim_ms: float  # the latency the search was asked to stay under (in the corrected model's terms)
+    predicted_ms: float  # what the latency model predicted for the plan it found
+    measured_ms: float  # p50 measured on the device
+    ci95_ms: tuple[float, float]
+    device_s: float  # wall time the measurement held the device (upload, lock, warm-up, runs, clean-up)
+    macs_ratio: float
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ci95_ms": list(self.ci95_ms)}  # as JSON gives it back
+
+
+def plan(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
+         device: "str | Device | None" = None, devices: "str | Path | None" = None, **kwargs) -> Plan:
+    """Decide how to prune `model` for `target` within `budget` (see `edgeprune.policy.plan`). A latency
+    budget needs `device` (`"local"`, a name in `devices`, or a Device): the plan is then measured there
+    until it meets the budget (`plan_on_device`)."""
+    if device is None:
+        return plan_with_model(model, example_inputs, target, budget, **kwargs)
+    return plan_on_device(model, example_inputs, target, budget, device=device, devices=devices, **kwargs)
+
+
+def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
+                   device: "str | Device", devices: "str | Path | None" = None,
+                   latency: Optional[LatencyModel] = None, cache_dir: "str | Path | None" = None,
+                   window: tuple[float, float] = WINDOW, max_iterations: int = MAX_ITERATIONS,
+                   settings: Optional[BenchSettings] = None, trust_new_host_key: bool = False,
+                   progress: Optional[Callable[[str, int, int], None]] = None, **plan_kwargs) -> Plan:
+    """A plan for `model` whose measured p50 on `device` lies within `window` × the latency budget."""
+    target = load_target(target)
+    if not budget.needs_device:
+        raise BudgetError(f"Budget({budget}) is met by the policy alone: plan without a device")
+    if isinstance(device, str):
+        device = get_device(device, devices)
+    settings = settings or BenchSettings()
+    if latency is None:
+        latency = profile(model, example_inputs, target, device, cache_dir=cache_dir,
+                          trust_new_host_key=trust_new_host_key, progress=progress)
+    dense_ms = latency.measurements[0]["measured_ms"] if latency.measurements else latency.dense_ms
+    goal = budget.absolute(dense_ms) if isinstance(budget, LatencyRatioBudget) else budget
+    low, high = window[0] * goal.value, window[1] * goal.value
+    iterations: list[Iteration] = []
+    aim = AIM * goal.value
+    with tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp:
+        while len(iterations) < max_iterations:
+            k = len(iterations)
+            if progress:
+                progress(f"plan {k + 1}: aim {aim:.3f} ms", k, max_iterations)
+            try:
+                candidate = plan_with_model(model, example_inputs, target, LatencyBudget(aim), latency=latency,
+                                            **plan_kwargs)
+            except BudgetError as exc:
+                raise BudgetError(_unreachable(budget, goal, device, iterations, exc)) from None
+            pruned = prune(model, candidate)
+            artifact = export(pruned, example_inputs, target, Path(tmp) / f"iteration-{k}")
+
+            def measure() -> Iteration:
+                result = bench(artifact.path, device, settings=settings, trust_new_host_key=trust_new_host_key)
+                it = Iteration(aim, candidate.latency_ms, result.p50, tuple(result.ci95_p50),
+                               float(result.overhead_s.get("total_s", 0.0)), candidate.macs_ratio)
+                iterations.append(it)
+                width = it.ci95_ms[1] - it.ci95_ms[0]
+                if width > high - low:
+                    raise BudgetError(
+                        f"Budget({budget}) on {device.name}: the device's noise cannot resolve it: the p50's 95 % "
+                        f"CI is {width:.3f} ms wide ({it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f} ms), wider than the "
+                        f"window {low:.3f}–{high:.3f} ms; measure longer (BenchSettings(min_seconds=...)), quiet "
+                        "the device, or give a looser budget")
+                return it
+
+            same = [i.measured_ms for i in iterations if abs(i.macs_ratio - candidate.macs_ratio) < 1e-9]
+            if len(same) >= 2:
+                raise BudgetError(_stuck(budget, goal, device, iterations, same, low, high))
+            first = measure()
+            measured = first.measured_ms
+            if low <= measured <= high:
+                # once more, to tell a plan inside the window from a run that landed there by chance: the
+                # within-run CI does not see the spread between runs (process start, the device's state)
+                again = measure()
+                if low <= again.measured_ms <= high:
+                    candidate.budget = budget
+                    candidate.iterations = [i.to_json() for i in iterations]
+                    candidate.measured_latency_ms = max(measured, again.measured_ms)
+                    candidate.dense_latency_ms = dense_ms
+                    return candidate
+                measured = (measured + again.measured_ms) / 2
+            # the next plan aims at the same latency, predicted by a model that now knows this measurement
+            latency.correct(_channels(pruned, latency), measured)
+    raise BudgetError(f"Budget({budget}) on {device.name}: not met in {max_iterations} measurements: "
+                      + "; ".join(f"{i.macs_ratio:.2f} of the MACs measured {i.measured_ms:.3f} ms" for i in iterations)
+                      + f" (window {low:.3f}–{high:.3f} ms)")
+
+
+def _channels(pruned: nn.Module, latency: LatencyModel) -> dict[str, tuple[int, int]]:
+    """The pruned model's (in, out) channels of each layer in the latency model."""
+    modules = dict(pruned.named_modules())
+    out = {}
+    for name in latency.layers:
+        m = modules[name]
+        out[name] = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
+    return out
+
+
+def _stuck(budget: Budget, goal: LatencyBudget, device: Device, iterations: list[Iteration], same: list[float],
+           low: float, high: float) -> str:
+    """Why the loop chose a plan it had measured twice already: the device's noise between runs is wider
+    than the window, or no plan the target's alignment allows lands inside it."""
+    said = f"Budget({budget})" + (f" ({goal.value:.3f} ms)" if goal is not budget else "")
+    if max(same) - min(same) > high - low:
+        return (f"{said} on {device.name}: the device's noise cannot resolve it: one plan measured "
+                f"{min(same):.3f}–{max(same):.3f} ms in separate runs, wider than the window {low:.3f}–{high:.3f} ms; "
+                "quiet the device (pin cores in devices.toml), measure longer, or give a looser budget")
+    below = max((i for i in iterations if i.measured_ms < low), key=lambda i: i.measured_ms, default=None)
+    above = min((i for i in iterations if i.measured_ms > high), key=lambda i: i.measured_ms, default=None)
+    nearest = "; ".join(f"{i.macs_ratio:.2f} of the MACs measured {i.measured_ms:.3f} ms" for i in (below, above) if i)
+    return (f"{said} on {device.name}: no plan lands in the window {low:.3f}–{high:.3f} ms: the nearest plans "
+            f"({nearest}) are one step of the target's channel alignment apart; choose a budget at one of them, "
+            "or widen the window")
+
+
+def _unreachable(budget: Budget, goal: LatencyBudget, device: Device, iterations: list[Iteration],
+                 exc: BudgetError) -> str:
+    said = f"Budget({budget})" + (f" ({goal.value:.3f} ms)" if goal is not budget else "")
+    if not iterations:
+        return f"{said} on {device.name}: the latency model measured there predicts no plan reaches it: {exc}"
+    fastest = min(iterations, key=lambda i: i.measured_ms)
+    return (f"{said} cannot be met on {device.name}: after {len(iterations)} measurements no plan is predicted "
+            f"to reach it; the fastest measured {fastest.measured_ms:.3f} ms (p50, {fastest.macs_ratio:.2f} of the "
+            "MACs kept). Loosen the budget, or override layers in a recipe")
