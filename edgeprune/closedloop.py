@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .budget import Budget, LatencyBudget, LatencyRatioBudget
+from .budget import Budget, Estimate, FlashBudget, LatencyBudget, LatencyRatioBudget, SramBudget
 from .devices import Device, get_device
 from .errors import BudgetError
 from .export import export
@@ -52,9 +52,11 @@ def plan(model: nn.Module, example_inputs: Any, target: "Target | str", budget: 
     """Decide how to prune `model` for `target` within `budget` (see `edgeprune.policy.plan`). A latency
     budget needs `device` (`"local"`, a name in `devices`, or a Device): the plan is then measured there
     until it meets the budget (`plan_on_device`)."""
-    if device is None:
-        return plan_with_model(model, example_inputs, target, budget, **kwargs)
-    return plan_on_device(model, example_inputs, target, budget, device=device, devices=devices, **kwargs)
+    if device is not None:
+        return plan_on_device(model, example_inputs, target, budget, device=device, devices=devices, **kwargs)
+    if isinstance(budget, ARTIFACT_MEASURED) and load_target(target).family == "mcu":
+        return plan_to_fit(model, example_inputs, target, budget, **kwargs)
+    return plan_with_model(model, example_inputs, target, budget, **kwargs)
 
 
 def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
@@ -126,6 +128,71 @@ def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str"
     raise BudgetError(f"Budget({budget}) on {device.name}: not met in {max_iterations} measurements: "
                       + "; ".join(f"{i.macs_ratio:.2f} of the MACs measured {i.measured_ms:.3f} ms" for i in iterations)
                       + f" (window {low:.3f}–{high:.3f} ms)")
+
+
+# measured on the exported artifact of an MCU target: TFLite-Micro's arena, the stored file
+ARTIFACT_MEASURED = (SramBudget, FlashBudget)
+
+
+def measured_memory(manifest: dict) -> Estimate:
+    """SRAM and flash as export measured them: TFLite-Micro's arena (or Vela's SRAM, when larger) and the
+    file the firmware stores (Vela's compiled file for Ethos-U)."""
+    memory = manifest.get("memory") or {}
+    vela = memory.get("vela") or {}
+    sram = max(memory.get("tflm_arena_bytes") or 0, vela.get("sram_bytes") or 0) or None
+    return Estimate(sram_bytes=sram, flash_bytes=vela.get("vela_tflite_bytes") or manifest.get("size_bytes"))
+
+
+def plan_to_fit(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
+                calibration: Any = None, max_iterations: int = 4, margin: float = 0.98,
+                **plan_kwargs) -> Plan:
+    """A plan whose int8 artifact fits `budget` as export measures it. The policy's estimate of activation
+    memory is a lower bound of the arena (which also holds tensors later layers still need, and scratch
+    buffers), and weights gain quantization scales and the file's own structure: each miss shrinks what the
+    search aims at by the measured overshoot (and `margin`), until the artifact fits."""
+    target = load_target(target)
+    aim, iterations, pairs = budget, [], []
+    calibration = list(calibration) if calibration is not None else [example_inputs]
+    with tempfile.TemporaryDirectory(prefix="edgeprune-fit-") as tmp:
+        for k in range(max_iterations):
+            try:
+                candidate = plan_with_model(model, example_inputs, target, aim, **plan_kwargs)
+            except BudgetError as exc:
+                if not iterations:
+                    raise
+                raise BudgetError(f"Budget({budget}) cannot be met on {target.name}'s artifact: "
+                                  + "; ".join(iterations) + f"; to measure {budget.value:g} the policy's estimate "
+                                  f"would have to be {aim.value:.2f}: {exc}") from None
+            artifact = export(prune(model, candidate), example_inputs, target, Path(tmp) / f"iteration-{k}",
+                              calibration=calibration)
+            measured = candidate.estimate().but(**{f: getattr(measured_memory(artifact.manifest), f)
+                                                   for f in ("sram_bytes", "flash_bytes")})
+            quantity, estimated = budget.quantity(measured), budget.quantity(candidate.estimate())
+            pairs.append((estimated, quantity))
+            iterations.append(f"aimed {aim.value:.1f}, estimated {estimated:.1f}, measured {quantity:.1f} "
+                              f"({budget.meaning})")
+            if budget.meets(measured):
+                candidate.budget = budget
+                candidate.weight_bytes = measured.flash_bytes or candidate.weight_bytes
+                candidate.activation_bytes = measured.sram_bytes or candidate.activation_bytes
+                candidate.notes.append(f"{budget} met on the exported artifact: " + "; ".join(iterations))
+                return candidate
+            aim = type(budget)(margin * _estimate_for(budget.value, pairs))
+    raise BudgetError(f"Budget({budget}) not met on {target.name}'s artifact in {max_iterations} exports: "
+                      + "; ".join(iterations))
+
+
+def _estimate_for(goal: float, pairs: list[tuple[float, float]]) -> float:
+    """The estimate whose artifact should measure `goal`, from the (estimated, measured) pairs so far: the
+    line through the last two (an arena grows with the activations it holds), or, after one, the same
+    offset (a file adds its own structure and quantization parameters to the weights)."""
+    (e1, m1) = pairs[-1]
+    if len(pairs) >= 2:
+        e0, m0 = pairs[-2]
+        slope = (m1 - m0) / (e1 - e0) if e1 != e0 else 0.0
+        if slope > 0:
+            return e1 + (goal - m1) / slope
+    return e1 + (goal - m1)
 
 
 def _channels(pruned: nn.Module, latency: LatencyModel) -> dict[str, tuple[int, int]]:

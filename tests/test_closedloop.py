@@ -9,6 +9,7 @@ import torch
 
 import edgeprune as ep
 from edgeprune.closedloop import plan_on_device
+from helpers import run_cli
 from test_latency import wide_cnn
 
 TARGET = "x86-64-host"
@@ -83,3 +84,46 @@ def test_a_window_narrower_than_the_p50s_confidence_interval_is_unresolvable(pro
 def test_a_macs_budget_with_a_device_is_refused():
     with pytest.raises(ep.BudgetError, match="is met by the policy alone: plan without a device"):
         ep.plan(wide_cnn(), (torch.randn(1, 3, 16, 16),), TARGET, ep.Budget(macs_ratio=0.5), device="local")
+
+
+# -- through the CLI ------------------------------------------------------------------------------------
+
+def test_cli_latency_budget_without_a_device_asks_for_one():
+    result = run_cli("plan", "--target", TARGET, "--model", "test_latency:wide_cnn", "--input-shape", "1,3,16,16",
+                     "--budget", "latency_ms=2")
+    assert result.exit_code == 2 and "needs a device to measure on" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_latency_budget_below_reach_says_so_with_the_cached_profile(profiled):
+    model, inputs, cache, latency, _ = profiled
+    result = run_cli("plan", "--target", TARGET, "--model", "test_latency:wide_cnn", "--input-shape", "1,3,16,16",
+                     "--budget", "latency_ratio=0.01", "--device", "local", "--latency-cache", str(cache))
+    assert result.exit_code == 2, result.output
+    assert "latency_ratio=0.01" in result.output and "predicts no plan reaches it" in result.output
+
+
+# -- memory budgets, checked on the exported artifact ----------------------------------------------------
+
+def _seeded(zm, seeds):
+    from helpers import randn
+
+    return [tuple(randn(*t.shape, seed=s) for t in zm.inputs) for s in seeds]
+
+
+def test_a_flash_budget_is_met_by_the_exported_file_not_only_the_estimate(small_cnn):
+    dense = ep.plan(small_cnn.model, small_cnn.inputs, "stm32h743", ep.Budget(macs_ratio=1.0)).estimate()
+    budget = ep.Budget(flash_kib=0.6 * dense.flash_bytes / 1024)
+    plan = ep.plan(small_cnn.model, small_cnn.inputs, "stm32h743", budget, calibration=_seeded(small_cnn, range(16)))
+    # the first plan's estimate met the budget but its .tflite (quantization parameters, the flatbuffer's own
+    # structure) did not: the loop planned again with the overshoot it measured
+    note = plan.notes[-1]
+    assert note.startswith(f"{budget} met on the exported artifact") and note.count("measured") >= 2, note
+    assert plan.weight_bytes <= budget.value * 1024 and plan.budget == budget
+
+
+def test_an_sram_budget_below_the_smallest_arena_says_what_was_measured(small_cnn):
+    with pytest.raises(ep.BudgetError, match=r"sram_kib=7.5\) cannot be met on stm32h743's artifact: aimed 7.5, "
+                                             r"estimated [0-9.]+, measured [0-9.]+ \(the tensor arena"):
+        ep.plan(small_cnn.model, small_cnn.inputs, "stm32h743", ep.Budget(sram_kib=7.5),
+                calibration=_seeded(small_cnn, range(16)))

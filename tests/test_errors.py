@@ -22,7 +22,12 @@ from edgeprune import zoo
 @pytest.mark.parametrize("value", ["0.5", True, [0.5], b"0.5"])
 def test_a_budget_that_is_not_a_number_is_a_budget_error_naming_it(value):
     with pytest.raises(ep.BudgetError, match=r"Budget\(macs_ratio=.*expected a number"):
-        ep.Budget(value)
+        ep.Budget(macs_ratio=value)
+
+
+def test_a_budget_given_a_positional_value_asks_for_the_keyword():
+    with pytest.raises(ep.BudgetError, match=r"takes exactly one of macs_ratio=, sparsity=.*got positional"):
+        ep.Budget(0.5)
 
 
 def test_budget_parse_of_a_non_string_is_a_budget_error():

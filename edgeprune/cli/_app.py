@@ -140,8 +140,13 @@ INPUT_NAME_OPTION = typer.Option(None, "--input-name", help="pass the input as t
                                  "input_ids)")
 DTYPE_OPTION = typer.Option("float32", "--input-dtype")
 # planning (plan, prune)
-BUDGET_OPTION = typer.Option("macs=0.5", "--budget", "-b", help="macs=R (keep at most R of the MACs) or "
-                             "sparsity=S")
+BUDGET_OPTION = typer.Option("macs=0.5", "--budget", "-b", help="macs=R (keep at most R of the MACs), sparsity=S, "
+                             "latency_ms=MS or latency_ratio=R (measured on --device), flash_kib=K, sram_kib=K, "
+                             "ram_mib=M")
+PLAN_DEVICE_OPTION = typer.Option(None, "--device", "-d", help="measure a latency budget here ('local' or a name in "
+                                  "--devices): profile the model, then plan, export and measure until it is met")
+LATENCY_CACHE_OPTION = typer.Option(None, "--latency-cache", help="where latency tables are kept (default: "
+                                    "~/.cache/edgeprune/latency)")
 RECIPE_OPTION = typer.Option(None, "--recipe", "-r", help="TOML file of per-layer overrides")
 SENSITIVITY_OPTION = typer.Option(None, "--sensitivity", "-s", help="sensitivity.json written by `edgeprune "
                                   "sensitivity` for the same target: prune sensitive layers less")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
 from .. import _atomic
 from ..budget import Budget
 from ..errors import ArtifactError, EdgepruneError
-from ._app import (BUDGET_OPTION, DTYPE_OPTION, FORCE_OPTION, IMPORTANCE_OPTION, INPUT_NAME_OPTION, MODEL_OPTION,
-                   RECIPE_OPTION, SCOPE_OPTION, SENSITIVITY_OPTION, SHAPE_OPTION, TARGET_OPTION, WEIGHTS_OPTION, app,
-                   console, fail, overwrite_option, styled)
+from ._app import (BUDGET_OPTION, DEVICES_OPTION, DTYPE_OPTION, FORCE_OPTION, IMPORTANCE_OPTION, INPUT_NAME_OPTION,
+                   LATENCY_CACHE_OPTION, MODEL_OPTION, PLAN_DEVICE_OPTION, RECIPE_OPTION, SCOPE_OPTION,
+                   SENSITIVITY_OPTION, SHAPE_OPTION, TARGET_OPTION, TRUST_OPTION, WEIGHTS_OPTION, app, console, fail,
+                   overwrite_option, styled)
 from .models import dense, example_inputs
 
 
@@ -48,14 +53,48 @@ def read_text(path: Path) -> str:
 
 
 def make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name, input_dtype,
-              importance, scope):
-    from ..policy import plan
+              importance, scope, on_device: "OnDevice | None" = None):
+    from ..closedloop import plan
 
     sens = read_sensitivity(sensitivity)
     module = dense(model, weights)
     inputs = example_inputs(model, input_shape, input_name, input_dtype)
-    return module, plan(module, inputs, target, Budget.parse(budget), recipe=recipe, importance=importance,
-                        scope=scope, sensitivity=sens)
+    budget = Budget.parse(budget)
+    kwargs = dict(recipe=recipe, importance=importance, scope=scope, sensitivity=sens)
+    if on_device is None or on_device.device is None:
+        return module, plan(module, inputs, target, budget, **kwargs)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("latency budget", total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        result = plan(module, inputs, target, budget, device=on_device.device, devices=on_device.devices,
+                      cache_dir=on_device.cache, trust_new_host_key=on_device.trust, progress=report, **kwargs)
+    print_iterations(result)
+    return module, result
+
+
+@dataclass(frozen=True)
+class OnDevice:
+    """Where `plan`/`prune` measure a latency budget (`--device`, `--devices`, `--latency-cache`)."""
+
+    device: Optional[str]
+    devices: Optional[Path]
+    cache: Optional[Path]
+    trust: bool
+
+
+def print_iterations(plan) -> None:
+    """The closed loop's measurements, one row each: what it aimed at, predicted and measured there."""
+    table = Table(title=Text(f"measured on the device: {plan.budget}"))
+    for col in ("#", "aim ms", "predicted ms", "p50 ms", "95% CI", "MACs kept", "device s"):
+        table.add_column(col, justify="right")
+    for k, it in enumerate(plan.iterations, 1):
+        table.add_row(str(k), f"{it['aim_ms']:.3f}", f"{it['predicted_ms']:.3f}", f"{it['measured_ms']:.3f}",
+                      f"{it['ci95_ms'][0]:.3f}–{it['ci95_ms'][1]:.3f}", f"{it['macs_ratio']:.2f}", f"{it['device_s']:.1f}")
+    console.print(table)
 
 
 @app.command("plan")
@@ -64,6 +103,8 @@ def plan_cmd(
     input_shape: Optional[str] = SHAPE_OPTION, input_name: Optional[str] = INPUT_NAME_OPTION,
     input_dtype: str = DTYPE_OPTION, budget: str = BUDGET_OPTION, recipe: Optional[Path] = RECIPE_OPTION,
     sensitivity: Optional[Path] = SENSITIVITY_OPTION, importance: str = IMPORTANCE_OPTION, scope: str = SCOPE_OPTION,
+    device: Optional[str] = PLAN_DEVICE_OPTION, devices: Optional[Path] = DEVICES_OPTION,
+    latency_cache: Optional[Path] = LATENCY_CACHE_OPTION, trust_new_host_key: bool = TRUST_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here"),
     overwrite: bool = overwrite_option("an existing --json file"), force: bool = FORCE_OPTION,
 ) -> None:
@@ -74,7 +115,8 @@ def plan_cmd(
             _atomic.check_file_output(json_out, overwrite=overwrite)
             _atomic.check_writable(json_out)  # a read-only or foreign directory: said now, not after planning
         _, result = make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
-                              input_dtype, importance, scope)
+                              input_dtype, importance, scope,
+                              OnDevice(device, devices, latency_cache, trust_new_host_key))
         console.print(result.table())
         print_notes(result)
         if json_out is not None:
@@ -90,6 +132,8 @@ def prune_cmd(
     input_shape: Optional[str] = SHAPE_OPTION, input_name: Optional[str] = INPUT_NAME_OPTION,
     input_dtype: str = DTYPE_OPTION, budget: str = BUDGET_OPTION, recipe: Optional[Path] = RECIPE_OPTION,
     sensitivity: Optional[Path] = SENSITIVITY_OPTION, importance: str = IMPORTANCE_OPTION, scope: str = SCOPE_OPTION,
+    device: Optional[str] = PLAN_DEVICE_OPTION, devices: Optional[Path] = DEVICES_OPTION,
+    latency_cache: Optional[Path] = LATENCY_CACHE_OPTION, trust_new_host_key: bool = TRUST_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="directory to save the pruned model in (safetensors + JSON)"),
     overwrite: bool = overwrite_option("an existing --out directory"), force: bool = FORCE_OPTION,
 ) -> None:
@@ -104,7 +148,8 @@ def prune_cmd(
         check_save_dir(out, overwrite=overwrite)
         _atomic.check_writable(out)
         module, result = make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
-                                   input_dtype, importance, scope)
+                                   input_dtype, importance, scope,
+                                   OnDevice(device, devices, latency_cache, trust_new_host_key))
         console.print(result.table())
         print_notes(result)
         pruned = prune(module, result)
