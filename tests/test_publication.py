@@ -236,6 +236,20 @@ def test_a_save_over_a_model_that_fails_to_put_the_new_one_in_place_keeps_the_ol
         assert torch.equal(loaded(*inputs), pruned[0].eval()(*inputs))
 
 
+def test_a_save_whose_old_model_cannot_be_put_back_says_where_it_is_kept(pruned, tmp_path, monkeypatch):
+    directory = ep.save(*pruned, tmp_path / "model", factory=zoo.small_cnn)
+    before = (directory / "weights.safetensors").read_bytes()
+    # neither the new model nor (then) the old one can be renamed into place
+    failing_renames(monkeypatch, lambda src, dst: dst == str(directory) and (src.endswith(".stage") or
+                                                                              src.endswith(".old")))
+    with pytest.raises(ep.ArtifactError, match=rf"^{directory}: the saved model it held could not be put back "
+                                               r"\(Input/output error\); it is kept in (\S+)$") as info:
+        ep.save(*pruned, directory, factory=zoo.small_cnn, overwrite=True)
+    kept = Path(str(info.value).rsplit("it is kept in ", 1)[1])
+    assert (kept / "weights.safetensors").read_bytes() == before
+    assert not any(p.name.endswith(".stage") for p in tmp_path.iterdir())
+
+
 def test_a_checkpoint_write_killed_leaves_no_temporary_after_the_resumed_run(tmp_path):
     ckpt = tmp_path / "ckpt"
     killed_at(f"{ckpt}/epoch-0002.safetensors", f"""

@@ -251,3 +251,121 @@ def test_saving_a_module_prune_did_not_return_is_refused_before_writing(small_cn
     with pytest.raises(ep.ArtifactError, match="no record of which channels were removed: save the module ep.prune"):
         ep.save(copy.deepcopy(small_cnn.model), plan, tmp_path / "saved")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- what the files say, exactly (make mutate: each pins a survivor of the serialization group) -------------
+
+def test_structure_lists_exactly_the_masked_layers_not_the_modules_that_hold_them(tmp_path):
+    model, inputs = zoo.small_cnn(), zoo.small_cnn.example_inputs()
+    plan = ep.plan(model, inputs, "corstone-300-ethos-u55-128", ep.Budget(sparsity=0.5))  # unstructured masks
+    pruned = ep.prune(model, plan)
+    ep.save(pruned, plan, tmp_path / "saved", factory=zoo.small_cnn)
+    structure = json.loads((tmp_path / "saved" / "structure.json").read_text())
+    masked = sorted(n for n, m in pruned.named_modules() if hasattr(m, "weight_mask"))
+    assert masked and sorted(structure["masked_layers"]) == masked  # not "" (the model), not "res" (a Sequential)
+
+
+def test_structure_without_a_factory_records_none(tmp_path):
+    model, inputs = zoo.small_cnn(), zoo.small_cnn.example_inputs()
+    plan = ep.plan(model, inputs, "stm32h743", ep.Budget(macs_ratio=0.6))
+    ep.save(ep.prune(model, plan), plan, tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "structure.json").read_text())["factory"] is None
+
+
+@pytest.mark.parametrize("structure", ['{"schema": "someone-else/1"}', "[1, 2]", "not json"])
+def test_a_directory_whose_structure_json_is_not_ours_is_never_replaced(tmp_path, structure):
+    directory = tmp_path / "saved"
+    directory.mkdir()
+    (directory / "structure.json").write_text(structure)
+    (directory / "weights.safetensors").write_bytes(b"theirs")
+    with pytest.raises(ep.ArtifactError, match="structure.json.*weights.safetensors|weights.safetensors.*structure"):
+        ep.serialization.check_save_dir(directory, overwrite=True)
+    assert (directory / "weights.safetensors").read_bytes() == b"theirs"
+
+
+def test_read_structure_of_a_file_says_a_saved_model_is_a_directory(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text("{}")
+    with pytest.raises(ep.ArtifactError, match=rf"^{path}: is a file; a saved model is the directory edgeprune.save "
+                                               r"\(or `edgeprune prune --out`\) wrote, holding structure.json and "
+                                               r"weights.safetensors$"):
+        ep.serialization.read_structure(path)
+
+
+def test_read_structure_of_another_schema_names_both_schemas(tmp_path):
+    (tmp_path / "structure.json").write_text('{"schema": "edgeprune.model/0"}')
+    with pytest.raises(ep.ArtifactError, match=r"structure.json: 'schema' is 'edgeprune.model/0', expected "
+                                               r"'edgeprune.model/1'$"):
+        ep.serialization.read_structure(tmp_path)
+
+
+def test_read_structure_of_a_directory_without_one_asks_whether_save_wrote_it(tmp_path):
+    with pytest.raises(ep.ArtifactError, match=rf"structure.json: not found — is {tmp_path} a directory written by "
+                                               r"edgeprune.save\?$"):
+        ep.serialization.read_structure(tmp_path)
+
+
+def test_read_structure_that_is_not_json_names_what_it_should_be(tmp_path):
+    (tmp_path / "structure.json").write_text("{not json")
+    with pytest.raises(ep.ArtifactError, match="the structure edgeprune.save writes"):
+        ep.serialization.read_structure(tmp_path)
+
+
+def test_a_model_saved_before_finetuned_was_recorded_loads_as_not_finetuned(saved, tmp_path):
+    import shutil
+
+    case = saved[("small_cnn", "stm32h743")]
+    shutil.copytree(case.directory, tmp_path / "old")
+    path = tmp_path / "old" / "structure.json"
+    structure = json.loads(path.read_text())
+    structure["finetuned"] = True
+    path.write_text(json.dumps(structure))
+    assert ep.record_of(ep.load(case.factory, tmp_path / "old")).finetuned is True
+    del structure["finetuned"]
+    path.write_text(json.dumps(structure))
+    assert ep.record_of(ep.load(case.factory, tmp_path / "old")).finetuned is False
+
+
+def test_load_weights_of_a_directory_says_how_a_saved_model_is_read(tmp_path):
+    with pytest.raises(ep.ArtifactError, match=r"is a directory; dense weights are one .safetensors file \(a pruned "
+                                               r"model saved by edgeprune.save is read with edgeprune.load\)$"):
+        ep.load_weights(zoo.small_cnn, tmp_path)
+
+
+def test_load_weights_that_cannot_be_opened_says_why_in_the_systems_words(tmp_path):
+    loop = tmp_path / "a.safetensors"
+    loop.symlink_to(tmp_path / "b.safetensors")
+    (tmp_path / "b.safetensors").symlink_to(loop)
+    with pytest.raises(ep.ArtifactError, match=rf"^{loop}: cannot read: Too many levels of symbolic links$"):
+        ep.load_weights(zoo.small_cnn, loop)
+
+
+def test_load_weights_of_a_pickle_says_how_to_write_safetensors(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    with pytest.raises(ep.ArtifactError, match=r"write the weights with safetensors.torch.save_model\(model, "
+                                               r"'model.safetensors'\)$"):
+        ep.load_weights(zoo.small_cnn, path)
+
+
+def test_load_weights_names_at_most_five_missing_and_five_unexpected_keys(tmp_path):
+    import safetensors.torch
+
+    path = tmp_path / "other.safetensors"
+    safetensors.torch.save_file({f"extra{i}": torch.zeros(1) for i in range(7)}, str(path))
+    with pytest.raises(ep.ArtifactError) as info:
+        ep.load_weights(zoo.small_cnn, path)
+    message = str(info.value)
+    missing = message.split("missing: ")[1].split("], unexpected")[0]
+    unexpected = message.split("unexpected: ")[1]
+    assert missing.count("'") == 10 and unexpected.count("'") == 10, message
+
+
+def test_load_weights_of_the_wrong_shapes_names_the_error_type(tmp_path):
+    import safetensors.torch
+
+    state = {k: torch.zeros([s + 1 for s in v.shape]) for k, v in zoo.small_cnn().state_dict().items()}
+    path = tmp_path / "wide.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    with pytest.raises(ep.ArtifactError, match=r"does not fit edgeprune.zoo:small_cnn's model \(RuntimeError: "):
+        ep.load_weights(zoo.small_cnn, path)
