@@ -276,40 +276,49 @@ class LatencyRatioBudget(Budget):
         return LatencyRatioBudget(min(1.0, goal / self.quantity(current)))
 
 
+class _BytesBudget(Budget):
+    """A memory budget: bytes of the estimate, in the budget's unit (KiB, MiB)."""
+
+    reads: ClassVar[str] = ""  # the Estimate field it bounds
+    unit: ClassVar[int] = KIB
+    unknown: ClassVar[str] = ""  # why the estimate may lack it
+
+    def quantity(self, estimate: Estimate) -> float:
+        return _need(estimate, self.reads, self, self.unknown) / self.unit
+
+
 @dataclass(frozen=True)
-class SramBudget(Budget):
+class SramBudget(_BytesBudget):
     """An MCU's tensor arena (activations, in SRAM) at most this many KiB."""
 
     sram_kib: float
     key: ClassVar[str] = "sram_kib"
     aliases: ClassVar[tuple[str, ...]] = ("sram",)
     meaning: ClassVar[str] = "the tensor arena in SRAM, in KiB"
-
-    def quantity(self, estimate: Estimate) -> float:
-        return _need(estimate, "sram_bytes", self, "the arena is not estimated for this plan") / KIB
+    reads: ClassVar[str] = "sram_bytes"
+    unknown: ClassVar[str] = "the arena is not estimated for this plan"
 
 
 @dataclass(frozen=True)
-class FlashBudget(Budget):
+class FlashBudget(_BytesBudget):
     """The model as stored (weights; the exported artifact's size once exported) at most this many KiB."""
 
     flash_kib: float
     key: ClassVar[str] = "flash_kib"
     aliases: ClassVar[tuple[str, ...]] = ("flash",)
     meaning: ClassVar[str] = "the model's size in flash, in KiB"
-
-    def quantity(self, estimate: Estimate) -> float:
-        return _need(estimate, "flash_bytes", self, "the model's size is not estimated for this plan") / KIB
+    reads: ClassVar[str] = "flash_bytes"
+    unknown: ClassVar[str] = "the model's size is not estimated for this plan"
 
 
 @dataclass(frozen=True)
-class RamBudget(Budget):
+class RamBudget(_BytesBudget):
     """A Linux device's peak resident memory while running the model at most this many MiB."""
 
     ram_mib: float
     key: ClassVar[str] = "ram_mib"
     aliases: ClassVar[tuple[str, ...]] = ("ram",)
     meaning: ClassVar[str] = "the peak resident memory, in MiB"
-
-    def quantity(self, estimate: Estimate) -> float:
-        return _need(estimate, "ram_bytes", self, "the peak memory is not estimated for this plan") / MIB
+    reads: ClassVar[str] = "ram_bytes"
+    unit: ClassVar[int] = MIB
+    unknown: ClassVar[str] = "the peak memory is not estimated for this plan"
