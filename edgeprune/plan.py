@@ -171,8 +171,15 @@ class Plan:
         return (
             f"{self.target} ({self.family}), budget {self.budget}: MACs {_si(self.macs_before)} -> "
             f"{_si(self.macs_after)} ({self.macs_ratio:.2f}x kept), params {_si(self.params_before)} -> "
-            f"{_si(self.params_after)}, sparsity {self.sparsity:.1%}"
+            f"{_si(self.params_after)}, sparsity {self.sparsity:.1%}" + self._latency_summary()
         )
+
+    def _latency_summary(self) -> str:
+        if self.measured_latency_ms is not None:
+            return f", p50 {self.measured_latency_ms:.3g} ms measured on the device ({len(self.iterations)} runs)"
+        if self.latency_ms is not None:
+            return f", p50 {self.latency_ms:.3g} ms predicted by the device's latency model"
+        return ""
 
     def table(self) -> Table:
         # Text, not strings: a layer name, a target's name or a reason quoting a recipe (`[layers."*"]`) is

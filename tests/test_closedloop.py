@@ -64,6 +64,7 @@ def test_the_loop_returns_a_plan_measured_inside_the_window_twice(profiled):
     assert plan.measured_latency_ms == max(last_two) and plan.budget == ep.Budget(latency_ratio=0.7)
     assert all(i["device_s"] > 0 and i["ci95_ms"][0] <= i["measured_ms"] <= i["ci95_ms"][1] for i in plan.iterations)
     assert ep.Plan.from_json(plan.to_json()).iterations == plan.iterations
+    assert f"measured on the device ({len(plan.iterations)} runs)" in plan.summary()
 
 
 def test_a_budget_no_plan_reaches_says_so_before_measuring(profiled):

@@ -180,6 +180,7 @@ def test_a_latency_budget_plans_just_inside_the_predicted_budget():
     # one step of x86-64-host's 32-channel alignment on 64/128 channels moves it by up to ~1/4
     assert 0.75 * budget.value <= plan.latency_ms <= budget.value
     assert plan.dense_latency_ms == pytest.approx(latency.dense_ms) and plan.groups
+    assert f"p50 {plan.latency_ms:.3g} ms predicted by the device's latency model" in plan.summary()
 
 
 def test_a_latency_ratio_budget_is_judged_against_the_predicted_dense_latency():
