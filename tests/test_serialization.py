@@ -278,7 +278,8 @@ def test_a_directory_whose_structure_json_is_not_ours_is_never_replaced(tmp_path
     directory.mkdir()
     (directory / "structure.json").write_text(structure)
     (directory / "weights.safetensors").write_bytes(b"theirs")
-    with pytest.raises(ep.ArtifactError, match="structure.json.*weights.safetensors|weights.safetensors.*structure"):
+    with pytest.raises(ep.ArtifactError, match=r"(structure.json.*weights.safetensors|weights.safetensors.*structure)"
+                                               r".*choose another directory \(--out\)"):
         ep.serialization.check_save_dir(directory, overwrite=True)
     assert (directory / "weights.safetensors").read_bytes() == b"theirs"
 
@@ -369,3 +370,29 @@ def test_load_weights_of_the_wrong_shapes_names_the_error_type(tmp_path):
     safetensors.torch.save_file(state, str(path))
     with pytest.raises(ep.ArtifactError, match=r"does not fit edgeprune.zoo:small_cnn's model \(RuntimeError: "):
         ep.load_weights(zoo.small_cnn, path)
+
+
+def test_check_save_dir_refuses_an_existing_saved_model_unless_told_to_overwrite(saved):
+    directory = saved[("small_cnn", "stm32h743")].directory
+    with pytest.raises(ep.ArtifactError, match="already exists; pass --overwrite"):
+        ep.serialization.check_save_dir(directory)
+    assert ep.serialization.check_save_dir(directory, overwrite=True) == directory
+
+
+def test_a_save_interrupted_while_writing_leaves_the_old_model_and_no_staging(saved, tmp_path, monkeypatch):
+    import shutil
+
+    import safetensors.torch
+
+    case = saved[("small_cnn", "stm32h743")]
+    directory = shutil.copytree(case.directory, tmp_path / "saved")
+    before = (directory / "weights.safetensors").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ep.save(case.pruned, case.plan, directory, factory=case.factory, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+    assert (directory / "weights.safetensors").read_bytes() == before
