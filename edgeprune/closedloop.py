@@ -54,9 +54,15 @@ def plan(model: nn.Module, example_inputs: Any, target: "Target | str", budget: 
     until it meets the budget (`plan_on_device`)."""
     if device is not None:
         return plan_on_device(model, example_inputs, target, budget, device=device, devices=devices, **kwargs)
-    if isinstance(budget, ARTIFACT_MEASURED) and load_target(target).family == "mcu":
+    if isinstance(budget, ARTIFACT_MEASURED) and kwargs.get("calibration") is not None:
         return plan_to_fit(model, example_inputs, target, budget, **kwargs)
-    return plan_with_model(model, example_inputs, target, budget, **kwargs)
+    kwargs.pop("calibration", None)
+    result = plan_with_model(model, example_inputs, target, budget, **kwargs)
+    if isinstance(budget, ARTIFACT_MEASURED) and load_target(target).family == "mcu":
+        result.notes.append(f"{budget} met on the policy's estimate (weights at int8; the largest layer input + "
+                            "output, a lower bound of TFLite-Micro's arena): pass calibration= to measure it on "
+                            "the exported artifact")
+    return result
 
 
 def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
@@ -151,8 +157,11 @@ def plan_to_fit(model: nn.Module, example_inputs: Any, target: "Target | str", b
     buffers), and weights gain quantization scales and the file's own structure: each miss shrinks what the
     search aims at by the measured overshoot (and `margin`), until the artifact fits."""
     target = load_target(target)
+    if target.family != "mcu":
+        raise BudgetError(f"Budget({budget}) is measured on the artifact only for MCU targets (TFLite-Micro's "
+                          f"arena, the stored file); {target.name} is {target.family}: plan without calibration=")
     aim, iterations, pairs = budget, [], []
-    calibration = list(calibration) if calibration is not None else [example_inputs]
+    calibration = list(calibration) if calibration is not None else []
     with tempfile.TemporaryDirectory(prefix="edgeprune-fit-") as tmp:
         for k in range(max_iterations):
             try:

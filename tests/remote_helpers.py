@@ -107,7 +107,9 @@ def wait_for(found, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     end = time.monotonic() + timeout
     while not found():
         if proc.poll() is not None:
-            raise AssertionError(f"the CLI exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}")
+            out, err = proc.communicate()  # stderr is None when the caller merged it into stdout
+            said = (err or out or b"")[-2000:]
+            raise AssertionError(f"the CLI exited early ({proc.returncode}): {said.decode(errors='replace')}")
         assert time.monotonic() < end, f"the run did not get there within {timeout:.0f} s"
         time.sleep(0.02)
 
