@@ -118,13 +118,6 @@ class Budget(metaclass=_Kinds):
         """The quantity this budget bounds, read off `estimate`, in the budget's own unit."""
         raise NotImplementedError
 
-    def known(self, estimate: Estimate) -> bool:
-        try:
-            self.quantity(estimate)
-        except BudgetError:
-            return False
-        return True
-
     def meets(self, estimate: Estimate, slack: float = 1e-9) -> bool:
         q = self.quantity(estimate)
         return q <= self.value + slack if self.upper else q + slack >= self.value

@@ -27,6 +27,7 @@ from .policy import plan as plan_with_model
 from .profiling import profile
 from .pruning import prune
 from .remote import BenchSettings, bench
+from .rules import channels
 from .targets import Target, load_target
 
 WINDOW = (0.90, 1.00)
@@ -207,11 +208,7 @@ def _estimate_for(goal: float, pairs: list[tuple[float, float]]) -> float:
 def _channels(pruned: nn.Module, latency: LatencyModel) -> dict[str, tuple[int, int]]:
     """The pruned model's (in, out) channels of each layer in the latency model."""
     modules = dict(pruned.named_modules())
-    out = {}
-    for name in latency.layers:
-        m = modules[name]
-        out[name] = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
-    return out
+    return {name: channels(modules[name])[::-1] for name in latency.layers}
 
 
 def _stuck(budget: Budget, goal: LatencyBudget, device: Device, iterations: list[Iteration], same: list[float],
