@@ -19,10 +19,11 @@ from helpers import matmul_chain_onnx
 from remote_helpers import wait_for
 
 QUICK = "rounds=10, more_rounds=10, max_rounds=60, round_runs=10, warmup_runs=2, warmup_seconds=0.2, threads=1"
-# An artifact against its own copy: on this shared 2-core machine, under a parallel load, two sessions of one
-# model have differed by up to 3 % for a whole comparison; the plumbing is tested here, the false-alarm rate
-# at the defaults is bench/regress.py's to measure
-SAME = QUICK + ", min_effect=0.04"
+# An artifact against its own copy: on a shared 2-core machine under the suite's load, two sessions of one
+# model have differed by up to 3 % for a whole comparison (CI 0.947-1.012 once: `inconclusive` at a 5 %
+# limit); the plumbing is tested here with a 10 % limit, the false-alarm rate at the defaults is
+# bench/regress.py's to measure
+SAME = QUICK + ", max_slowdown=0.10, min_effect=0.04"
 
 
 def inner_test(check_args: str, settings: str = QUICK, after: str = "") -> str:
