@@ -17,7 +17,7 @@ from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeployErro
                      EdgepruneError, HistoryError, HostKeyError, MalformedError, ModelError, RecipeError,
                      RemoteTimeoutError, SettingsError, TargetError, WorkdirError)
 from .history import History, HistoryRecord, open_history
-from .plan import GroupDecision, LayerDecision, Plan
+from .plan import GroupDecision, Iteration, LayerDecision, Plan
 from .closedloop import plan
 from .latency import LatencyModel, LatencyTable, LayerConfig
 from .profiling import profile
@@ -37,7 +37,7 @@ __all__ = [
     "BenchResult", "BenchSettings", "ConnectionLostError", "Device", "DeviceBusyError", "DeviceCheck", "DeviceError",
     "HostKeyError", "RemoteTimeoutError", "WorkdirError", "bench", "bench_many", "check", "check_many", "load_devices",
     "Artifact", "ArtifactError", "Budget", "Estimate", "FlashBudget", "LatencyBudget", "LatencyRatioBudget",
-    "MacsBudget", "RamBudget", "SparsityBudget", "SramBudget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "LayerDecision", "ModelCost",
+    "MacsBudget", "RamBudget", "SparsityBudget", "SramBudget", "ExportError", "export", "verify", "BudgetError", "EdgepruneError", "GroupDecision", "Iteration", "LayerDecision", "ModelCost",
     "MalformedError", "ModelError", "SettingsError", "Plan", "PruneRecord", "Recipe", "RecipeError", "Target", "TargetError", "builtin_targets",
     "finalize", "load", "load_target", "load_weights", "measure", "plan", "prune", "record_of", "save",
 ]

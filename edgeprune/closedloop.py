@@ -11,9 +11,8 @@ measured inside the window by luck would not stay there on the next run.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from torch import nn
 
@@ -22,30 +21,17 @@ from .devices import Device, get_device
 from .errors import BudgetError
 from .export import export
 from .latency import LatencyModel
-from .plan import Plan
+from .plan import Iteration, Plan
 from .policy import plan as plan_with_model
-from .profiling import profile
+from .profiling import profile_on
 from .pruning import prune
-from .remote import BenchSettings, bench
+from .remote import BenchSettings, reserve
 from .rules import channels
 from .targets import Target, load_target
 
 WINDOW = (0.90, 1.00)
 AIM = 0.95  # where in the window the search aims: its middle, so noise on either side stays inside
 MAX_ITERATIONS = 6
-
-
-@dataclass(frozen=True)
-class Iteration:
-    aim_ms: float  # the latency the search was asked to stay under (in the corrected model's terms)
-    predicted_ms: float  # what the latency model predicted for the plan it found
-    measured_ms: float  # p50 measured on the device
-    ci95_ms: tuple[float, float]
-    device_s: float  # wall time the measurement held the device (upload, lock, warm-up, runs, clean-up)
-    macs_ratio: float
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "ci95_ms": list(self.ci95_ms)}  # as JSON gives it back
 
 
 def plan(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget, *,
@@ -70,69 +56,114 @@ def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str"
                    device: "str | Device", devices: "str | Path | None" = None,
                    latency: Optional[LatencyModel] = None, cache_dir: "str | Path | None" = None,
                    window: tuple[float, float] = WINDOW, max_iterations: int = MAX_ITERATIONS,
-                   settings: Optional[BenchSettings] = None, trust_new_host_key: bool = False,
-                   progress: Optional[Callable[[str, int, int], None]] = None, **plan_kwargs) -> Plan:
-    """A plan for `model` whose measured p50 on `device` lies within `window` × the latency budget."""
+                   settings: Optional[BenchSettings] = None, calibration: Any = None,
+                   trust_new_host_key: bool = False, progress: Optional[Callable[[str, int, int], None]] = None,
+                   **plan_kwargs) -> Plan:
+    """A plan for `model` whose measured p50 on `device` lies within `window` × the latency budget. Each
+    plan is measured on the artifact export makes of it (`calibration`: samples for an int8 target's
+    export); the device is held (`ep.reserve`) from the profile to the last measurement."""
     target = load_target(target)
     if not budget.needs_device:
         raise BudgetError(f"Budget({budget}) is met by the policy alone: plan without a device")
+    calibration = list(calibration) if calibration is not None else None
+    if target.precision.default == "int8" and not calibration:
+        raise BudgetError(f"Budget({budget}) on {target.name}: its plans are measured on their int8 artifacts, "
+                          "whose export needs calibration data: pass calibration=[example inputs, ...] "
+                          "(CLI: --calibration)")
     if isinstance(device, str):
         device = get_device(device, devices)
     settings = settings or BenchSettings()
-    if latency is None:
-        latency = profile(model, example_inputs, target, device, cache_dir=cache_dir,
-                          trust_new_host_key=trust_new_host_key, progress=progress)
-    dense_ms = latency.measurements[0]["measured_ms"] if latency.measurements else latency.dense_ms
+    with reserve(device, trust_new_host_key=trust_new_host_key) as board, \
+            tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp:
+        if latency is None:
+            latency = profile_on(board, model, example_inputs, target, cache_dir=cache_dir,
+                                 trust_new_host_key=trust_new_host_key, progress=progress)
+
+        def measure(module: nn.Module, name: str) -> Measured:
+            artifact = export(module, example_inputs, target, Path(tmp) / name, calibration=calibration)
+            result = board.bench(artifact.path, settings=settings)
+            return Measured(result.p50, tuple(result.ci95_p50), float(result.overhead_s.get("total_s", 0.0)))
+
+        dense_ms = None
+        if isinstance(budget, LatencyRatioBudget):
+            # the goal is a fraction of the dense p50 as the loop measures (the profile's runs are shorter)
+            if progress:
+                progress("the dense model", 0, max_iterations)
+            dense_ms = measure(model, "dense").p50_ms
+            latency.correct({}, dense_ms)
+        return converge(model, example_inputs, target, budget, latency, measure, device=board.device.name,
+                        dense_ms=dense_ms, window=window, max_iterations=max_iterations, progress=progress,
+                        **plan_kwargs)
+
+
+class Measured(NamedTuple):
+    """What the loop needs of one measurement on the device."""
+
+    p50_ms: float
+    ci95_ms: tuple[float, float]
+    device_s: float  # wall time it held the device
+
+
+def converge(model: nn.Module, example_inputs: Any, target: "Target | str", budget: Budget,
+             latency: LatencyModel, measure: Callable[[nn.Module, str], Measured], *, device: str,
+             dense_ms: Optional[float] = None, window: tuple[float, float] = WINDOW,
+             max_iterations: int = MAX_ITERATIONS, progress: Optional[Callable[[str, int, int], None]] = None,
+             **plan_kwargs) -> Plan:
+    """The loop itself: plan with `latency`, prune, `measure(pruned, name)` on `device`, correct, plan again;
+    `dense_ms`: the dense p50 a latency_ratio budget is a fraction of (default: the model's prediction)."""
+    target = load_target(target)
+    if dense_ms is None:
+        dense_ms = latency.dense_ms
     goal = budget.absolute(dense_ms) if isinstance(budget, LatencyRatioBudget) else budget
     low, high = window[0] * goal.value, window[1] * goal.value
     iterations: list[Iteration] = []
+    shapes: list[dict] = []  # each measured plan's channel counts: a plan is the same plan by its shapes
     aim = AIM * goal.value
-    with tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp:
-        while len(iterations) < max_iterations:
-            k = len(iterations)
-            if progress:
-                progress(f"plan {k + 1}: aim {aim:.3f} ms", k, max_iterations)
-            try:
-                candidate = plan_with_model(model, example_inputs, target, LatencyBudget(aim), latency=latency,
-                                            **plan_kwargs)
-            except BudgetError as exc:
-                raise BudgetError(_unreachable(budget, goal, device, iterations, exc)) from None
-            pruned = prune(model, candidate)
-            artifact = export(pruned, example_inputs, target, Path(tmp) / f"iteration-{k}")
+    while len(iterations) < max_iterations:
+        k = len(iterations)
+        if progress:
+            progress(f"plan {k + 1}: aim {aim:.3f} ms", k, max_iterations)
+        try:
+            candidate = plan_with_model(model, example_inputs, target, LatencyBudget(aim), latency=latency,
+                                        **plan_kwargs)
+        except BudgetError as exc:
+            raise BudgetError(_unreachable(budget, goal, device, iterations, exc)) from None
+        pruned = prune(model, candidate)
+        shape = _channels(pruned, latency)
+        same = [i.measured_ms for i, s in zip(iterations, shapes) if s == shape]
+        if len(same) >= 2:
+            raise BudgetError(_stuck(budget, goal, device, iterations, same, low, high))
 
-            def measure() -> Iteration:
-                result = bench(artifact.path, device, settings=settings, trust_new_host_key=trust_new_host_key)
-                it = Iteration(aim, candidate.latency_ms, result.p50, tuple(result.ci95_p50),
-                               float(result.overhead_s.get("total_s", 0.0)), candidate.macs_ratio)
-                iterations.append(it)
-                width = it.ci95_ms[1] - it.ci95_ms[0]
-                if width > high - low:
-                    raise BudgetError(
-                        f"Budget({budget}) on {device.name}: the device's noise cannot resolve it: the p50's 95 % "
-                        f"CI is {width:.3f} ms wide ({it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f} ms), wider than the "
-                        f"window {low:.3f}–{high:.3f} ms; measure longer (BenchSettings(min_seconds=...)), quiet "
-                        "the device, or give a looser budget")
-                return it
+        def run() -> Iteration:
+            result = measure(pruned, f"iteration-{len(iterations)}")
+            it = Iteration(aim, candidate.latency_ms, result.p50_ms, tuple(result.ci95_ms), result.device_s,
+                           candidate.macs_ratio)
+            iterations.append(it)
+            shapes.append(shape)
+            width = it.ci95_ms[1] - it.ci95_ms[0]
+            if width > high - low:
+                raise BudgetError(
+                    f"Budget({budget}) on {device}: the device's noise cannot resolve it: the p50's 95 % "
+                    f"CI is {width:.3f} ms wide ({it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f} ms), wider than the "
+                    f"window {low:.3f}–{high:.3f} ms; measure longer (BenchSettings(min_seconds=...)), quiet "
+                    "the device, or give a looser budget")
+            return it
 
-            same = [i.measured_ms for i in iterations if abs(i.macs_ratio - candidate.macs_ratio) < 1e-9]
-            if len(same) >= 2:
-                raise BudgetError(_stuck(budget, goal, device, iterations, same, low, high))
-            first = measure()
-            measured = first.measured_ms
-            if low <= measured <= high:
-                # once more, to tell a plan inside the window from a run that landed there by chance: the
-                # within-run CI does not see the spread between runs (process start, the device's state)
-                again = measure()
-                if low <= again.measured_ms <= high:
-                    candidate.budget = budget
-                    candidate.iterations = [i.to_json() for i in iterations]
-                    candidate.measured_latency_ms = max(measured, again.measured_ms)
-                    candidate.dense_latency_ms = dense_ms
-                    return candidate
-                measured = (measured + again.measured_ms) / 2
-            # the next plan aims at the same latency, predicted by a model that now knows this measurement
-            latency.correct(_channels(pruned, latency), measured)
-    raise BudgetError(f"Budget({budget}) on {device.name}: not met in {max_iterations} measurements: "
+        measured = run().measured_ms
+        if low <= measured <= high:
+            # once more, to tell a plan inside the window from a run that landed there by chance: the
+            # within-run CI does not see the spread between runs (process start, the device's state)
+            again = run().measured_ms
+            if low <= again <= high:
+                candidate.budget = budget
+                candidate.iterations = iterations
+                candidate.measured_latency_ms = max(measured, again)
+                candidate.dense_latency_ms = dense_ms
+                return candidate
+            measured = (measured + again) / 2
+        # the next plan aims at the same latency, predicted by a model that now knows this measurement
+        latency.correct(shape, measured)
+    raise BudgetError(f"Budget({budget}) on {device}: not met in {max_iterations} measurements: "
                       + "; ".join(f"{i.macs_ratio:.2f} of the MACs measured {i.measured_ms:.3f} ms" for i in iterations)
                       + f" (window {low:.3f}–{high:.3f} ms)")
 
@@ -183,8 +214,7 @@ def plan_to_fit(model: nn.Module, example_inputs: Any, target: "Target | str", b
                               f"({budget.meaning})")
             if budget.meets(measured):
                 candidate.budget = budget
-                candidate.weight_bytes = measured.flash_bytes or candidate.weight_bytes
-                candidate.activation_bytes = measured.sram_bytes or candidate.activation_bytes
+                candidate.measured_flash_bytes, candidate.measured_sram_bytes = measured.flash_bytes, measured.sram_bytes
                 candidate.notes.append(f"{budget} met on the exported artifact: " + "; ".join(iterations))
                 return candidate
             aim = type(budget)(margin * _estimate_for(budget.value, pairs))
@@ -211,29 +241,29 @@ def _channels(pruned: nn.Module, latency: LatencyModel) -> dict[str, tuple[int, 
     return {name: channels(modules[name])[::-1] for name in latency.layers}
 
 
-def _stuck(budget: Budget, goal: LatencyBudget, device: Device, iterations: list[Iteration], same: list[float],
+def _stuck(budget: Budget, goal: LatencyBudget, device: str, iterations: list[Iteration], same: list[float],
            low: float, high: float) -> str:
     """Why the loop chose a plan it had measured twice already: the device's noise between runs is wider
     than the window, or no plan the target's alignment allows lands inside it."""
     said = f"Budget({budget})" + (f" ({goal.value:.3f} ms)" if goal is not budget else "")
     if max(same) - min(same) > high - low:
-        return (f"{said} on {device.name}: the device's noise cannot resolve it: one plan measured "
+        return (f"{said} on {device}: the device's noise cannot resolve it: one plan measured "
                 f"{min(same):.3f}–{max(same):.3f} ms in separate runs, wider than the window {low:.3f}–{high:.3f} ms; "
                 "quiet the device (pin cores in devices.toml), measure longer, or give a looser budget")
     below = max((i for i in iterations if i.measured_ms < low), key=lambda i: i.measured_ms, default=None)
     above = min((i for i in iterations if i.measured_ms > high), key=lambda i: i.measured_ms, default=None)
     nearest = "; ".join(f"{i.macs_ratio:.2f} of the MACs measured {i.measured_ms:.3f} ms" for i in (below, above) if i)
-    return (f"{said} on {device.name}: no plan lands in the window {low:.3f}–{high:.3f} ms: the nearest plans "
+    return (f"{said} on {device}: no plan lands in the window {low:.3f}–{high:.3f} ms: the nearest plans "
             f"({nearest}) are one step of the target's channel alignment apart; choose a budget at one of them, "
             "or widen the window")
 
 
-def _unreachable(budget: Budget, goal: LatencyBudget, device: Device, iterations: list[Iteration],
+def _unreachable(budget: Budget, goal: LatencyBudget, device: str, iterations: list[Iteration],
                  exc: BudgetError) -> str:
     said = f"Budget({budget})" + (f" ({goal.value:.3f} ms)" if goal is not budget else "")
     if not iterations:
-        return f"{said} on {device.name}: the latency model measured there predicts no plan reaches it: {exc}"
+        return f"{said} on {device}: the latency model measured there predicts no plan reaches it: {exc}"
     fastest = min(iterations, key=lambda i: i.measured_ms)
-    return (f"{said} cannot be met on {device.name}: after {len(iterations)} measurements no plan is predicted "
+    return (f"{said} cannot be met on {device}: after {len(iterations)} measurements no plan is predicted "
             f"to reach it; the fastest measured {fastest.measured_ms:.3f} ms (p50, {fastest.macs_ratio:.2f} of the "
             "MACs kept). Loosen the budget, or override layers in a recipe")

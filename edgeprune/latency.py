@@ -8,9 +8,10 @@ table through the runner).
 * `LatencyTable`: measured p50 per config, for one device, runtime and version, thread count and pinning,
   and input shapes; kept on disk (`table_path`) so a second plan for the same device costs no device time.
   A table measured with another runtime version or thread count is a different table.
-* `LatencyModel`: a model's layers, the table and a per-model correction: the sum of per-layer times is
-  not the end-to-end time (what runs outside those layers, and how they overlap), so the prediction is
-  `correction × (Σ layers + rest)`, with `rest` and `correction` fitted to whole-model measurements.
+* `LatencyModel`: a model's layers, the table and its whole-model measurements: the sum of per-layer
+  times is not the end-to-end time (what runs outside those layers, and how they overlap), so the
+  prediction maps `Σ layers + rest` through the measured points (`calibrated`), `rest` fitted to the dense
+  model's measurement.
 
 Between the channel counts the table holds, latency is interpolated bilinearly; it moves in steps of the
 runtime's tile width, so the profiler samples counts at multiples of the target's alignment and the
@@ -147,13 +148,12 @@ def _bracket(values: list[int], x: int) -> tuple[int, int, float]:
 @dataclass
 class LatencyModel:
     """Predicts a model's p50 from its layers' channel counts. `layers`: the dense model's config of each
-    layer the search may shrink; `rest_ms`: what the dense model spends outside them; `correction`: the
-    measured over the predicted end-to-end time (1.0 until a whole-model measurement corrects it)."""
+    layer the search may shrink; `rest_ms`: what the dense model spends outside them; `measurements`: the
+    whole-model measurements that calibrate the sum (`calibrated`)."""
 
     table: LatencyTable
     layers: dict[str, LayerConfig]
     rest_ms: float = 0.0
-    correction: float = 1.0
     measurements: list[dict[str, Any]] = field(default_factory=list)  # (predicted, measured) pairs so far
 
     def layer_ms(self, name: str, in_channels: int, out_channels: int) -> float:
@@ -193,12 +193,12 @@ class LatencyModel:
 
     def calibrated(self, raw: float) -> float:
         """The sum of per-layer times mapped onto whole-model measurements: piecewise linear through the
-        measured (raw, measured) points, each end extended by its own ratio; with none, × `correction`.
+        measured (raw, measured) points, each end extended by its own ratio; with none, the sum itself.
         The measured times are made non-decreasing in raw first (noise must not make a smaller model
         predict slower than a larger one: the search bisects on it)."""
         points = sorted((m["raw_ms"], m["measured_ms"]) for m in self.measurements)
         if not points:
-            return self.correction * raw
+            return raw
         monotone, top = [], 0.0
         for x, y in points:
             top = max(top, y)
@@ -210,7 +210,7 @@ class LatencyModel:
         for (x0, y0), (x1, y1) in zip(monotone, monotone[1:]):
             if x0 <= raw <= x1:
                 return y0 if x1 == x0 else y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
-        return self.correction * raw  # pragma: no cover - the points cover [first, last]
+        return raw  # pragma: no cover - the points cover [first, last]
 
     @property
     def dense_ms(self) -> float:
@@ -220,5 +220,7 @@ class LatencyModel:
         """Add a whole-model measurement of the model at `channels`: predictions near it follow it. A sum of
         per-layer times is not the end-to-end time, and its error changes with the widths (a dense model's
         is not a pruned one's), so each measurement corrects the predictions around it, not everywhere."""
-        self.measurements.append({"raw_ms": self.raw(channels), "measured_ms": float(measured_ms)})
-        self.correction = self.measurements[-1]["measured_ms"] / self.measurements[-1]["raw_ms"]
+        raw = self.raw(channels)
+        # a newer measurement of the same widths replaces the older (the loop's longer runs, the profile's)
+        self.measurements = [m for m in self.measurements if m["raw_ms"] != raw]
+        self.measurements.append({"raw_ms": raw, "measured_ms": float(measured_ms)})

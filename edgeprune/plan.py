@@ -59,6 +59,22 @@ class GroupDecision:
     heads: int = 0  # attention groups: number of heads before pruning (whole heads are removed)
 
 
+@dataclass(frozen=True)
+class Iteration:
+    """One plan the closed loop measured on the device (`closedloop.plan_on_device`)."""
+
+    aim_ms: float  # the latency the search was asked to stay under (in the corrected model's terms)
+    predicted_ms: float  # what the latency model predicted for the plan it found
+    measured_ms: float  # p50 measured on the device
+    ci95_ms: tuple[float, float]
+    device_s: float  # wall time the measurement held the device (upload, warm-up, runs, clean-up)
+    macs_ratio: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Iteration":
+        return cls(**{**data, "ci95_ms": tuple(data["ci95_ms"])})
+
+
 @dataclass
 class Plan:
     target: str
@@ -80,7 +96,10 @@ class Plan:
     latency_ms: Optional[float] = None  # p50 predicted by the device's latency model (None: none was given)
     dense_latency_ms: Optional[float] = None  # the dense model's, by the same model
     measured_latency_ms: Optional[float] = None  # p50 measured on the device (plans made there: closedloop)
-    iterations: list[dict] = field(default_factory=list)  # the closed loop's, one per plan measured
+    iterations: list[Iteration] = field(default_factory=list)  # the closed loop's, one per plan measured
+    # measured on the exported int8 artifact (MCU plans made with calibration=): TFLite-Micro's arena, the file
+    measured_sram_bytes: Optional[int] = None
+    measured_flash_bytes: Optional[int] = None
     # what the user must know beyond the rows: rollbacks, recipe entries the rules overrode, N:M the device
     # does not accelerate, "does not fit flash: ..." when weight_bytes exceeds the target's flash
     notes: list[str] = field(default_factory=list)
@@ -101,10 +120,12 @@ class Plan:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
     def estimate(self) -> Estimate:
-        """What the plan is expected to cost, for a budget to judge (`Budget.meets`)."""
+        """What the plan is expected to cost, for a budget to judge (`Budget.meets`): what was measured where
+        it was, the policy's estimate elsewhere."""
         known = self.weight_bytes or None, self.activation_bytes or None
-        return Estimate(macs_ratio=self.macs_ratio, sparsity=self.sparsity, flash_bytes=known[0],
-                        sram_bytes=known[1], ram_bytes=sum(known) if all(known) else None,
+        return Estimate(macs_ratio=self.macs_ratio, sparsity=self.sparsity,
+                        flash_bytes=self.measured_flash_bytes or known[0], sram_bytes=self.measured_sram_bytes or known[1],
+                        ram_bytes=sum(known) if all(known) else None,
                         latency_ms=self.measured_latency_ms or self.latency_ms, dense_latency_ms=self.dense_latency_ms)
 
     def replace_layer(self, decision: LayerDecision) -> None:
@@ -148,7 +169,8 @@ class Plan:
         inputs = InputSpec.from_json(data.pop("inputs")) if data.get("inputs") else None
         data.pop("inputs", None)
         budget = Budget.from_json(data.pop("budget"), "plan: budget")
-        return cls(layers=layers, groups=groups, inputs=inputs, budget=budget, **data)
+        iterations = [Iteration.from_dict(i) for i in data.pop("iterations", [])]
+        return cls(layers=layers, groups=groups, inputs=inputs, budget=budget, iterations=iterations, **data)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

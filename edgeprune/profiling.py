@@ -27,7 +27,7 @@ from .export import export
 from .inputs import InputSpec, call
 from .latency import LatencyModel, LatencyTable, LayerConfig, TableIdentity, table_path
 from .pruning import finalize
-from .remote import BenchSettings, bench, check
+from .remote import BenchSettings, Reservation, check, reserve
 from .rules import is_depthwise
 from .targets import Target, load_target
 
@@ -35,6 +35,9 @@ from .targets import Target, load_target
 FUSED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU)
 # short runs: each config is one small layer, its p50 settles quickly
 PROFILE_SETTINGS = BenchSettings(min_runs=30, min_seconds=0.3, warmup_runs=5, warmup_seconds=0.05)
+# artifacts measured in one harness run: the runtime starts once a series (most of a small layer's device
+# time), and a series of short runs stays far inside the device's command_timeout_s
+SERIES = 16
 DEFAULT_CACHE = Path.home() / ".cache" / "edgeprune" / "latency"
 
 
@@ -123,10 +126,21 @@ def profile(model: nn.Module, example_inputs: Any, target: "Target | str", devic
             progress: Optional[Callable[[str, int, int], None]] = None) -> LatencyModel:
     """The latency model of `model` on `device`, measured there (or read from `cache_dir` when this device,
     runtime version, thread count and input shapes were profiled before). `points` channel counts per
-    dimension per layer shape; `progress(what, done, total)` is called as configs are measured."""
-    target = load_target(target)
+    dimension per layer shape; `progress(what, done, total)` is called as configs are measured. The device
+    is held (`ep.reserve`) for the whole profile."""
     if isinstance(device, str):
         device = get_device(device, devices)
+    with reserve(device, trust_new_host_key=trust_new_host_key) as board:
+        return profile_on(board, model, example_inputs, target, cache_dir=cache_dir, points=points,
+                          settings=settings, trust_new_host_key=trust_new_host_key, progress=progress)
+
+
+def profile_on(board: Reservation, model: nn.Module, example_inputs: Any, target: "Target | str", *,
+               cache_dir: "str | Path | None" = None, points: int = 3, settings: Optional[BenchSettings] = None,
+               trust_new_host_key: bool = False,
+               progress: Optional[Callable[[str, int, int], None]] = None) -> LatencyModel:
+    """As `profile`, on a device already reserved (the closed loop holds it for the profile and its loop)."""
+    target, device = load_target(target), board.device
     settings = settings or PROFILE_SETTINGS
     work = finalize(model).eval()
     configs, fused = layer_configs(work, example_inputs)
@@ -158,17 +172,28 @@ def profile(model: nn.Module, example_inputs: Any, target: "Target | str", devic
             for i in ins:
                 wanted.append((name, config.with_channels(i, o)))
     todo = [(n, c) for n, c in dict((c.key(), (n, c)) for n, c in wanted).values() if table.get(c) is None]
-    # the dense model is measured every time: the correction is this model's, not the table's
+    # the dense model is measured every time (the calibration is this model's, not the table's), last in
+    # the last series; the layers in series of SERIES, each series one start of the runtime on the device
+    jobs: list[tuple[str, Optional[LayerConfig], nn.Module, Any]] = []
+    for name, config in todo:
+        layer, x = layer_module(modules[name], fused[name], config)
+        jobs.append((f"{name} {config.in_channels}→{config.out_channels}", config, layer, (x,)))
+    jobs.append(("the dense model", None, work, example_inputs))
+    dense = math.nan
     with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
-        for k, (name, config) in enumerate(todo):
-            if progress:
-                progress(f"{name} {config.in_channels}→{config.out_channels}", k, len(todo) + 1)
-            layer, x = layer_module(modules[name], fused[name], config)
-            table.add(config, _p50(layer, (x,), target, Path(tmp) / f"layer-{k}", device, settings, trust_new_host_key))
+        for start in range(0, len(jobs), SERIES):
+            chunk = jobs[start:start + SERIES]
+            artifacts = []
+            for k, (what, _, module, inputs) in enumerate(chunk, start):
+                if progress:
+                    progress(what, k, len(jobs))
+                artifacts.append(_export(module, inputs, target, Path(tmp) / f"config-{k}"))
+            for (_, config, _, _), result in zip(chunk, board.bench_series(artifacts, settings=settings)):
+                if config is None:
+                    dense = result.p50
+                else:
+                    table.add(config, result.p50)
             table.save(path)  # an interrupted profile keeps what it measured
-        if progress:
-            progress("the dense model", len(todo), len(todo) + 1)
-        dense = _p50(work, example_inputs, target, Path(tmp) / "dense", device, settings, trust_new_host_key)
     latency = LatencyModel(table, configs)
     layers_ms = latency.raw({})
     latency.rest_ms = max(0.0, dense - layers_ms)
@@ -176,10 +201,10 @@ def profile(model: nn.Module, example_inputs: Any, target: "Target | str", devic
     return latency
 
 
-def _p50(module: nn.Module, inputs: Any, target: Target, out: Path, device: Device, settings: BenchSettings,
-         trust: bool) -> float:
+def _export(module: nn.Module, inputs: Any, target: Target, out: Path) -> Path:
+    # an int8 target's layer is calibrated on its own seeded input: timing does not depend on the values
+    calibration = [inputs] if target.precision.default == "int8" else None
     try:
-        artifact = export(module, inputs, target, out, verify_inputs=[inputs])
+        return export(module, inputs, target, out, calibration=calibration, verify_inputs=[inputs]).path
     except EdgepruneError as exc:
         raise EdgepruneError(f"profiling: cannot export a layer for {target.name}: {exc}") from exc
-    return bench(artifact.path, device, settings=settings, trust_new_host_key=trust).p50

@@ -6,7 +6,7 @@ Command line (the same for every harness; runtime-specific options are added by 
 
     python3 runtimes/bench_<rt>.py ARTIFACT [--min-runs 50] [--min-seconds 2.0] [--warmup-runs 5]
         [--warmup-seconds 0.5] [--threads N] [--cores 0,2] [--max-seconds 600] [--seed 0] [--inputs-npz FILE]
-        [--max-cv 0.05] [--max-busy 0.25]
+        [--max-cv 0.05] [--max-busy 0.25] [--series ARTIFACT ...]
 
 What it does, in order (the practice of TFLite's benchmark_model and trtexec):
 
@@ -26,6 +26,9 @@ What it does, in order (the practice of TFLite's benchmark_model and trtexec):
     ci95_p50_batches (batch means: see batch_ci), ci95_p50_scope ("within-run": what both CIs cover),
     threads, cores, settings, inputs, load_s, load (what other processes took of the benchmark's CPUs
     during the measuring stage: device_state.window_load), state_before/state_after, flags and notes.
+    With --series A B ...: ARTIFACT, then A, B, ... each measured so in turn in this one process (the
+    runtime imported once: profiling many small layers), and the line is {"schema", "series": [one result
+    per artifact, in order]}.
 
 Flags (`flags`: the run is not to be trusted as the device's latency; the runner's `valid` is False):
 the device state's (a clock that dropped, a thermal trip point, Pi throttling) and the measurement's own,
@@ -262,6 +265,10 @@ def build_parser(backend: Backend) -> argparse.ArgumentParser:
     ab.add_argument("--round-runs", type=int, default=5, help="inferences of each artifact per round")
     ab.add_argument("--first-round", type=int, default=0,
                     help="index of the first round (even: the baseline first), to continue an earlier batch")
+    series = parser.add_argument_group("series", "benchmark ARTIFACT, then each of these in turn, in this one "
+                                                 "process: the runtime starts once for many small models")
+    series.add_argument("--series", nargs="+", default=None, metavar="ARTIFACT",
+                        help="more artifacts of the same runtime; the JSON holds one result per artifact")
     deploy = parser.add_argument_group("deploy", "run ARTIFACT once per reference input and write its outputs "
                                                  "(edgeprune deploy; see deploy_check.py)")
     deploy.add_argument("--deploy-reference", default=None,
@@ -758,7 +765,19 @@ def _emit(json_fd: int, text: str) -> None:
         data = data[written:]
 
 
-def benchmark(backend: Backend, args, ctx: Context) -> dict:
+def benchmark_series(backend: Backend, args, ctx: Context) -> dict:
+    """ARTIFACT and each --series artifact measured in turn, each as `benchmark` measures one alone (its own
+    load, warm-up, measurement and device state), under the one deadline of the whole run."""
+    results = []
+    paths = [args.artifact] + list(args.series)
+    for k, path in enumerate(paths):
+        ctx.args = argparse.Namespace(**{**vars(args), "artifact": path, "series": None})
+        results.append(benchmark(backend, ctx.args, ctx, last=k == len(paths) - 1))
+    ctx.args = args
+    return {"schema": SCHEMA, "series": results}
+
+
+def benchmark(backend: Backend, args, ctx: Context, last: bool = True) -> dict:
     artifact_bytes = check_artifact(args.artifact)
     cores = pin_cores(args.cores)
     limit_thread_env(args.threads)
@@ -790,7 +809,8 @@ def benchmark(backend: Backend, args, ctx: Context) -> dict:
         load_s = time.perf_counter() - t0
         ctx.check_deadline("while loading the artifact")
         measured = run_loops(invoke, args, ctx)
-    ctx.measurement_done()
+    if last:
+        ctx.measurement_done()
 
     state_after = device_state.sample_state()
     stats = summarize(measured.samples_ms, args.seed)
@@ -855,6 +875,8 @@ def main(backend: Backend, argv=None) -> None:
             import interleave  # travels beside this file; only A/B runs need it
 
             result = interleave.benchmark_ab(backend, args, ctx)
+        elif args.series:
+            result = benchmark_series(backend, args, ctx)
         else:
             result = benchmark(backend, args, ctx)
         text = json.dumps(result, allow_nan=False, ensure_ascii=False)

@@ -134,6 +134,14 @@ def test_between_two_measurements_the_prediction_follows_the_line_through_them()
     assert model.calibrated(raw_mid) == pytest.approx(2.5)
 
 
+def test_a_newer_measurement_of_the_same_widths_replaces_the_older():
+    model = model_of(table_over(CONV, (16, 32), (32, 64)))
+    model.correct({}, 4.0)  # the profile's short runs
+    model.correct({"conv": (16, 32)}, 1.0)
+    model.correct({}, 3.0)  # the loop's longer runs of the dense model
+    assert model.predict({}) == pytest.approx(3.0) and len(model.measurements) == 2
+
+
 def test_noise_never_makes_a_smaller_model_predict_slower_than_a_larger_one():
     model = model_of(table_over(CONV, (16, 32), (32, 64)))
     model.correct({}, 2.0)

@@ -44,6 +44,22 @@ def test_runs_in_a_reservation_share_one_lock_which_others_cannot_take(chains, t
     assert list(Path(device.workdir).glob("run-*")) == []
 
 
+def test_a_series_gives_each_artifact_its_own_result_in_order(chains, tmp_path):
+    base, slow = chains
+    with ep.reserve(local_device(workdir=str(tmp_path / "work"), lock_wait_s=0)) as board:
+        results = board.bench_series([base, slow, base], settings=QUICK_BENCH)
+    assert [Path(r.artifact).name for r in results] == ["base.onnx", "slow.onnx", "base.onnx"]
+    assert results[1].p50 > 1.5 * max(results[0].p50, results[2].p50)  # three times the MatMuls
+    shares = {r.overhead_s["total_s"] for r in results}
+    assert len(shares) == 1 and all(r.n >= QUICK_BENCH.min_runs for r in results)
+
+
+def test_a_series_of_two_runtimes_is_refused(chains, bench_artifacts, tmp_path):
+    with ep.reserve(local_device(workdir=str(tmp_path / "work"), lock_wait_s=0)) as board:
+        with pytest.raises(ep.SettingsError, match="must share one runtime, got executorch, onnx"):
+            board.bench_series([chains[0], bench_artifacts.pte])
+
+
 def test_the_lease_is_renewed_while_the_reservation_lives(chains, tmp_path):
     base, _ = chains
     # a 6 s lease, renewed every 2 s: expired leases are reclaimed by the next runner, live ones not

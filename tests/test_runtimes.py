@@ -241,6 +241,25 @@ def test_a_dynamic_dimension_is_run_at_1_and_noted(tmp_path):
     assert any("dynamic dimension 'batch'" in note for note in result["notes"])
 
 
+@pytest.mark.parametrize("rt", ["executorch", "onnx"])
+def test_a_series_measures_each_artifact_in_turn_with_its_own_result(artifacts, tmp_path, rt):
+    first = Path(artifacts[rt])
+    second = tmp_path / f"second{first.suffix}"
+    shutil.copyfile(first, second)
+    result = result_of(run_harness(rt, first, *FAST, "--threads", "1", "--series", str(second), str(first)))
+    assert set(result) == {"schema", "series"}
+    assert [r["artifact"] for r in result["series"]] == [first.name, second.name, first.name]
+    for one in result["series"]:
+        assert CONTRACT_KEYS <= set(one) and one["n"] >= 20 and one["threads"] == 1
+
+
+def test_a_missing_artifact_in_a_series_exits_2_naming_it(artifacts, tmp_path):
+    missing = tmp_path / "gone.onnx"
+    proc = run_harness("onnx", artifacts["onnx"], *FAST, "--series", str(missing))
+    assert proc.returncode == 2 and error_line(proc) == f"error: artifact {missing}: no such file"
+    assert proc.stdout == ""
+
+
 # ------------------------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("rt", HARNESSES)

@@ -147,6 +147,8 @@ PLAN_DEVICE_OPTION = typer.Option(None, "--device", "-d", help="measure a latenc
                                   "--devices): profile the model, then plan, export and measure until it is met")
 LATENCY_CACHE_OPTION = typer.Option(None, "--latency-cache", help="where latency tables are kept (default: "
                                     "~/.cache/edgeprune/latency)")
+CALIBRATION_OPTION = typer.Option(None, "--calibration", help="int8 calibration inputs: a .safetensors (tensors "
+                                  "input_0, input_1, ... or the --input-name keyword), or random:N")
 RECIPE_OPTION = typer.Option(None, "--recipe", "-r", help="TOML file of per-layer overrides")
 SENSITIVITY_OPTION = typer.Option(None, "--sensitivity", "-s", help="sensitivity.json written by `edgeprune "
                                   "sensitivity` for the same target: prune sensitive layers less")

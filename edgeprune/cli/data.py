@@ -4,7 +4,7 @@ read, and checked against what the command needs, with the option and the file n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import ArtifactError, EdgepruneError
 
@@ -64,3 +64,20 @@ def samples(option: str, path: Path, example: Any) -> list:
     count = counts[names[0]]
     items = [{n: tensors[n][i : i + 1] for n in names} for i in range(count)]
     return items if kwargs else [tuple(item[n] for n in names) for item in items]
+
+
+def calibration_inputs(spec: Optional[str], example: Any) -> Optional[list]:
+    """`random:N` (N random inputs shaped like the example — a smoke test, not real calibration) or a
+    .safetensors file of inputs (see `data.samples`)."""
+    if spec is None:
+        return None
+    from ..inputs import InputSpec
+
+    if spec.startswith("random:"):
+        try:
+            count = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise EdgepruneError(f"--calibration {spec!r}: expected random:N, e.g. random:16") from None
+        shape_spec = InputSpec.of(example)
+        return [shape_spec.make(seed=10_000 + i) for i in range(count)]
+    return samples("--calibration", Path(spec), example)

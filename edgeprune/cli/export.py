@@ -9,27 +9,10 @@ import typer
 
 from .. import _atomic
 from ..errors import EdgepruneError
-from ._app import (DTYPE_OPTION, FORCE_OPTION, INPUT_NAME_OPTION, MODEL_OPTION, SHAPE_OPTION, TARGET_OPTION, app,
+from ._app import (CALIBRATION_OPTION, DTYPE_OPTION, FORCE_OPTION, INPUT_NAME_OPTION, MODEL_OPTION, SHAPE_OPTION, TARGET_OPTION, app,
                    console, fail, overwrite_option, warn)
-from .data import samples
+from .data import calibration_inputs, samples
 from .models import dense, example_inputs
-
-
-def calibration_inputs(spec: Optional[str], example: Any) -> Optional[list]:
-    """`random:N` (N random inputs shaped like the example — a smoke test, not real calibration) or a
-    .safetensors file of inputs (see `data.samples`)."""
-    if spec is None:
-        return None
-    from ..inputs import InputSpec
-
-    if spec.startswith("random:"):
-        try:
-            count = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise EdgepruneError(f"--calibration {spec!r}: expected random:N, e.g. random:16") from None
-        shape_spec = InputSpec.of(example)
-        return [shape_spec.make(seed=10_000 + i) for i in range(count)]
-    return samples("--calibration", Path(spec), example)
 
 
 def exportable(model_spec: str, weights: Optional[Path]):
@@ -48,8 +31,7 @@ def export_cmd(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="a model saved by `prune --out` or "
                                            "`finetune --out` (a directory), or dense weights (.safetensors)"),
     int8: bool = typer.Option(False, "--int8", help="full-int8 (PT2E static quantization); needs --calibration"),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="a .safetensors of inputs (tensors "
-                                              "input_0, input_1, ... or the --input-name keyword), or random:N"),
+    calibration: Optional[str] = CALIBRATION_OPTION,
     verify_data: Optional[Path] = typer.Option(None, "--verify-data", help="a .safetensors of inputs to verify "
                                                "the artifact on, named like --calibration's (default: held-out "
                                                "calibration samples, else random inputs)"),

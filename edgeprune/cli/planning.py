@@ -14,10 +14,11 @@ from rich.text import Text
 from .. import _atomic
 from ..budget import Budget
 from ..errors import ArtifactError, EdgepruneError
-from ._app import (BUDGET_OPTION, DEVICES_OPTION, DTYPE_OPTION, FORCE_OPTION, IMPORTANCE_OPTION, INPUT_NAME_OPTION,
+from ._app import (BUDGET_OPTION, CALIBRATION_OPTION, DEVICES_OPTION, DTYPE_OPTION, FORCE_OPTION, IMPORTANCE_OPTION, INPUT_NAME_OPTION,
                    LATENCY_CACHE_OPTION, MODEL_OPTION, PLAN_DEVICE_OPTION, RECIPE_OPTION, SCOPE_OPTION,
                    SENSITIVITY_OPTION, SHAPE_OPTION, TARGET_OPTION, TRUST_OPTION, WEIGHTS_OPTION, app, console, fail,
                    overwrite_option, styled)
+from .data import calibration_inputs
 from .models import dense, example_inputs
 
 
@@ -53,14 +54,15 @@ def read_text(path: Path) -> str:
 
 
 def make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name, input_dtype,
-              importance, scope, on_device: "OnDevice | None" = None):
+              importance, scope, on_device: "OnDevice | None" = None, calibration: Optional[str] = None):
     from ..closedloop import plan
 
     sens = read_sensitivity(sensitivity)
     module = dense(model, weights)
     inputs = example_inputs(model, input_shape, input_name, input_dtype)
     budget = Budget.parse(budget)
-    kwargs = dict(recipe=recipe, importance=importance, scope=scope, sensitivity=sens)
+    kwargs = dict(recipe=recipe, importance=importance, scope=scope, sensitivity=sens,
+                  calibration=calibration_inputs(calibration, inputs))
     if on_device is None or on_device.device is None:
         return module, plan(module, inputs, target, budget, **kwargs)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
@@ -92,8 +94,8 @@ def print_iterations(plan) -> None:
     for col in ("#", "aim ms", "predicted ms", "p50 ms", "95% CI", "MACs kept", "device s"):
         table.add_column(col, justify="right")
     for k, it in enumerate(plan.iterations, 1):
-        table.add_row(str(k), f"{it['aim_ms']:.3f}", f"{it['predicted_ms']:.3f}", f"{it['measured_ms']:.3f}",
-                      f"{it['ci95_ms'][0]:.3f}–{it['ci95_ms'][1]:.3f}", f"{it['macs_ratio']:.2f}", f"{it['device_s']:.1f}")
+        table.add_row(str(k), f"{it.aim_ms:.3f}", f"{it.predicted_ms:.3f}", f"{it.measured_ms:.3f}",
+                      f"{it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f}", f"{it.macs_ratio:.2f}", f"{it.device_s:.1f}")
     console.print(table)
 
 
@@ -105,6 +107,7 @@ def plan_cmd(
     sensitivity: Optional[Path] = SENSITIVITY_OPTION, importance: str = IMPORTANCE_OPTION, scope: str = SCOPE_OPTION,
     device: Optional[str] = PLAN_DEVICE_OPTION, devices: Optional[Path] = DEVICES_OPTION,
     latency_cache: Optional[Path] = LATENCY_CACHE_OPTION, trust_new_host_key: bool = TRUST_OPTION,
+    calibration: Optional[str] = CALIBRATION_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here"),
     overwrite: bool = overwrite_option("an existing --json file"), force: bool = FORCE_OPTION,
 ) -> None:
@@ -116,7 +119,7 @@ def plan_cmd(
             _atomic.check_writable(json_out)  # a read-only or foreign directory: said now, not after planning
         _, result = make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
                               input_dtype, importance, scope,
-                              OnDevice(device, devices, latency_cache, trust_new_host_key))
+                              OnDevice(device, devices, latency_cache, trust_new_host_key), calibration)
         console.print(result.table())
         print_notes(result)
         if json_out is not None:
@@ -134,6 +137,7 @@ def prune_cmd(
     sensitivity: Optional[Path] = SENSITIVITY_OPTION, importance: str = IMPORTANCE_OPTION, scope: str = SCOPE_OPTION,
     device: Optional[str] = PLAN_DEVICE_OPTION, devices: Optional[Path] = DEVICES_OPTION,
     latency_cache: Optional[Path] = LATENCY_CACHE_OPTION, trust_new_host_key: bool = TRUST_OPTION,
+    calibration: Optional[str] = CALIBRATION_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="directory to save the pruned model in (safetensors + JSON)"),
     overwrite: bool = overwrite_option("an existing --out directory"), force: bool = FORCE_OPTION,
 ) -> None:
@@ -149,7 +153,7 @@ def prune_cmd(
         _atomic.check_writable(out)
         module, result = make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, input_name,
                                    input_dtype, importance, scope,
-                                   OnDevice(device, devices, latency_cache, trust_new_host_key))
+                                   OnDevice(device, devices, latency_cache, trust_new_host_key), calibration)
         console.print(result.table())
         print_notes(result)
         pruned = prune(module, result)

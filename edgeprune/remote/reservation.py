@@ -16,13 +16,13 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from ..devices import Device, get_device
-from ..errors import DeviceError
+from ..errors import DeviceError, SettingsError
 from .ab import checked_pair, compare_held, with_max_slowdown
 from .results import BenchResult, BenchSettings
-from .runner import Held, bench_result, checked_artifact, device_defaults, hold, run_harness
+from .runner import BENCH_KEYS, Held, bench_result, checked_artifact, device_defaults, hold, run_harness
 from .verdict import CompareSettings, Comparison
 
 
@@ -52,6 +52,35 @@ class Reservation:
             result = held.timed("run_s", run_harness, held.session, held.device, kind, held.rundir,
                                 held.remote[(path, sha)], settings, held.deadline, held.report)
         return bench_result(held, path, sha, manifest, settings, result)
+
+    def bench_series(self, artifacts: Sequence["str | Path"], *, settings: Optional[BenchSettings] = None,
+                     runtime: Optional[str] = None) -> list[BenchResult]:
+        """As `bench` for each artifact (all of one runtime), measured one after another in one harness
+        process: the runtime starts once, which for many small models (edgeprune.profile's layers) is most
+        of the device time. Each result is charged an equal share of the run's overhead."""
+        checked = [checked_artifact(a, runtime) for a in artifacts]
+        kinds = sorted({kind for _, kind, _, _ in checked})
+        if len(kinds) != 1:
+            raise SettingsError(f"bench_series: the artifacts must share one runtime, got {', '.join(kinds) or 'none'}")
+        settings = device_defaults(settings or BenchSettings(), self.device)
+        with self._operation() as held:
+            held.upload({path: sha for path, _, _, sha in checked}, kinds[0])
+            first, *rest = [held.remote[(path, sha)] for path, _, _, sha in checked]
+            result = held.timed("run_s", run_harness, held.session, held.device, kinds[0], held.rundir, first,
+                                settings, held.deadline, held.report,
+                                extra=["--series", *rest] if rest else [], required=("series",) if rest else BENCH_KEYS)
+        each = result["series"] if rest else [result]
+        if not isinstance(each, list) or len(each) != len(checked):
+            raise DeviceError(f"device '{self.device.name}': the {kinds[0]} harness returned "
+                              f"{len(each) if isinstance(each, list) else 'no'} results for {len(checked)} artifacts")
+        out = []
+        for (path, _, manifest, sha), one in zip(checked, each):
+            missing = [k for k in BENCH_KEYS if not isinstance(one, dict) or k not in one]
+            if missing:
+                raise DeviceError(f"device '{self.device.name}': the {kinds[0]} harness's result for {path.name} "
+                                  f"lacks {', '.join(missing)}")
+            out.append(bench_result(held, path, sha, manifest, settings, one, share=len(checked)))
+        return out
 
     def compare(self, baseline: "str | Path", candidate: "str | Path", *, max_slowdown: Optional[float] = None,
                 settings: Optional[CompareSettings] = None, runtime: Optional[str] = None,

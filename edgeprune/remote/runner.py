@@ -240,9 +240,11 @@ def bench(artifact: "str | Path", device: "str | Device" = "local", *, devices: 
 
 
 def bench_result(held: Held, artifact: Path, sha: str, manifest: Optional[dict], settings: BenchSettings,
-                 result: dict) -> BenchResult:
-    """The BenchResult of a harness run `result` made while `held`."""
-    device, overhead = held.device, held.overhead
+                 result: dict, share: int = 1) -> BenchResult:
+    """The BenchResult of a harness run `result` made while `held`; `share`: how many artifacts the run
+    measured (a series): each is charged that fraction of the device time."""
+    device = held.device
+    overhead = {k: v / share for k, v in held.overhead.items()}
     measured = result.get("warmup_s", 0.0) + result.get("measure_s", 0.0)
     overhead["outside_window_s"] = overhead["total_s"] - measured
     notes = list(result.get("notes", []))
