@@ -19,6 +19,7 @@ from .errors import (ArtifactError, BudgetError, ConnectionLostError, DeployErro
 from .history import History, HistoryRecord, open_history
 from .plan import GroupDecision, Iteration, LayerDecision, Plan
 from .closedloop import plan
+from .choosing import Candidate, Choice, choose
 from .latency import LatencyModel, LatencyTable, LayerConfig
 from .profiling import profile
 from .pruning import PruneRecord, finalize, prune, record_of
@@ -27,7 +28,7 @@ from .remote import BenchResult, BenchSettings, DeviceCheck, bench, bench_many, 
 from .remote import CompareSettings, Comparison, Reservation, Verdict, compare, reserve
 from .serialization import load, load_weights, save
 from .sensitivity import LayerSensitivity, Sensitivity, sensitivity
-from .plots import plot_accuracy_vs_latency, plot_layer_sparsity
+from .plots import plot_accuracy_vs_latency, plot_layer_sparsity, plot_pareto
 from .targets import Target, builtin_targets, load_target
 
 from ._version import __version__
@@ -43,6 +44,6 @@ __all__ = [
 ]
 __all__ += ["CompareSettings", "Comparison", "Reservation", "Verdict", "compare", "reserve"]
 __all__ += ["History", "HistoryError", "HistoryRecord", "open_history"]
-__all__ += ["LatencyModel", "LatencyTable", "LayerConfig", "profile"]
+__all__ += ["LatencyModel", "LatencyTable", "LayerConfig", "profile", "Candidate", "Choice", "choose"]
 __all__ += ["Deployment", "DeployError", "LayerKernel", "deploy"]
-__all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity"]
+__all__ += ["LayerSensitivity", "Sensitivity", "sensitivity", "plot_accuracy_vs_latency", "plot_layer_sparsity", "plot_pareto"]

@@ -10,6 +10,7 @@ measured inside the window by luck would not stay there on the next run.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -25,7 +26,7 @@ from .plan import Iteration, Plan
 from .policy import plan as plan_with_model
 from .profiling import profile_on
 from .pruning import prune
-from .remote import BenchSettings, reserve
+from .remote import BenchSettings, Reservation, reserve
 from .rules import channels
 from .targets import Target, load_target
 
@@ -65,35 +66,57 @@ def plan_on_device(model: nn.Module, example_inputs: Any, target: "Target | str"
     target = load_target(target)
     if not budget.needs_device:
         raise BudgetError(f"Budget({budget}) is met by the policy alone: plan without a device")
-    calibration = list(calibration) if calibration is not None else None
-    if target.precision.default == "int8" and not calibration:
-        raise BudgetError(f"Budget({budget}) on {target.name}: its plans are measured on their int8 artifacts, "
-                          "whose export needs calibration data: pass calibration=[example inputs, ...] "
-                          "(CLI: --calibration)")
+    calibration = check_calibration(target, budget, calibration)
     if isinstance(device, str):
         device = get_device(device, devices)
-    settings = settings or BenchSettings()
     with reserve(device, trust_new_host_key=trust_new_host_key) as board, \
             tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp:
         if latency is None:
             latency = profile_on(board, model, example_inputs, target, cache_dir=cache_dir,
                                  trust_new_host_key=trust_new_host_key, progress=progress)
+        measure = measurer(board, target, example_inputs, Path(tmp), settings, calibration)
+        return plan_on_board(model, example_inputs, target, budget, latency, measure, device=board.device.name,
+                             window=window, max_iterations=max_iterations, progress=progress, **plan_kwargs)
 
-        def measure(module: nn.Module, name: str) -> Measured:
-            artifact = export(module, example_inputs, target, Path(tmp) / name, calibration=calibration)
-            result = board.bench(artifact.path, settings=settings)
-            return Measured(result.p50, tuple(result.ci95_p50), float(result.overhead_s.get("total_s", 0.0)))
 
-        dense_ms = None
-        if isinstance(budget, LatencyRatioBudget):
-            # the goal is a fraction of the dense p50 as the loop measures (the profile's runs are shorter)
-            if progress:
-                progress("the dense model", 0, max_iterations)
-            dense_ms = measure(model, "dense").p50_ms
-            latency.correct({}, dense_ms)
-        return converge(model, example_inputs, target, budget, latency, measure, device=board.device.name,
-                        dense_ms=dense_ms, window=window, max_iterations=max_iterations, progress=progress,
-                        **plan_kwargs)
+def check_calibration(target: Target, budget: Budget, calibration: Any) -> Optional[list]:
+    """The calibration samples as a list; BudgetError before any device time is spent when an int8
+    target's plans, measured on their int8 artifacts, have none."""
+    calibration = list(calibration) if calibration is not None else None
+    if target.precision.default == "int8" and not calibration:
+        raise BudgetError(f"Budget({budget}) on {target.name}: its plans are measured on their int8 artifacts, "
+                          "whose export needs calibration data: pass calibration=[example inputs, ...] "
+                          "(CLI: --calibration)")
+    return calibration
+
+
+def measurer(board: Reservation, target: Target, example_inputs: Any, out: Path,
+             settings: Optional[BenchSettings] = None, calibration: Optional[list] = None
+             ) -> Callable[[nn.Module, str], "Measured"]:
+    """measure(module, name): export `module` for `target` into out/name and time it on the reserved device."""
+    settings = settings or BenchSettings()
+
+    def measure(module: nn.Module, name: str) -> Measured:
+        artifact = export(module, example_inputs, target, out / name, calibration=calibration)
+        result = board.bench(artifact.path, settings=settings)
+        return Measured(result.p50, tuple(result.ci95_p50), float(result.overhead_s.get("total_s", 0.0)))
+
+    return measure
+
+
+def plan_on_board(model: nn.Module, example_inputs: Any, target: Target, budget: Budget, latency: LatencyModel,
+                  measure: Callable[[nn.Module, str], "Measured"], *, device: str, dense_ms: Optional[float] = None,
+                  progress: Optional[Callable[[str, int, int], None]] = None, **loop_kwargs) -> Plan:
+    """The closed loop with a latency model and a measure function in hand; a latency_ratio budget's
+    dense p50 is measured first (as the loop measures: the profile's runs are shorter) unless given."""
+    if isinstance(budget, LatencyRatioBudget) and dense_ms is None:
+        if progress:
+            progress("the dense model", 0, loop_kwargs.get("max_iterations", MAX_ITERATIONS))
+        dense_ms = measure(model, "dense").p50_ms
+    if dense_ms is not None:
+        latency.correct({}, dense_ms)
+    return converge(model, example_inputs, target, budget, latency, measure, device=device, dense_ms=dense_ms,
+                    progress=progress, **loop_kwargs)
 
 
 class Measured(NamedTuple):
@@ -108,9 +131,11 @@ def converge(model: nn.Module, example_inputs: Any, target: "Target | str", budg
              latency: LatencyModel, measure: Callable[[nn.Module, str], Measured], *, device: str,
              dense_ms: Optional[float] = None, window: tuple[float, float] = WINDOW,
              max_iterations: int = MAX_ITERATIONS, progress: Optional[Callable[[str, int, int], None]] = None,
-             **plan_kwargs) -> Plan:
+             settle: bool = False, **plan_kwargs) -> Plan:
     """The loop itself: plan with `latency`, prune, `measure(pruned, name)` on `device`, correct, plan again;
-    `dense_ms`: the dense p50 a latency_ratio budget is a fraction of (default: the model's prediction)."""
+    `dense_ms`: the dense p50 a latency_ratio budget is a fraction of (default: the model's prediction).
+    `settle`: when no plan the alignment allows lands in the window, return the largest plan measured
+    under the budget (twice) instead of raising (`ep.choose` compares candidates at the budget)."""
     target = load_target(target)
     if dense_ms is None:
         dense_ms = latency.dense_ms
@@ -118,6 +143,7 @@ def converge(model: nn.Module, example_inputs: Any, target: "Target | str", budg
     low, high = window[0] * goal.value, window[1] * goal.value
     iterations: list[Iteration] = []
     shapes: list[dict] = []  # each measured plan's channel counts: a plan is the same plan by its shapes
+    plans: list[Plan] = []  # the plan of each measurement
     aim = AIM * goal.value
     while len(iterations) < max_iterations:
         k = len(iterations)
@@ -132,7 +158,13 @@ def converge(model: nn.Module, example_inputs: Any, target: "Target | str", budg
         shape = _channels(pruned, latency)
         same = [i.measured_ms for i, s in zip(iterations, shapes) if s == shape]
         if len(same) >= 2:
-            raise BudgetError(_stuck(budget, goal, device, iterations, same, low, high))
+            below = _settled(iterations, plans, shapes, high) if settle and max(same) - min(same) <= high - low else None
+            if below is None:
+                raise BudgetError(_stuck(budget, goal, device, iterations, same, low, high))
+            below.budget, below.dense_latency_ms = budget, dense_ms
+            below.notes.append(f"no plan {target.name}'s alignment allows lands in the window {low:.3f}–{high:.3f} ms: "
+                               f"this is the largest measured under {high:.3f} ms, twice")
+            return below
 
         def run() -> Iteration:
             result = measure(pruned, f"iteration-{len(iterations)}")
@@ -140,6 +172,7 @@ def converge(model: nn.Module, example_inputs: Any, target: "Target | str", budg
                            candidate.macs_ratio)
             iterations.append(it)
             shapes.append(shape)
+            plans.append(candidate)
             width = it.ci95_ms[1] - it.ci95_ms[0]
             if width > high - low:
                 raise BudgetError(
@@ -239,6 +272,22 @@ def _channels(pruned: nn.Module, latency: LatencyModel) -> dict[str, tuple[int, 
     """The pruned model's (in, out) channels of each layer in the latency model."""
     modules = dict(pruned.named_modules())
     return {name: channels(modules[name])[::-1] for name in latency.layers}
+
+
+def _settled(iterations: list[Iteration], plans: list[Plan], shapes: list[dict], high: float) -> Optional[Plan]:
+    """The largest plan (most MACs) whose every measurement was under `high`, measured at least twice, with
+    the loop's measurements up to now; None if there is none."""
+    runs: dict[int, list[int]] = {}
+    for k, shape in enumerate(shapes):
+        runs.setdefault(next(j for j, s in enumerate(shapes) if s == shape), []).append(k)
+    under = [ks for ks in runs.values() if len(ks) >= 2 and all(iterations[k].measured_ms <= high for k in ks)]
+    if not under:
+        return None
+    ks = max(under, key=lambda ks: iterations[ks[0]].macs_ratio)
+    plan = copy.deepcopy(plans[ks[0]])
+    plan.iterations = list(iterations)
+    plan.measured_latency_ms = max(iterations[k].measured_ms for k in ks)
+    return plan
 
 
 def _stuck(budget: Budget, goal: LatencyBudget, device: str, iterations: list[Iteration], same: list[float],

@@ -1,4 +1,5 @@
-"""PNG charts: sensitivity curves, per-layer sparsity by target, accuracy against latency.
+"""PNG charts: sensitivity curves, per-layer sparsity by target, accuracy against latency, and the Pareto
+plot of `ep.choose`'s candidates.
 
 matplotlib with the Agg backend (no display). Every file is written atomically (a temp file in the same
 directory, then `os.replace`) and an existing file is replaced only with `overwrite=True`.
@@ -13,6 +14,7 @@ from ._atomic import write_with
 from .errors import ArtifactError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .choosing import Choice
     from .plan import Plan
     from .sensitivity import Sensitivity
 
@@ -238,3 +240,92 @@ def plot_accuracy_vs_latency(points: list[dict], path: "str | Path", *, overwrit
             _place_labels(ax, [(p["latency_ms"] * scale, p["accuracy"], p["label"]) for p in points])
 
     return _plot(path, overwrite, draw)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both (as fast or faster and at
+    least as accurate, better on one), fastest first."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -float("inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(choices: "list[Choice]", path: "str | Path", *, overwrite: bool = False) -> Path:
+    """Accuracy against measured latency of every candidate of `choices` (`ep.choose`), one panel per device:
+    each candidate kind has its own marker, the dense model a black star, the Pareto front (no candidate both
+    faster and more accurate) a step line, each latency budget a dashed line; a choice measured on a device
+    that is not its target's (a proxy) is drawn hollow and says so in its panel's title. Labels are placed
+    where they overlap no other label or marker."""
+    plt = _pyplot()
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArtifactError(f"{path}: already exists; pass overwrite=True to replace it")
+    if not choices:
+        raise ValueError("plot_pareto: no choices to plot")
+    missing = [f"{ch.device}/{c.name}" for ch in choices for c in ch.candidates
+               if c.measured_ms is not None and c.accuracy is None]
+    if missing or any(ch.dense_accuracy is None for ch in choices):
+        raise ValueError("plot_pareto: accuracy is missing (pass val_data to ep.choose): "
+                         + ", ".join(missing or [ch.device for ch in choices if ch.dense_accuracy is None]))
+    devices = list(dict.fromkeys(ch.device for ch in choices))
+    kinds = list(dict.fromkeys(c.name for ch in choices for c in ch.candidates))
+    style = {k: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, k in enumerate(kinds)}
+    fig, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 4.8), squeeze=False)
+    several = len({str(ch.budget) for ch in choices}) > 1
+    for ax, device in zip(axes[0], devices):
+        mine = [ch for ch in choices if ch.device == device]
+        points, labels, seen = [], [], set()
+        for ch in mine:
+            hollow = ch.proxy
+            tag = f" @ {ch.budget}" if several else ""
+            rows = [("dense", ch.dense_ms, ch.dense_accuracy, "black", "*")]
+            rows += [(c.name, c.measured_ms, c.accuracy, *style[c.name]) for c in ch.candidates
+                     if c.measured_ms is not None]
+            for name, ms, acc, color, marker in rows:
+                legend = name if name not in seen else None
+                seen.add(name)
+                ax.scatter([ms], [acc], s=90 if marker == "*" else 60, marker=marker, edgecolors=color,
+                           facecolors="none" if hollow else color, linewidths=1.5, label=legend, zorder=3)
+                points.append((ms, acc))
+                chosen = " (chosen)" if name == ch.chosen else ""
+                labels.append(f"{name}{tag}{chosen}")
+            budget_ms = _budget_ms(ch)
+            if budget_ms is not None:
+                ax.axvline(budget_ms, color="grey", linestyle="--", linewidth=0.8, zorder=1)
+                ax.annotate(f"budget {ch.budget}", (budget_ms, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, -10), textcoords="offset points", fontsize=7, color="grey", rotation=90,
+                            va="top")
+        front = pareto_front(points)
+        xs = [points[i][0] for i in front]
+        ys = [points[i][1] for i in front]
+        ax.step(xs, ys, where="post", color="lightgrey", linewidth=1.2, zorder=2, label="Pareto front")
+        top = max(p[0] for p in points)
+        ax.set_xlim(0, top * 1.3)
+        ax.set_ylim(*_accuracy_limits([p[1] for p in points]))
+        proxy = any(ch.proxy for ch in mine)
+        targets = ", ".join(dict.fromkeys(ch.target for ch in mine))
+        ax.set_title(f"{device}: {targets}" + (" (proxy: hollow, not the target's own device)" if proxy else ""),
+                     fontsize=9)
+        from matplotlib.ticker import PercentFormatter
+
+        ax.set_xlabel("latency, p50 measured on the device (ms)")
+        ax.set_ylabel("accuracy")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(4, len(seen) + 1))
+        _place_labels(ax, [(x, y, label) for (x, y), label in zip(points, labels)])
+    return _save(fig, path, overwrite)
+
+
+def _budget_ms(choice: "Choice") -> "float | None":
+    """A latency budget in ms on the choice's device (a latency_ratio one against its measured dense p50)."""
+    from .budget import LatencyBudget, LatencyRatioBudget
+
+    if isinstance(choice.budget, LatencyRatioBudget):
+        return choice.budget.value * choice.dense_ms
+    if isinstance(choice.budget, LatencyBudget):
+        return choice.budget.value
+    return None

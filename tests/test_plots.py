@@ -92,3 +92,82 @@ def test_latencies_fifty_times_apart_are_drawn_on_a_log_axis(drawn, tmp_path):
     points = [{**p, "latency_ms": p["latency_ms"] * (250 if p["runtime"] == "tflite-micro" else 1)} for p in POINTS]
     plot_accuracy_vs_latency(points, tmp_path / "acc.png")
     assert drawn[-1].axes[0].get_xscale() == "log"
+
+
+# -- the Pareto plot of ep.choose ---------------------------------------------------------------------------
+
+def _choice(device: str, device_target: str, budget, dense_ms: float, rows) -> "Choice":
+    from edgeprune.choosing import Candidate, Choice
+
+    candidates = [Candidate(name, name, None, meets, "", ms, (0.99 * ms, 1.01 * ms), acc)
+                  for name, ms, acc, meets in rows]
+    chosen = next((name for name, _, _, meets in rows if meets), None)
+    return Choice("raspberry-pi-5", device, device_target, budget, dense_ms, candidates, chosen, "", 0.975)
+
+
+def _pareto_choices():
+    import edgeprune as ep
+
+    rows = [("rules", 0.60, 0.968, True), ("structured", 0.62, 0.951, True), ("unstructured", 1.02, 0.974, False),
+            ("n:m", 0.99, 0.972, False)]
+    return [_choice("pi5-lab", "raspberry-pi-5", ep.Budget(latency_ratio=0.7), 1.0, rows),
+            _choice("local", "x86-64-host", ep.Budget(latency_ratio=0.7), 0.5,
+                    [(n, ms / 2, acc, meets) for n, ms, acc, meets in rows])]
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    from edgeprune.plots import pareto_front
+
+    points = [(0.6, 0.968), (0.62, 0.951), (1.02, 0.974), (0.99, 0.972), (1.0, 0.975)]
+    assert pareto_front(points) == [0, 3, 4]  # 0.62/95.1 % is beaten by 0.60/96.8 %; 1.02 by 1.0/97.5 %
+
+
+def test_the_pareto_plot_has_a_panel_per_device_and_draws_proxies_hollow(drawn, tmp_path):
+    from edgeprune.plots import plot_pareto
+
+    plot_pareto(_pareto_choices(), tmp_path / "pareto.png")
+    fig = drawn[-1]
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(":")[0] for ax in panels] == ["pi5-lab", "local"]
+    assert "proxy" not in panels[0].get_title() and "proxy" in panels[1].get_title()
+    for ax, hollow in zip(panels, (False, True)):
+        filled = [c.get_facecolor() for c in ax.collections if isinstance(c, PathCollection)]
+        assert len(filled) == 5 and all((len(f) == 0 or f[0][3] == 0) == hollow for f in filled)
+
+
+def test_the_pareto_plot_draws_the_front_and_the_budget(drawn, tmp_path):
+    from edgeprune.plots import plot_pareto
+
+    plot_pareto(_pareto_choices(), tmp_path / "pareto.png")
+    ax = drawn[-1].axes[0]
+    (front,) = [ln for ln in ax.lines if ln.get_label() == "Pareto front"]
+    assert sorted(set(front.get_xdata())) == [0.6, 0.99, 1.0]  # rules, n:m, dense
+    budget_lines = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert [ln.get_xdata()[0] for ln in budget_lines] == [0.7]  # latency_ratio=0.7 of the dense 1.0 ms
+    labels = [t.get_text() for t in ax.texts if isinstance(t, Annotation)]
+    assert "rules (chosen)" in labels and "budget latency_ratio=0.7" in labels
+
+
+def test_pareto_labels_do_not_overlap(drawn, tmp_path):
+    from edgeprune.plots import plot_pareto
+
+    plot_pareto(_pareto_choices(), tmp_path / "pareto.png")
+    fig = drawn[-1]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = [t for t in ax.texts if isinstance(t, Annotation) and t.get_text() and "budget" not in t.get_text()]
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]
+        assert not [(a.get_text(), b.get_text()) for (a, p), (b, q) in itertools.combinations(zip(labels, boxes), 2)
+                    if p.overlaps(q)]
+
+
+def test_a_pareto_plot_without_accuracies_says_what_to_pass(tmp_path):
+    import pytest
+
+    from edgeprune.plots import plot_pareto
+
+    choice = _pareto_choices()[0]
+    choice.dense_accuracy = None
+    with pytest.raises(ValueError, match=r"accuracy is missing \(pass val_data to ep.choose\)"):
+        plot_pareto([choice], tmp_path / "pareto.png")

@@ -1,4 +1,4 @@
-"""The `edgeprune` command line: targets, plan, prune, finetune, export, bench, devices, sensitivity, demo.
+"""The `edgeprune` command line: targets, plan, prune, choose, finetune, export, bench, devices, sensitivity, demo.
 
 `_app` holds the Typer app, the shared helpers and the shared options; each module imported below registers
 its commands on `app` (or on its `targets` / `devices` group) when imported. A new command is a module here and
@@ -11,6 +11,7 @@ from ._app import app, main, use_command_class
 # the command modules: imported for the commands they register
 from . import targets  # the `targets` group
 from . import planning  # plan, prune
+from . import choose
 from . import finetune
 from . import export
 from . import devices  # the `devices` group: list, check

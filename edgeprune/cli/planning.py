@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -65,17 +66,24 @@ def make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, 
                   calibration=calibration_inputs(calibration, inputs))
     if on_device is None or on_device.device is None:
         return module, plan(module, inputs, target, budget, **kwargs)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task("latency budget", total=None)
-
-        def report(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
-
+    with progress_bar("latency budget") as report:
         result = plan(module, inputs, target, budget, device=on_device.device, devices=on_device.devices,
                       cache_dir=on_device.cache, trust_new_host_key=on_device.trust, progress=report, **kwargs)
     print_iterations(result)
     return module, result
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient progress bar, and the `progress(what, done, total)` callback that moves it."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        yield report
 
 
 @dataclass(frozen=True)
