@@ -165,6 +165,17 @@ def test_a_budget_between_two_alignment_steps_says_which_plans_are_nearest():
                  window=(0.99, 1.0))
 
 
+def test_settling_takes_the_largest_plan_measured_under_the_budget_when_the_window_is_between_steps():
+    model, inputs, latency, device = scripted()
+    budget = ep.Budget(latency_ratio=0.6)
+    plan = converge(model, inputs, "x86-64-host", budget, latency, device, device="pi", window=(0.99, 1.0),
+                    settle=True)
+    goal = 0.6 * latency.dense_ms
+    under = [i for i in plan.iterations if i.measured_ms <= goal]
+    assert plan.measured_latency_ms <= goal and plan.macs_ratio == max(i.macs_ratio for i in under)
+    assert plan.budget == budget and "this is the largest measured under" in plan.notes[-1]
+
+
 def test_a_budget_no_plan_is_predicted_to_reach_after_measuring_names_the_fastest_measured():
     model, inputs, latency, device = scripted(factor=3.0)
     budget = ep.Budget(latency_ms=0.05 * latency.dense_ms)  # the model thinks it reachable (0.031 at the least)
