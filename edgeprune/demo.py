@@ -14,7 +14,6 @@ estimate.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from edgeprune.metrics import accuracy
 
 TARGETS = ("jetson-orin-nano-8gb", "raspberry-pi-5", "corstone-300-ethos-u55-128")
 BUDGET = ep.Budget(macs_ratio=0.5)
+REPORT = "edgeprune-demo-report"  # under the current directory, where a user looks for it
 STAGES = ("sensitivity", "plan + prune", "fine-tune (KD)", "export + verify", "benchmark", "deploy")
 
 
@@ -68,7 +68,7 @@ def data(batch: int = 64) -> tuple[DataLoader, DataLoader, DataLoader]:
 
 def main(device: str = "local", devices: Optional[str] = None, out: Optional[Path] = None) -> Path:
     console = Console(width=max(Console().width, 150), markup=False)  # paths and device names print as typed
-    out = Path(out or tempfile.mkdtemp(prefix="edgeprune-demo-"))
+    out = Path(out) if out is not None else default_report()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train, val, test = data()
@@ -154,6 +154,16 @@ def main(device: str = "local", devices: Optional[str] = None, out: Optional[Pat
         console.print(line, highlight=False)
     console.print(f"report: {out}  ({time.perf_counter() - start:.0f} s)")
     return out
+
+
+def default_report() -> Path:
+    """./edgeprune-demo-report, or -2, -3, ... when a report is already there: a second run keeps the first."""
+    here = Path.cwd() / REPORT
+    k = 1
+    while here.exists() and (not here.is_dir() or any(here.iterdir())):
+        k += 1
+        here = Path.cwd() / f"{REPORT}-{k}"
+    return here
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,16 @@ class Plan:
             )
         return table
 
+    def iterations_table(self) -> Table:
+        """The closed loop's measurements, one row each: what it aimed at, predicted and measured there."""
+        table = Table(title=Text(f"measured on the device: {self.budget}"))
+        for col in ("#", "aim ms", "predicted ms", "p50 ms", "95% CI", "MACs kept", "device s"):
+            table.add_column(col, justify="right")
+        for k, it in enumerate(self.iterations, 1):
+            table.add_row(str(k), f"{it.aim_ms:.3f}", f"{it.predicted_ms:.3f}", f"{it.measured_ms:.3f}",
+                          f"{it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f}", f"{it.macs_ratio:.2f}", f"{it.device_s:.1f}")
+        return table
+
     def __rich__(self) -> Table:
         return self.table()
 

@@ -40,6 +40,18 @@ def test_the_demo_refuses_a_report_folder_that_has_files(tmp_path):
     assert done.exit_code == 2 and "not empty" in done.output and (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_the_default_report_folder_is_under_the_current_directory_and_never_reused(tmp_path, monkeypatch):
+    from edgeprune.demo import default_report
+
+    monkeypatch.chdir(tmp_path)
+    assert default_report() == tmp_path / "edgeprune-demo-report"
+    (tmp_path / "edgeprune-demo-report").mkdir()
+    assert default_report() == tmp_path / "edgeprune-demo-report"  # empty: used
+    (tmp_path / "edgeprune-demo-report" / "summary.txt").write_text("an earlier run")
+    (tmp_path / "edgeprune-demo-report-2").write_text("a file, not a folder")
+    assert default_report() == tmp_path / "edgeprune-demo-report-3"
+
+
 def _row(target: str, **overrides) -> Row:
     values = dict(acc_dense=0.969, acc_pruned=0.367, acc_finetuned=0.972, macs=(290_000, 145_000),
                   params=(20_000, 10_000), size=(80_000, 40_000), p50=(0.0121, 0.0104), device="local",

@@ -16,7 +16,8 @@ from ._app import DEVICES_OPTION, app, fail
 def demo_cmd(
     device: str = typer.Option("local", "--device", "-d", help="where to time the artifacts (default: a subprocess here)"),
     devices: Optional[Path] = DEVICES_OPTION,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: a new temporary folder)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: ./edgeprune-demo-report, "
+                                       "or -2, -3, ... when one is already there)"),
 ) -> None:
     """The whole flow on scikit-learn's digits for a Jetson, a Pi 5 and an Ethos-U55: train, sensitivity,
     plan, prune, fine-tune with KD, export, verify, measure; a summary table and a report folder."""

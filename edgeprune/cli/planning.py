@@ -9,8 +9,6 @@ from typing import Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
 from .. import _atomic
 from ..budget import Budget
@@ -69,7 +67,7 @@ def make_plan(target, model, weights, budget, recipe, sensitivity, input_shape, 
     with progress_bar("latency budget") as report:
         result = plan(module, inputs, target, budget, device=on_device.device, devices=on_device.devices,
                       cache_dir=on_device.cache, trust_new_host_key=on_device.trust, progress=report, **kwargs)
-    print_iterations(result)
+    console.print(result.iterations_table())
     return module, result
 
 
@@ -94,17 +92,6 @@ class OnDevice:
     devices: Optional[Path]
     cache: Optional[Path]
     trust: bool
-
-
-def print_iterations(plan) -> None:
-    """The closed loop's measurements, one row each: what it aimed at, predicted and measured there."""
-    table = Table(title=Text(f"measured on the device: {plan.budget}"))
-    for col in ("#", "aim ms", "predicted ms", "p50 ms", "95% CI", "MACs kept", "device s"):
-        table.add_column(col, justify="right")
-    for k, it in enumerate(plan.iterations, 1):
-        table.add_row(str(k), f"{it.aim_ms:.3f}", f"{it.predicted_ms:.3f}", f"{it.measured_ms:.3f}",
-                      f"{it.ci95_ms[0]:.3f}–{it.ci95_ms[1]:.3f}", f"{it.macs_ratio:.2f}", f"{it.device_s:.1f}")
-    console.print(table)
 
 
 @app.command("plan")
